@@ -1,0 +1,245 @@
+"""One typed configuration for a zdask run.
+
+Every field has a default, a unit and a doc string; ``Config.validate`` checks each field and the
+cross-field rules and names the bad field with the allowed values. A TOML file (``--config``) sets
+fields by their names (top level, or grouped under any table name, which is ignored); command-line
+options override the file. There are no hidden defaults elsewhere: stages read this object only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+REJECT_METHODS = ("kappa_sigma", "winsorized", "linear_fit_clip", "median", "mean", "sum")
+NORMALIZATIONS = ("none", "additive", "multiplicative", "linear_fit")
+WEIGHTINGS = ("none", "exposure", "noise_variance")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the allowed values."""
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of a zdask run (planning, calibration, stacking, mosaic, cluster)."""
+
+    # --- planning -------------------------------------------------------------------------------
+    link_fov_fraction: float = _doc(
+        "Frames whose centres lie within this fraction of the frames' short field-of-view side "
+        "(unitless, > 0) are linked into one master-tile group.",
+        default=0.3,
+    )
+    max_group_size: int = _doc(
+        "Largest number of frames in one master-tile group (frames, >= 1); larger groups are "
+        "split in time order.",
+        default=64,
+    )
+
+    # --- calibration ----------------------------------------------------------------------------
+    hot_pixel_sigma: float = _doc(
+        "A raw pixel is a hot-pixel candidate in a frame when it exceeds the median of its "
+        "same-colour neighbours by this many noise sigmas (sigma, > 0).",
+        default=6.0,
+    )
+    hot_pixel_min_fraction: float = _doc(
+        "A sensor pixel is hot when it is a candidate in at least this fraction of the frames "
+        "taken with that sensor (fraction in (0, 1]). Stars move between frames, hot pixels "
+        "do not.",
+        default=0.5,
+    )
+
+    # --- stacking -------------------------------------------------------------------------------
+    reject: str = _doc(
+        "Combination along the frame axis: one of " + ", ".join(REJECT_METHODS) + ".",
+        default="kappa_sigma",
+    )
+    kappa: tuple[float, float] = _doc(
+        "Rejection thresholds (low, high) in sigmas for kappa_sigma, winsorized and "
+        "linear_fit_clip (sigma, > 0).",
+        default=(3.0, 3.0),
+    )
+    iterations: int = _doc(
+        "Rejection passes for kappa_sigma (passes, >= 1); 1 is the ancestor's single pass.",
+        default=1,
+    )
+    normalization: str = _doc(
+        "Per-frame normalisation before rejection: one of " + ", ".join(NORMALIZATIONS) + ".",
+        default="additive",
+    )
+    weights: str = _doc(
+        "Per-frame weights of the combination: one of " + ", ".join(WEIGHTINGS) + ".",
+        default="noise_variance",
+    )
+    budget: str = _doc(
+        "Memory budget of one stacking task, a dask byte size such as '256MiB' (bytes); blocks "
+        "holding the whole frame axis are sized to fit it.",
+        default="256MiB",
+    )
+    warp_grid_step: int = _doc(
+        "Spacing of the exact WCS evaluations from which warp pixel maps are interpolated "
+        "(pixels, 4..256); the interpolation error of a TAN-to-TAN map at 32 px is far below "
+        "0.01 px.",
+        default=32,
+    )
+
+    # --- mosaic ---------------------------------------------------------------------------------
+    canvas_block: int = _doc(
+        "Side of the square canvas blocks that the mosaic is assembled in (pixels, 256..8192).",
+        default=2048,
+    )
+    tile_margin: int = _doc(
+        "Margin added around each master tile's footprint (pixels, >= 0).",
+        default=8,
+    )
+
+    # --- cluster --------------------------------------------------------------------------------
+    scheduler: str | None = _doc(
+        "Address of a running dask scheduler (e.g. 'tcp://host:8786'); None starts an embedded "
+        "LocalCluster.",
+        default=None,
+    )
+    workers: int | None = _doc(
+        "Worker processes of the embedded LocalCluster (processes, >= 1); None sizes it from "
+        "the machine.",
+        default=None,
+    )
+    threads_per_worker: int | None = _doc(
+        "Threads per worker of the embedded LocalCluster (threads, >= 1); None sizes it from "
+        "the machine.",
+        default=None,
+    )
+    memory_limit: str = _doc(
+        "Memory limit per worker of the embedded LocalCluster: 'auto' or a byte size such as "
+        "'4GiB' (bytes).",
+        default="auto",
+    )
+
+    # ---------------------------------------------------------------------------------------------
+    def validate(self) -> "Config":
+        """Check every field; raise ConfigError naming the field and the allowed values."""
+        from dask.utils import parse_bytes
+
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(f"config field '{name}' = {getattr(self, name)!r}: {allowed}")
+
+        if not (isinstance(self.link_fov_fraction, (int, float)) and self.link_fov_fraction > 0):
+            raise bad("link_fov_fraction", "must be a number > 0")
+        if not (isinstance(self.max_group_size, int) and self.max_group_size >= 1):
+            raise bad("max_group_size", "must be an integer >= 1")
+        if not (isinstance(self.hot_pixel_sigma, (int, float)) and self.hot_pixel_sigma > 0):
+            raise bad("hot_pixel_sigma", "must be a number > 0")
+        if not (0 < self.hot_pixel_min_fraction <= 1):
+            raise bad("hot_pixel_min_fraction", "must be in (0, 1]")
+        if self.reject not in REJECT_METHODS:
+            raise bad("reject", "allowed values are " + ", ".join(REJECT_METHODS))
+        if (
+            not isinstance(self.kappa, tuple)
+            or len(self.kappa) != 2
+            or not all(isinstance(k, (int, float)) and k > 0 for k in self.kappa)
+        ):
+            raise bad("kappa", "must be two numbers > 0 (low, high), e.g. 3,3")
+        if not (isinstance(self.iterations, int) and self.iterations >= 1):
+            raise bad("iterations", "must be an integer >= 1")
+        if self.normalization not in NORMALIZATIONS:
+            raise bad("normalization", "allowed values are " + ", ".join(NORMALIZATIONS))
+        if self.weights not in WEIGHTINGS:
+            raise bad("weights", "allowed values are " + ", ".join(WEIGHTINGS))
+        try:
+            if parse_bytes(self.budget) < 1 << 20:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise bad("budget", "must be a byte size of at least 1MiB, e.g. '256MiB'") from None
+        if not (isinstance(self.warp_grid_step, int) and 4 <= self.warp_grid_step <= 256):
+            raise bad("warp_grid_step", "must be an integer in 4..256")
+        if not (isinstance(self.canvas_block, int) and 256 <= self.canvas_block <= 8192):
+            raise bad("canvas_block", "must be an integer in 256..8192")
+        if not (isinstance(self.tile_margin, int) and self.tile_margin >= 0):
+            raise bad("tile_margin", "must be an integer >= 0")
+        for name in ("workers", "threads_per_worker"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise bad(name, "must be an integer >= 1 or unset")
+        if self.memory_limit != "auto":
+            try:
+                parse_bytes(self.memory_limit)
+            except (ValueError, TypeError):
+                raise bad("memory_limit", "must be 'auto' or a byte size such as '4GiB'") from None
+        if self.scheduler is not None and self.workers is not None:
+            raise ConfigError(
+                "config fields 'scheduler' and 'workers' conflict: an existing scheduler brings "
+                "its own workers; set one of them"
+            )
+        return self
+
+    # ---------------------------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with the given fields changed (None values are ignored), validated."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        kept = {k: _coerce(k, v) for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **kept).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self, *names: str) -> str:
+        """A short stable hash of the named fields (what a stage's outputs depend on)."""
+        payload = json.dumps({n: getattr(self, n) for n in names}, sort_keys=True, default=list)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn TOML/CLI spellings into the field's type (kappa as '2.5,3', a list or a number)."""
+    if name == "kappa":
+        if isinstance(value, str):
+            try:
+                parts = [float(p) for p in value.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"config field 'kappa' = {value!r}: must be one or two numbers, e.g. 3 or 2.5,3"
+                ) from None
+        elif isinstance(value, (int, float)):
+            parts = [float(value)]
+        else:
+            parts = [float(p) for p in value]
+        if len(parts) == 1:
+            parts = parts * 2
+        return tuple(parts)
+    return value
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Config:
+    """Read a TOML file (optional), apply overrides (None = not given) and validate."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {os.fspath(path)}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {os.fspath(path)}: not valid TOML ({exc})") from None
+        for key, value in data.items():
+            # Tables ([stacking], [cluster], ...) only group fields for the reader.
+            if isinstance(value, dict):
+                values.update(value)
+            else:
+                values[key] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Config().replace(**values)
+
+
+def describe_fields() -> list[tuple[str, str, str]]:
+    """(name, default, doc) of every field, for `zdask config` and the README."""
+    return [(f.name, repr(f.default), f.metadata["doc"]) for f in fields(Config)]
