@@ -1,0 +1,49 @@
+"""Display stretch for previews: background-neutral asinh to 8 bits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def asinh_stretch(image: np.ndarray, background_level: float = 0.12) -> np.ndarray:
+    """uint8 rendering of a linear ``(H, W)`` or ``(H, W, C)`` image; NaN renders black.
+
+    Each channel's black point sits 2.5 σ below its sky median (so the sky is neutral grey);
+    one white point (99.95th percentile of all channels above their black points) keeps the
+    colour ratios; the asinh softness is chosen so the sky lands at ``background_level``.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    planes = img[..., None] if img.ndim == 2 else img
+    sample = planes.reshape(-1, planes.shape[-1])[:: max(1, planes.shape[0] * planes.shape[1] // 500_000)]
+    shifted = np.empty_like(planes)
+    for c in range(planes.shape[-1]):
+        values = sample[:, c][np.isfinite(sample[:, c])]
+        if values.size == 0:
+            shifted[..., c] = np.nan
+            continue
+        med = np.median(values)
+        sigma = 1.4826 * np.median(np.abs(values - med))
+        shifted[..., c] = planes[..., c] - (med - 2.5 * sigma)
+    finite = shifted[np.isfinite(shifted)]
+    white = float(np.percentile(finite, 99.95)) if finite.size else 1.0
+    x = np.clip(np.nan_to_num(shifted / max(white, 1e-12), nan=0.0), 0.0, 1.0)
+    # The sky sits near x_sky after the shift; pick beta so asinh(beta*x_sky)/asinh(beta) ≈ level.
+    sky = np.median(x[x > 0]) if np.any(x > 0) else 0.01
+    beta = _softness_for(max(float(sky), 1e-6), background_level)
+    y = np.arcsinh(beta * x) / np.arcsinh(beta)
+    out = np.round(y * 255).astype(np.uint8)
+    return out[..., 0] if img.ndim == 2 else out
+
+
+def _softness_for(x_sky: float, level: float) -> float:
+    """Bisection for beta with asinh(beta * x_sky) / asinh(beta) == level (1 if impossible)."""
+    if x_sky >= level:
+        return 1e-3
+    lo, hi = 1e-3, 1e7
+    for _ in range(80):
+        mid = np.sqrt(lo * hi)
+        if np.arcsinh(mid * x_sky) / np.arcsinh(mid) < level:
+            lo = mid
+        else:
+            hi = mid
+    return float(np.sqrt(lo * hi))

@@ -1,0 +1,118 @@
+"""Warping images between celestial pixel grids: interpolated pixel maps + ``cv2.remap``.
+
+Evaluating a WCS on every pixel costs about a second per frame; evaluating it on a coarse grid
+of nodes and interpolating bilinearly costs milliseconds, and for the smooth maps between two
+gnomonic (TAN) grids a 32 px node spacing errs by far less than 0.01 px. ``cv2.remap`` then
+resamples the source at those positions.
+
+Pixel coordinates are 0-based and refer to pixel centres, as in NumPy and astropy's
+``*_pix2world(..., 0)``: pixel (x, y) covers [x - 0.5, x + 0.5].
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+PixelTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def wcs_pixel_transform(src_wcs, dst_wcs) -> PixelTransform:
+    """A function mapping destination pixel (x, y) arrays to source pixel (x, y) arrays."""
+
+    def transform(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ra, dec = dst_wcs.all_pix2world(x, y, 0)
+        sx, sy = src_wcs.all_world2pix(ra, dec, 0)
+        return np.asarray(sx, dtype=np.float64), np.asarray(sy, dtype=np.float64)
+
+    return transform
+
+
+def _nodes(start: int, stop: int, step: int) -> np.ndarray:
+    nodes = np.arange(start, stop, step, dtype=np.float64)
+    if nodes[-1] != stop - 1:
+        nodes = np.append(nodes, stop - 1)
+    return nodes
+
+
+def _interp_matrix(nodes: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Dense (n_targets, n_nodes) matrix of linear-interpolation weights."""
+    targets = np.arange(start, stop, dtype=np.float64)
+    weights = np.zeros((targets.size, nodes.size))
+    if nodes.size == 1:
+        weights[:, 0] = 1.0
+        return weights
+    left = np.clip(np.searchsorted(nodes, targets, side="right") - 1, 0, nodes.size - 2)
+    frac = (targets - nodes[left]) / (nodes[left + 1] - nodes[left])
+    rows = np.arange(targets.size)
+    weights[rows, left] = 1.0 - frac
+    weights[rows, left + 1] = frac
+    return weights
+
+
+def pixel_map(
+    transform: PixelTransform, rows: tuple[int, int], cols: tuple[int, int], step: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source coordinates (map_x, map_y), float64 ``(r1 - r0, c1 - c0)``, of destination pixels.
+
+    ``transform`` is evaluated exactly on nodes every ``step`` pixels (and on the last row and
+    column) and interpolated bilinearly in between.
+    """
+    (r0, r1), (c0, c1) = rows, cols
+    ny, nx = _nodes(r0, r1, step), _nodes(c0, c1, step)
+    gx, gy = np.meshgrid(nx, ny)
+    sx, sy = transform(gx, gy)
+    wy, wx = _interp_matrix(ny, r0, r1), _interp_matrix(nx, c0, c1)
+    return wy @ sx @ wx.T, wy @ sy @ wx.T
+
+
+def source_window(
+    map_x: np.ndarray, map_y: np.ndarray, src_shape: tuple[int, int], pad: int = 2
+) -> tuple[int, int, int, int] | None:
+    """The (y0, y1, x0, x1) window of the source that the map samples, or None if it misses."""
+    h, w = src_shape
+    inside = (map_x > -1) & (map_x < w) & (map_y > -1) & (map_y < h)
+    if not inside.any():
+        return None
+    xs, ys = map_x[inside], map_y[inside]
+    x0 = max(0, int(np.floor(xs.min())) - pad)
+    x1 = min(w, int(np.ceil(xs.max())) + pad + 1)
+    y0 = max(0, int(np.floor(ys.min())) - pad)
+    y1 = min(h, int(np.ceil(ys.max())) + pad + 1)
+    return y0, y1, x0, x1
+
+
+def footprint(map_x: np.ndarray, map_y: np.ndarray, src_shape: tuple[int, int]) -> np.ndarray:
+    """Destination pixels whose centre maps inside the source's pixel-centre hull (bool)."""
+    h, w = src_shape
+    return (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+
+
+def remap(
+    source: np.ndarray,
+    map_x: np.ndarray,
+    map_y: np.ndarray,
+    origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """Bilinear resampling of ``source`` ``(h, w[, C])`` float32 at (map_x, map_y).
+
+    ``origin`` = (y0, x0) is the position of ``source[0, 0]`` in the coordinates of the map (a
+    window read from a larger frame). Destination pixels outside the source's footprint are NaN:
+    coverage comes from geometry, never from pixel values.
+    """
+    import cv2
+
+    y0, x0 = origin
+    mx = (map_x - x0).astype(np.float32)
+    my = (map_y - y0).astype(np.float32)
+    source = np.ascontiguousarray(source, dtype=np.float32)
+    # Replicated borders: a pixel centred exactly on the last column gets its zero-weight
+    # neighbour from inside rather than NaN; the footprint test below decides what is outside.
+    out = cv2.remap(source, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    h, w = source.shape[:2]
+    outside = ~footprint(mx, my, (h, w))
+    if source.ndim == 3 and out.ndim == 2:  # one-channel colour input comes back 2-D
+        out = out[..., None]
+    out[outside] = np.nan
+    return out
