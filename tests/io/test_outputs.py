@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from zdask.io.outputs import atomic_path, write_mosaic
+
+
+def test_failed_write_leaves_the_previous_file_untouched(tmp_path):
+    target = tmp_path / "mosaic.fits"
+    target.write_bytes(b"previous good mosaic")
+    with pytest.raises(RuntimeError):
+        with atomic_path(str(target)) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(b"half of a new mos")
+            raise RuntimeError("crash in the middle of writing")
+    assert target.read_bytes() == b"previous good mosaic"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mosaic.fits"]
+
+
+def test_mosaic_layout_colour_and_mono(tmp_path):
+    wcs = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": 41.0,
+           "CRPIX1": 3.0, "CRPIX2": 2.0, "CD1_1": -1e-3, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 1e-3}
+    image = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
+    coverage = np.array([[0, 1, 2, 3, 4]] * 4, dtype=np.float32)
+    write_mosaic(str(tmp_path / "c.fits"), image, coverage, wcs)
+    with fits.open(tmp_path / "c.fits") as hdul:
+        assert hdul[0].data.shape == (3, 4, 5) and hdul[0].data.dtype.name == "float32"
+        np.testing.assert_array_equal(hdul[0].data[1], image[..., 1])
+        assert hdul[0].header["CTYPE1"] == "RA---TAN"
+        assert hdul["COVERAGE"].data.dtype.name == "float32"
+        assert hdul["ALPHA"].data.dtype.name == "uint8"
+        np.testing.assert_array_equal(hdul["ALPHA"].data[0], [0, 255, 255, 255, 255])
+    write_mosaic(str(tmp_path / "m.fits"), image[..., :1], coverage, wcs)
+    with fits.open(tmp_path / "m.fits") as hdul:
+        assert hdul[0].data.shape == (4, 5)

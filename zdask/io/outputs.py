@@ -1,0 +1,108 @@
+"""Files a run leaves for the user: mosaic and tile FITS, the PNG preview, the JSON report.
+
+Every file is written under a temporary name in its final folder and renamed into place, so a
+crash never leaves a half-written file where a good one was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Iterator
+
+import numpy as np
+from astropy.io import fits
+
+from zdask.ops.stretch import asinh_stretch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _image_hdu_data(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) → FITS order (C, H, W); a single channel becomes a 2-D (H, W) image."""
+    if image.ndim == 3 and image.shape[-1] == 1:
+        return np.ascontiguousarray(image[..., 0], dtype=np.float32)
+    if image.ndim == 3:
+        return np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float32)
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def _wcs_cards(wcs_header: dict) -> fits.Header:
+    header = fits.Header()
+    for key, value in wcs_header.items():
+        if key.startswith("NAXIS"):
+            continue
+        header[key] = value
+    return header
+
+
+def write_image_fits(
+    path: str, image: np.ndarray, wcs_header: dict, extensions: dict[str, np.ndarray],
+    cards: dict | None = None,
+) -> None:
+    """A float32 image (FITS order) with celestial WCS and named image extensions."""
+    header = _wcs_cards(wcs_header)
+    for key, value in (cards or {}).items():
+        header[key] = value
+    hdus = [fits.PrimaryHDU(_image_hdu_data(image), header=header)]
+    for name, data in extensions.items():
+        hdus.append(fits.ImageHDU(np.ascontiguousarray(data), header=_wcs_cards(wcs_header), name=name))
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+def alpha_from_coverage(coverage: np.ndarray) -> np.ndarray:
+    """uint8 alpha: 255 where at least one frame covers the pixel, else 0."""
+    return np.where(np.nan_to_num(coverage) > 0, 255, 0).astype(np.uint8)
+
+
+def write_mosaic(path: str, image: np.ndarray, coverage: np.ndarray, wcs_header: dict,
+                 cards: dict | None = None) -> None:
+    """``mosaic.fits``: image (C, H, W) float32 + COVERAGE float32 + ALPHA uint8."""
+    write_image_fits(
+        path, image, wcs_header,
+        {"COVERAGE": coverage.astype(np.float32), "ALPHA": alpha_from_coverage(coverage)},
+        cards,
+    )
+
+
+def write_preview(path: str, image: np.ndarray, max_side: int = 4096) -> None:
+    """Asinh-stretched 8-bit PNG, north up (FITS row 0 is the bottom row, PNG row 0 the top)."""
+    from PIL import Image
+
+    step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
+    pixels = asinh_stretch(image[::step, ::step])[::-1]
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
+
+
+def write_json(path: str, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=False, default=_json_default)
+            fh.write("\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
