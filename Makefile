@@ -1,0 +1,34 @@
+# Two entry points that do all set-up themselves on a fresh machine:
+#   make demo   simulate a small survey and build its mosaic (demo/mosaic/)
+#   make test   run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_SURVEY := demo/survey
+DEMO_OUT := demo/mosaic
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(DEMO_SURVEY)/manifest.json: $(STAMP)
+	$(BIN)/zdask simulate $(DEMO_SURVEY) --panels 2x2 --frames-per-panel 8 \
+		--frame-size 1080x1920 --altaz-panels 1,2 --seed 1
+
+demo: $(DEMO_SURVEY)/manifest.json
+	$(BIN)/zdask run $(DEMO_SURVEY)/frames --out $(DEMO_OUT)
+	@echo "demo: open $(DEMO_OUT)/preview.png and $(DEMO_OUT)/mosaic.fits; timings in $(DEMO_OUT)/report.json"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/stack.py
+
+clean:
+	rm -rf demo .pytest_cache

@@ -1,0 +1,22 @@
+"""Shared fixtures: small simulated surveys made once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from zdask.sim import SurveySpec, simulate_survey
+
+# Small enough to simulate in about two seconds, large enough for 4 tiles with overlaps,
+# alt-az rotation, trails and hot pixels. 16 frames per panel: with the population σ of
+# single-pass kappa-sigma, one outlier among N frames reaches at most √(N−1) σ, so at κ = 3
+# fewer than 10 frames cannot reject a trail at all (real panels hold tens to hundreds).
+SMALL_SURVEY = SurveySpec(panels=(2, 2), frames_per_panel=16, frame_size=(270, 480),
+                          altaz_panels=(1,), seed=3)
+
+
+@pytest.fixture(scope="session")
+def small_survey(tmp_path_factory):
+    """A 2×2 survey of 16 frames of 270×480 (panel 1 alt-az); read-only for tests."""
+    out = tmp_path_factory.mktemp("survey")
+    manifest = simulate_survey(out, SMALL_SURVEY)
+    return out, manifest

@@ -1,0 +1,195 @@
+"""The ``zdask`` command: simulate, scan, plan, run, config.
+
+Errors a user can fix (bad options, unusable inputs) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from zdask.config import ConfigError, describe_fields, load_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _pair(text: str, option: str, sep: str = "x") -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.lower().split(sep))
+    except ValueError:
+        _fail(f"{option} {text!r}: expected two integers like 2{sep}3")
+    return a, b
+
+
+# --- simulate --------------------------------------------------------------------------------------
+
+@app.command()
+def simulate(
+    out: Path = typer.Argument(..., help="Folder to write frames/, truth.fits and manifest.json into."),
+    panels: str = typer.Option("2x2", help="Panel grid as ROWSxCOLS."),
+    frames_per_panel: int = typer.Option(8, help="Frames shot per panel."),
+    frame_size: str = typer.Option("1080x1920", help="Frame size as WIDTHxHEIGHT in pixels."),
+    altaz_panels: str = typer.Option("none", help="Panels shot alt-az: 'none', 'all' or indices like 0,3."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same survey."),
+    wcs_error_px: float = typer.Option(0.0, help="RMS error put into the header WCS (pixels)."),
+) -> None:
+    """Write a simulated Seestar-like survey with its ground truth."""
+    from zdask.sim import SurveySpec, simulate_survey
+
+    rows, cols = _pair(panels, "--panels")
+    width, height = _pair(frame_size, "--frame-size")
+    if altaz_panels == "none":
+        altaz = None
+    elif altaz_panels == "all":
+        altaz = tuple(range(rows * cols))
+    else:
+        try:
+            altaz = tuple(int(v) for v in altaz_panels.split(","))
+        except ValueError:
+            _fail(f"--altaz-panels {altaz_panels!r}: expected 'none', 'all' or indices like 0,3")
+    try:
+        spec = SurveySpec(panels=(rows, cols), frames_per_panel=frames_per_panel,
+                          frame_size=(width, height), altaz_panels=altaz, seed=seed,
+                          wcs_error_px=wcs_error_px)
+    except ValueError as exc:
+        _fail(str(exc))
+    t = time.perf_counter()
+    manifest = simulate_survey(out, spec)
+    console.print(f"wrote {len(manifest['frames'])} frames, truth.fits and manifest.json to {out} "
+                  f"in {time.perf_counter() - t:.1f} s")
+
+
+# --- scan and plan -----------------------------------------------------------------------------------
+
+@app.command()
+def scan(
+    inputs: list[Path] = typer.Argument(..., help="FITS files or folders."),
+    as_json: bool = typer.Option(False, "--json", help="Print the frame table as JSON."),
+) -> None:
+    """Read FITS headers (no pixels) into a frame table; list every rejected file and why."""
+    from zdask.io.scan import scan as scan_inputs
+
+    table = scan_inputs([str(p) for p in inputs])
+    if as_json:
+        print(json.dumps(table.to_json(), indent=2))
+    else:
+        for f in table.frames:
+            print(f"{f.path}  {f.layout:5s} {f.bayer or '-':4s} {f.width}x{f.height}  "
+                  f"{f.scale_arcsec:.2f}\"/px  ra={f.ra_deg:.4f} dec={f.dec_deg:+.4f}  {f.mount}")
+        print(f"{len(table.frames)} frame(s) usable, {len(table.rejected)} rejected")
+    for bad in table.rejected:
+        console.print(f"rejected {bad.path}: {bad.reason}", highlight=False, soft_wrap=True)
+    if not table.frames:
+        raise typer.Exit(code=2)
+
+
+@app.command()
+def plan(
+    inputs: list[Path] = typer.Argument(..., help="FITS files or folders."),
+    config: Optional[Path] = typer.Option(None, help="TOML configuration file."),
+    max_group_size: Optional[int] = typer.Option(None, help="Largest master-tile group (frames)."),
+    link_fov_fraction: Optional[float] = typer.Option(None, help="Linking distance / short FOV side."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Group frames into master tiles by sky position and mount mode."""
+    from zdask.graph.plan import plan_master_tiles, summarize
+    from zdask.io.scan import scan as scan_inputs
+
+    try:
+        cfg = load_config(config, max_group_size=max_group_size, link_fov_fraction=link_fov_fraction)
+    except ConfigError as exc:
+        _fail(str(exc))
+    table = scan_inputs([str(p) for p in inputs])
+    for bad in table.rejected:
+        console.print(f"rejected {bad.path}: {bad.reason}", highlight=False, soft_wrap=True)
+    if not table.frames:
+        _fail("no usable frame")
+    result = plan_master_tiles(table.frames, link_fov_fraction=cfg.link_fov_fraction,
+                               max_group_size=cfg.max_group_size)
+    print(json.dumps(result.to_json(table.frames), indent=2) if as_json
+          else summarize(result, table.frames))
+
+
+# --- run -----------------------------------------------------------------------------------------------
+
+@app.command()
+def run(
+    inputs: list[Path] = typer.Argument(..., help="FITS files or folders of frames."),
+    out: Path = typer.Option(..., "--out", help="Output folder (mosaic.fits, preview.png, report.json)."),
+    config: Optional[Path] = typer.Option(None, help="TOML configuration file; options below override it."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of a running dask scheduler."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes of the embedded cluster."),
+    threads_per_worker: Optional[int] = typer.Option(None, help="Threads per worker."),
+    memory_limit: Optional[str] = typer.Option(None, help="Memory per worker, e.g. 4GiB, or auto."),
+    reject: Optional[str] = typer.Option(None, help="kappa_sigma, winsorized, linear_fit_clip, median, mean or sum."),
+    kappa: Optional[str] = typer.Option(None, help="Rejection thresholds LOW,HIGH in sigmas (or one value)."),
+    iterations: Optional[int] = typer.Option(None, help="kappa_sigma passes."),
+    normalization: Optional[str] = typer.Option(None, help="none, additive, multiplicative or linear_fit."),
+    weights: Optional[str] = typer.Option(None, help="none, exposure or noise_variance."),
+    budget: Optional[str] = typer.Option(None, help="Memory budget of one stacking task, e.g. 256MiB."),
+    max_group_size: Optional[int] = typer.Option(None, help="Largest master-tile group (frames)."),
+    link_fov_fraction: Optional[float] = typer.Option(None, help="Linking distance / short FOV side."),
+) -> None:
+    """Build the mosaic: calibrate, stack master tiles, assemble, write outputs."""
+    from zdask.graph.runner import RunError, run as run_pipeline
+
+    try:
+        cfg = load_config(
+            config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit, reject=reject, kappa=kappa, iterations=iterations,
+            normalization=normalization, weights=weights, budget=budget,
+            max_group_size=max_group_size, link_fov_fraction=link_fov_fraction,
+        )
+    except ConfigError as exc:
+        _fail(str(exc))
+    say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    try:
+        report = run_pipeline([str(p) for p in inputs], str(out), cfg, say=say, console=console)
+    except RunError as exc:
+        _fail(str(exc))
+    stages = report["stages"]
+    say(f"mosaic {out / 'mosaic.fits'} ({report['mosaic']['shape'][1]}x{report['mosaic']['shape'][0]}, "
+        f"{report['mosaic']['covered_fraction']:.0%} covered) in {stages['total']:.1f} s")
+
+
+@app.command()
+def compare(
+    mosaic: Path = typer.Argument(..., help="mosaic.fits written by zdask run."),
+    truth: Path = typer.Argument(..., help="truth.fits written by zdask simulate."),
+    manifest: Optional[Path] = typer.Option(None, help="manifest.json of the survey (trail check)."),
+) -> None:
+    """Measure a mosaic against the simulated truth (residual, coverage, trails)."""
+    from zdask.compare import compare as compare_mosaic
+
+    for path in (mosaic, truth, manifest):
+        if path is not None and not path.exists():
+            _fail(f"{path}: no such file")
+    result = compare_mosaic(str(mosaic), str(truth), str(manifest) if manifest else None)
+    print(json.dumps(result, indent=2))
+
+
+@app.command("config")
+def show_config() -> None:
+    """List every configuration field with its default and meaning."""
+    for name, default, doc in describe_fields():
+        print(f"{name} = {default}\n    {doc}")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Planners (pure: frame table → plan) and graph builders (plan → dask collections)."""

@@ -1,0 +1,115 @@
+"""Calibration stage: sensor hot-pixel maps, then one calibrated frame per input in Zarr.
+
+Each function that runs on a worker takes plain values (a Frame, paths, parameters) and does its
+own I/O, so tasks stay small and the client holds no pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from zdask.config import Config
+from zdask.io import store
+from zdask.io.pixels import read_frame
+from zdask.io.scan import Frame
+from zdask.ops.debayer import debayer_bilinear
+from zdask.ops.framestats import frame_statistics
+from zdask.ops.hotpixels import correct_hot_pixels, hot_pixel_candidates, hot_pixel_map
+
+FRAME_CHUNK = 512  # rows/cols of a calibrated frame's Zarr chunks: warps read small windows
+
+
+def sensor_key(frame: Frame) -> str:
+    """Frames of one sensor share raw layout and size: hot pixels are per sensor position."""
+    return f"{frame.layout}-{frame.bayer or 'none'}-{frame.height}x{frame.width}"
+
+
+def output_channels(frames: list[Frame]) -> int:
+    """3 for colour runs (Bayer or RGB frames), 1 for mono runs."""
+    return 1 if all(f.layout == "mono" for f in frames) else 3
+
+
+# --- hot pixels ------------------------------------------------------------------------------------
+
+def frame_hot_candidates(frame: Frame, sigma: float) -> np.ndarray:
+    """Worker task: hot-pixel candidates (flat indices) of one raw frame."""
+    return hot_pixel_candidates(read_frame(frame), frame.layout, sigma).astype(np.int64)
+
+
+def hotmap_fingerprint(frames: list[Frame], config: Config) -> str:
+    return store.fingerprint(
+        sorted(f.fingerprint() for f in frames),
+        config.digest("hot_pixel_sigma", "hot_pixel_min_fraction"),
+    )
+
+
+def save_hot_map(root: str, sensor: str, indices: np.ndarray, fp: str) -> None:
+    group = store.open_store(root)
+    arr = store.create_array(
+        group, f"hotpixels/{sensor}", (int(indices.size),), "int64", (max(1, int(indices.size)),)
+    )
+    if indices.size:
+        arr[:] = indices
+    store.mark_complete(root, f"hotpixels/{sensor}", fp)
+
+
+def load_hot_map(root: str, sensor: str) -> np.ndarray:
+    arr = store.open_array(root, f"hotpixels/{sensor}", store.fingerprint(sensor))
+    return np.asarray(arr[:], dtype=np.int64)
+
+
+def combine_hot_candidates(candidates: list[np.ndarray], config: Config) -> np.ndarray:
+    return hot_pixel_map(candidates, config.hot_pixel_min_fraction)
+
+
+# --- calibrated frames -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CalibrationJob:
+    """What one worker needs to calibrate one frame and where to put it."""
+
+    frame: Frame
+    root: str
+    key: str
+    fingerprint: str
+    hot_indices: np.ndarray
+    channels: int
+
+
+def calibration_fingerprint(frame: Frame, hot_indices: np.ndarray, channels: int) -> str:
+    """Depends on the file and on the hot-pixel map's content (not on which frames made it)."""
+    hot = np.ascontiguousarray(hot_indices, dtype=np.int64)
+    hot_digest = hashlib.sha256(hot.tobytes()).hexdigest()[:16]
+    return store.fingerprint(frame.fingerprint(), hot_digest, channels, "bilinear-v1")
+
+
+def calibrate_to_rgb(raw: np.ndarray, frame: Frame, hot_indices: np.ndarray, channels: int) -> np.ndarray:
+    """Hot-pixel correction, then demosaicing: float32 (H, W, channels)."""
+    fixed = correct_hot_pixels(raw, frame.layout, hot_indices)
+    if frame.layout == "bayer":
+        return debayer_bilinear(fixed, frame.bayer)
+    if frame.layout == "mono":
+        return fixed[..., None] if channels == 1 else np.repeat(fixed[..., None], channels, axis=-1)
+    return fixed
+
+
+def calibrate_frame(job: CalibrationJob) -> dict:
+    """Worker task: read, calibrate, store one frame; returns its statistics (JSON-able)."""
+    image = calibrate_to_rgb(read_frame(job.frame), job.frame, job.hot_indices, job.channels)
+    stats = frame_statistics(image).to_dict()
+    name = f"frames/{job.key}"
+    group = store.open_store(job.root)
+    h, w, c = image.shape
+    arr = store.create_array(group, name, (h, w, c), "float32", (FRAME_CHUNK, FRAME_CHUNK, c))
+    arr[:] = image
+    store.mark_complete(job.root, name, job.fingerprint, stats=stats, path=job.frame.path)
+    return stats
+
+
+def stored_stats(root: str, key: str) -> dict:
+    import zarr
+
+    return dict(zarr.open(root, path=f"frames/{key}", mode="r").attrs["stats"])

@@ -1,0 +1,96 @@
+"""Mosaic assembly: master tiles reprojected onto canvas blocks and combined by coverage.
+
+The canvas is a north-up TAN grid at the frames' median scale. Each canvas block is one task:
+it reads, from the tiles in Zarr, the windows that fall in the block, warps them and takes the
+coverage-weighted mean, so the canvas is never held whole by a worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+
+from zdask.graph.geometry import Grid, covering_grid, footprint_outline, grid_bbox_of, wcs_from_header
+from zdask.io import store
+from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
+
+
+@dataclass(frozen=True)
+class PlacedTile:
+    """A finished master tile and the canvas pixels its footprint touches."""
+
+    root: str
+    name: str          # Zarr group of the tile, e.g. "tiles/3"
+    token: str         # the tile's fingerprint (invalidates worker caches when it changes)
+    grid: Grid
+    bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) on the canvas
+
+
+def canvas_grid(tile_grids: list[Grid], scale_arcsec: float) -> Grid:
+    """The north-up TAN canvas covering all tiles at ``scale_arcsec``."""
+    outlines = [footprint_outline(g.wcs(), g.shape) for g in tile_grids]
+    return covering_grid(outlines, scale_arcsec, margin=0)
+
+
+def place_tiles(tiles: list[tuple[str, str, str, Grid]], canvas: Grid) -> list[PlacedTile]:
+    """Attach to each (root, name, token, grid) its bounding box on the canvas; drop misses."""
+    placed = []
+    for root, name, token, grid in tiles:
+        bbox = grid_bbox_of(grid, canvas)
+        if bbox is not None:
+            placed.append(PlacedTile(root, name, token, grid, bbox))
+    return placed
+
+
+def coadd_block(
+    tiles: list[PlacedTile], canvas_header: dict, step: int, channels: int, block_info=None
+) -> np.ndarray:
+    """Worker task: (h, w, C + 1) block, the coverage-weighted mean image and the coverage sum."""
+    (r0, r1), (c0, c1), _ = block_info[None]["array-location"]
+    h, w = r1 - r0, c1 - c0
+    total = np.zeros((h, w, channels), dtype=np.float64)
+    weight = np.zeros((h, w, channels), dtype=np.float64)
+    coverage = np.zeros((h, w), dtype=np.float32)
+    dst = wcs_from_header(canvas_header)
+    for tile in tiles:
+        y0, y1, x0, x1 = tile.bbox
+        if y1 <= r0 or y0 >= r1 or x1 <= c0 or x0 >= c1:
+            continue
+        map_x, map_y = pixel_map(wcs_pixel_transform(tile.grid.wcs(), dst), (r0, r1), (c0, c1), step)
+        window = source_window(map_x, map_y, tile.grid.shape)
+        if window is None:
+            continue
+        wy0, wy1, wx0, wx1 = window
+        image = store.open_array(tile.root, f"{tile.name}/image", tile.token)[wy0:wy1, wx0:wx1, :]
+        cov = store.open_array(tile.root, f"{tile.name}/coverage", tile.token)[wy0:wy1, wx0:wx1]
+        warped = remap(image, map_x, map_y, origin=(wy0, wx0))
+        wcov = remap(cov[..., None], map_x, map_y, origin=(wy0, wx0))[..., 0]
+        wcov = np.where(np.isfinite(wcov), wcov, 0.0).astype(np.float32)
+        good = np.isfinite(warped) & (wcov[..., None] > 0)
+        wts = np.where(good, wcov[..., None], 0.0)
+        total += np.where(good, warped, 0.0) * wts
+        weight += wts
+        coverage += wcov
+    out = np.empty((h, w, channels + 1), dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[..., :channels] = np.where(weight > 0, total / np.maximum(weight, 1e-30), np.nan)
+    out[..., channels] = coverage
+    return out
+
+
+def mosaic_arrays(tiles: list[PlacedTile], canvas: Grid, channels: int, block: int, step: int) -> dict:
+    """Lazy canvas arrays: image (H, W, C) float32 and coverage (H, W) float32."""
+    h, w = canvas.shape
+    chunks = (_split(h, block), _split(w, block), (channels + 1,))
+    packed = da.map_blocks(
+        coadd_block, tiles, canvas.wcs_header, step, channels,
+        chunks=chunks, dtype=np.float32, meta=np.empty((0, 0, 0), dtype=np.float32),
+        name=f"coadd-{store.fingerprint([t.token for t in tiles], canvas.to_json())}",
+    )
+    return {"image": packed[..., :channels], "coverage": packed[..., channels]}
+
+
+def _split(n: int, block: int) -> tuple[int, ...]:
+    return (block,) * (n // block) + ((n % block,) if n % block else ())

@@ -1,0 +1,1 @@
+"""File input and output: FITS header scan, lazy pixel reads, the Zarr store, user outputs."""
