@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+
+from zdask.ops.masks import altaz_alpha, coverage_renormalisation_gain, feather_weights
+
+
+def _smoothstep(t):
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _rotated_stack_coverage():
+    """A 10-frame core (rows 20..79, cols 30..129) inside a 2-frame rim, uncovered outside."""
+    cov = np.zeros((100, 160), np.float32)
+    cov[5:95, 10:150] = 2
+    cov[20:80, 30:130] = 10
+    return cov
+
+
+def test_threshold_drops_thin_rim_and_ramps_smoothly_inward():
+    cov = _rotated_stack_coverage()
+    res = altaz_alpha(cov, n_frames=10, ramp_px=8)
+    a = res.alpha
+    assert res.applied and a.dtype == np.float32 and a.shape == cov.shape
+    assert a.min() >= 0 and a.max() <= 1
+    # The 2-frame rim is below max(min(3, 10), 0.5 * 10) = 5 frames: fully masked.
+    assert np.all(a[cov == 2] == 0) and np.all(a[cov == 0] == 0)
+    # Mid-edge of the core: row 20 + k is k + 1 px from the rejected row 19.
+    col = 80
+    for k in range(10):
+        assert a[20 + k, col] == pytest.approx(_smoothstep((k + 1) / 8), abs=1e-6)
+    assert np.all(a[28:72, 38:122] == 1)
+
+
+def test_min_abs_is_bounded_by_the_frames_used():
+    cov = np.zeros((60, 60), np.float32)
+    cov[10:50, 10:50] = 2  # a 2-frame group: min_abs=3 would mask everything
+    res = altaz_alpha(cov, n_frames=2, min_abs=3.0, opening_px=0, ramp_px=0)
+    assert res.applied
+    np.testing.assert_array_equal(res.alpha, (cov > 0).astype(np.float32))
+
+
+def test_opening_removes_slivers():
+    cov = np.zeros((80, 80), np.float32)
+    cov[20:60, 20:60] = 10
+    cov[38:40, 60:78] = 10  # a 2-px-wide spur of full coverage
+    opened = altaz_alpha(cov, n_frames=10, opening_px=3, ramp_px=0)
+    kept = altaz_alpha(cov, n_frames=10, opening_px=0, ramp_px=0)
+    assert np.all(opened.alpha[38:40, 62:78] == 0)
+    assert np.all(kept.alpha[38:40, 62:78] == 1)
+    assert np.all(opened.alpha[25:55, 25:55] == 1)
+
+
+def test_fallback_when_mask_would_keep_too_little():
+    cov = np.ones((60, 60), np.float32)
+    cov[30:33, 30:33] = 10  # only a tiny patch passes, and the opening removes it
+    cov[0:5, :] = np.nan  # NaN counts as uncovered
+    res = altaz_alpha(cov, n_frames=10)
+    assert not res.applied and "min_keep_fraction" in res.reason
+    expected = np.ones((60, 60), np.float32)
+    expected[0:5] = 0
+    np.testing.assert_array_equal(res.alpha, expected)
+
+
+def test_nothing_covered_is_not_applied():
+    res = altaz_alpha(np.full((10, 10), np.nan, np.float32), n_frames=3)
+    assert not res.applied and np.all(res.alpha == 0)
+
+
+def test_full_coverage_gets_alpha_one_everywhere():
+    res = altaz_alpha(np.full((30, 40), 5, np.float32), n_frames=5)
+    assert res.applied and np.all(res.alpha == 1)
+
+
+@pytest.mark.parametrize("kw, name", [
+    ({"n_frames": 0}, "n_frames"), ({"n_frames": 3, "min_frac": 1.5}, "min_frac"),
+    ({"n_frames": 3, "opening_px": -1}, "opening_px"), ({"n_frames": 3, "ramp_px": -2}, "ramp_px"),
+    ({"n_frames": 3, "min_keep_fraction": 2}, "min_keep_fraction"),
+])
+def test_alpha_rejects_bad_parameters(kw, name):
+    with pytest.raises(ValueError, match=name):
+        altaz_alpha(np.ones((8, 8), np.float32), **kw)
+
+
+def test_feather_is_linear_in_distance_and_treats_array_edge_as_uncovered():
+    cov = np.full((50, 70), 3, np.float32)
+    cov[:, 50:] = 0
+    cov[:, 45:50] = np.nan
+    f = feather_weights(cov, ramp_px=10)
+    assert f.dtype == np.float32
+    assert np.all(f[:, 45:] == 0)
+    # Distance to the array top edge: row r is r + 1 px from outside.
+    for r in range(12):
+        assert f[r, 20] == pytest.approx(min((r + 1) / 10, 1.0), abs=1e-6)
+    # Distance to the uncovered columns on the right (first uncovered column 45).
+    for c in range(30, 45):
+        assert f[25, c] == pytest.approx(min((45 - c) / 10, 1.0), abs=1e-6)
+    assert np.all(f[12:38, 12:33] == 1)
+
+
+def test_renormalisation_gain_is_one_on_uniform_footprint_and_softens_steps():
+    cov = np.zeros((80, 120), np.float32)
+    cov[10:70, 10:110] = 4
+    g = coverage_renormalisation_gain(cov, smooth_px=5)
+    # Normalised convolution: the footprint edge is not dragged down by uncovered pixels.
+    np.testing.assert_allclose(g, 1.0, atol=1e-5)
+    cov[10:70, 60:110] = 8  # coverage step at column 60
+    g = coverage_renormalisation_gain(cov, smooth_px=5)
+    assert g[40, 58] > 1.05 and g[40, 61] < 0.95
+    np.testing.assert_allclose(g[40, 15:35], 1.0, atol=1e-5)
+    np.testing.assert_allclose(g[40, 85:105], 1.0, atol=1e-5)
+    assert np.all(g[cov == 0] == 1)
+
+
+def test_renormalisation_gain_is_clipped():
+    cov = np.ones((40, 80), np.float32)
+    cov[:, 40:] = 100
+    g = coverage_renormalisation_gain(cov, smooth_px=8, clip=(0.8, 1.25))
+    assert g.max() == np.float32(1.25) and g.min() == np.float32(0.8)
+    assert np.all(g[:, 40:47] < 1) and np.all(g[:, 33:40] > 1)
+    with pytest.raises(ValueError, match="clip"):
+        coverage_renormalisation_gain(cov, clip=(1.5, 2.0))
+    with pytest.raises(ValueError, match="smooth_px"):
+        coverage_renormalisation_gain(cov, smooth_px=0)

@@ -1,0 +1,294 @@
+"""Low-order sky surfaces for removing per-frame gradients while keeping emission fixed on the sky.
+
+Each frame carries its own light-pollution gradient, tied to the horizon: it moves with the
+frame (and rotates in it on equatorial mounts), while nebulae and galaxy halos stay fixed on
+the sky. Fitting a surface to a frame itself removes whatever large-scale light the frame
+holds, halo included. Instead, fit each frame's surface to ``frame − reference``, where the
+reference is the other frames (or the current stack) on the same sky: emission all frames
+agree on cancels in the difference and stays, while the per-frame gradients do not cancel and
+are removed. What no frame can tell apart, a gradient common to all frames, is left for a
+final mosaic-wide fit.
+
+Kernels: :func:`poly_terms` (design matrix), :func:`fit_surface` (robust fit of a difference
+image, returning a :class:`Surface`), :func:`star_mask` (compact sources to leave out of fits).
+NumPy-only (``star_mask`` uses OpenCV and SciPy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MAX_ORDER", "Surface", "fit_surface", "n_terms", "poly_terms", "star_mask"]
+
+MAX_ORDER = 3  # cubic at most: a sky gradient is smooth; higher orders start fitting emission.
+
+Extent = tuple[float, float, float, float]
+
+
+def n_terms(order: int) -> int:
+    """Number of 2-D polynomial terms of total degree <= ``order``: (order+1)(order+2)/2."""
+    return (order + 1) * (order + 2) // 2
+
+
+def _check_order(order: int) -> int:
+    if int(order) != order or not 0 <= order <= MAX_ORDER:
+        raise ValueError(f"order must be one of {list(range(MAX_ORDER + 1))} "
+                         f"(0 constant, 1 plane, 2 quadratic, 3 cubic); got {order!r}")
+    return int(order)
+
+
+def _check_extent(extent) -> Extent:
+    e = tuple(float(v) for v in extent)
+    if len(e) != 4 or not all(np.isfinite(e)) or e[1] < e[0] or e[3] < e[2]:
+        raise ValueError(f"extent must be (y_min, y_max, x_min, x_max) with y_min <= y_max and "
+                         f"x_min <= x_max; got {extent!r}")
+    return e  # type: ignore[return-value]
+
+
+def _normalise(v: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    # A one-pixel-wide extent would divide by zero: map it to 0 instead.
+    span = vmax - vmin
+    if span <= 0:
+        return np.zeros_like(v, dtype=np.float64)
+    return 2.0 * (np.asarray(v, dtype=np.float64) - vmin) / span - 1.0
+
+
+def poly_terms(x: np.ndarray, y: np.ndarray, order: int, extent: Extent) -> np.ndarray:
+    """Design matrix ``(n, n_terms)`` of 2-D monomials ``u^i v^j`` with ``i + j <= order``.
+
+    ``u`` and ``v`` are ``x`` and ``y`` mapped linearly from ``extent`` to ``[-1, 1]``, so
+    frames of different sizes (or cut-outs at different offsets) share one coordinate system.
+    Column order: by total degree, then by decreasing power of ``u``:
+    ``1, u, v, u², u·v, v², u³, u²·v, u·v², v³``.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        Pixel coordinates (column, row), same shape; flattened.
+    order : int
+        0 (constant), 1 (plane), 2 (quadratic) or 3 (cubic).
+    extent : tuple of float
+        ``(y_min, y_max, x_min, x_max)`` in pixels, mapped to -1 and +1.
+    """
+    order = _check_order(order)
+    y0, y1, x0, x1 = _check_extent(extent)
+    u = _normalise(np.ravel(x), x0, x1)
+    v = _normalise(np.ravel(y), y0, y1)
+    if u.shape != v.shape:
+        raise ValueError(f"x and y must have the same size; got {u.size} and {v.size}")
+    cols = [u ** (d - j) * v ** j for d in range(order + 1) for j in range(d + 1)]
+    return np.stack(cols, axis=1)
+
+
+@dataclass(frozen=True)
+class Surface:
+    """A fitted low-order surface per channel.
+
+    Attributes
+    ----------
+    coeffs : numpy.ndarray
+        ``(C, n_terms)`` float64, in :func:`poly_terms` column order.
+    order : int
+    extent : tuple of float
+        ``(y_min, y_max, x_min, x_max)`` the coordinates were normalised over.
+    n_used : numpy.ndarray
+        ``(C,)`` pixels (on the subsampled grid) kept by the last clipping round; 0 where the
+        fit was impossible and the coefficients are 0 (no correction).
+    """
+
+    coeffs: np.ndarray
+    order: int
+    extent: Extent
+    n_used: np.ndarray
+
+    def evaluate(self, shape: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """The surface on a ``shape = (H, W)`` block whose pixel (0, 0) is at ``offset = (y0, x0)``.
+
+        Returns ``(H, W, C)`` float32.
+        """
+        h, w = (int(s) for s in shape)
+        y0, x0 = offset
+        ey0, ey1, ex0, ex1 = self.extent
+        u = _normalise(np.arange(w) + x0, ex0, ex1)
+        v = _normalise(np.arange(h) + y0, ey0, ey1)
+        out = np.zeros((h, w, self.coeffs.shape[0]), dtype=np.float64)
+        t = 0
+        # Separable monomials: u^i (row vector) times v^j (column vector), no (H·W, n) matrix.
+        for d in range(self.order + 1):
+            for j in range(d + 1):
+                term = np.outer(v ** j, u ** (d - j))
+                out += term[:, :, None] * self.coeffs[:, t]
+                t += 1
+        return out.astype(np.float32)
+
+
+def fit_surface(
+    difference: np.ndarray,
+    *,
+    order: int = 1,
+    mask: np.ndarray | None = None,
+    kappa: float = 3.0,
+    iterations: int = 5,
+    extent: Extent | None = None,
+    step: int = 4,
+    offset: tuple[int, int] = (0, 0),
+) -> Surface:
+    """Robust least-squares fit of a low-order surface to ``difference`` (frame − reference).
+
+    Sampled every ``step`` pixels in both directions; NaN pixels and pixels where ``mask`` is
+    True (masked OUT, e.g. :func:`star_mask`) are ignored. Each channel is fitted on its own,
+    then refitted without pixels whose residual departs from the median residual by more than
+    ``kappa`` robust sigmas (1.4826·MAD), up to ``iterations`` rounds. With fewer than
+    ``max(3 · n_terms, 10)`` usable samples the channel's coefficients are 0 (no correction).
+
+    Parameters
+    ----------
+    difference : numpy.ndarray
+        ``(H, W, C)`` or ``(H, W)``.
+    order : int
+        0 (constant), 1 (plane), 2 (quadratic) or 3 (cubic).
+    mask : numpy.ndarray of bool, optional
+        ``(H, W)``, True = exclude the pixel.
+    kappa : float
+        Clipping threshold in robust sigmas, > 0.
+    iterations : int
+        Maximum clipping rounds, >= 1.
+    extent : tuple of float, optional
+        ``(y_min, y_max, x_min, x_max)`` for the coordinate normalisation, in the same pixel
+        frame as ``offset``; default the block itself, ``(y0, y0 + H − 1, x0, x0 + W − 1)``.
+    step : int
+        Sampling stride in pixels, >= 1.
+    offset : tuple of int
+        ``(y0, x0)`` position of the block's pixel (0, 0) in the extent's frame.
+
+    Returns
+    -------
+    Surface
+    """
+    order = _check_order(order)
+    diff = np.asarray(difference)
+    if diff.ndim == 2:
+        diff = diff[:, :, None]
+    if diff.ndim != 3:
+        raise ValueError(f"difference must be (H, W, C) or (H, W); got shape {diff.shape}")
+    if not np.isfinite(kappa) or kappa <= 0:
+        raise ValueError(f"kappa must be a finite number > 0; got {kappa!r}")
+    if int(iterations) != iterations or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1; got {iterations!r}")
+    if int(step) != step or step < 1:
+        raise ValueError(f"step must be an integer >= 1; got {step!r}")
+    h, w, c = diff.shape
+    y0, x0 = (int(v) for v in offset)
+    ext = _check_extent(extent if extent is not None else (y0, y0 + h - 1, x0, x0 + w - 1))
+    rows, cols = np.arange(0, h, step), np.arange(0, w, step)
+    sub = diff[::step, ::step].astype(np.float64)
+    use = np.ones(sub.shape[:2], dtype=bool)
+    if mask is not None:
+        m = np.asarray(mask).astype(bool)
+        if m.shape != (h, w):
+            raise ValueError(f"mask must have shape {(h, w)} (H, W); got {m.shape}")
+        use &= ~m[::step, ::step]
+    yy, xx = np.meshgrid(rows + y0, cols + x0, indexing="ij")
+    design = poly_terms(xx, yy, order, ext)
+    nt = design.shape[1]
+    coeffs = np.zeros((c, nt))
+    n_used = np.zeros(c, dtype=np.int64)
+    for k in range(c):
+        z = sub[:, :, k].ravel()
+        keep = use.ravel() & np.isfinite(z)
+        if keep.sum() < max(3 * nt, 10):
+            continue
+        for _ in range(int(iterations)):
+            beta = np.linalg.lstsq(design[keep], z[keep], rcond=None)[0]
+            res = z - design @ beta
+            r = res[keep]
+            centre = np.median(r)
+            sigma = 1.4826 * np.median(np.abs(r - centre))
+            if sigma == 0:
+                break
+            new = keep & (np.abs(res - centre) <= kappa * sigma)
+            if new.sum() == keep.sum() or new.sum() < max(3 * nt, 10):
+                break
+            keep = new
+        if np.isfinite(beta).all():
+            coeffs[k] = beta
+            n_used[k] = int(keep.sum())
+    return Surface(coeffs, order, ext, n_used)
+
+
+def star_mask(
+    image: np.ndarray, *, kappa: float = 3.0, grow_px: int = 3, filter_px: int = 15
+) -> np.ndarray:
+    """True on stars and other compact sources, False on sky and smooth extended emission.
+
+    High-pass = image − median filter of ``filter_px``; pixels above ``kappa`` robust sigmas
+    (1.4826·MAD of the high-pass) are flagged and the flags dilated by a disk of radius
+    ``grow_px``. Colour images are summed over channels first. Emission smooth on scales much
+    larger than ``filter_px`` survives the median filter and is not flagged; only the peak of
+    very bright, strongly curved emission (a median under-estimates a curved peak by about
+    1 % of its height for a 35 px Gaussian) can cross the threshold, which is harmless for
+    fits that merely leave flagged pixels out.
+
+    For speed the median filter runs on a copy binned by ``b = max(1, filter_px // 5)`` (block
+    means) with a window of ``filter_px / b`` bins, then is resized back bilinearly; compact
+    sources (a few pixels) do not survive a median over that window either way. NaN pixels are
+    filled with the median before filtering and are never flagged.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W, C)`` or ``(H, W)``.
+    kappa : float
+        Detection threshold in robust sigmas, > 0.
+    grow_px : int
+        Dilation radius in pixels, >= 0.
+    filter_px : int
+        Median-filter width in pixels, >= 3.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` bool.
+    """
+    import cv2
+    from scipy.ndimage import median_filter
+
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3:
+        img = img.sum(axis=2)
+    if img.ndim != 2:
+        raise ValueError(f"image must be (H, W, C) or (H, W); got shape {np.shape(image)}")
+    if not np.isfinite(kappa) or kappa <= 0:
+        raise ValueError(f"kappa must be a finite number > 0; got {kappa!r}")
+    if int(grow_px) != grow_px or grow_px < 0:
+        raise ValueError(f"grow_px must be an integer >= 0; got {grow_px!r}")
+    if int(filter_px) != filter_px or filter_px < 3:
+        raise ValueError(f"filter_px must be an integer >= 3; got {filter_px!r}")
+    finite = np.isfinite(img)
+    if not finite.any():
+        return np.zeros(img.shape, dtype=bool)
+    img = np.where(finite, img, np.float32(np.median(img[finite]))).astype(np.float32)
+    h, w = img.shape
+    b = max(1, int(filter_px) // 5)
+    hb, wb = -(-h // b), -(-w // b)
+    padded = cv2.copyMakeBorder(img, 0, hb * b - h, 0, wb * b - w, cv2.BORDER_REFLECT_101)
+    binned = padded.reshape(hb, b, wb, b).mean(axis=(1, 3))
+    win = max(3, int(round(filter_px / b)) | 1)  # odd window, in bins
+    smooth = median_filter(binned, size=win, mode="reflect")
+    if b > 1:
+        # cv2.resize aligns pixel centres, so each bin's value lands on its block's centre.
+        smooth = cv2.resize(smooth, (wb * b, hb * b), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    highpass = img - smooth
+    sample = highpass[finite]
+    centre = np.median(sample)
+    sigma = 1.4826 * np.median(np.abs(sample - centre))
+    if sigma <= 0:
+        return np.zeros(img.shape, dtype=bool)
+    flags = ((highpass - centre) > kappa * sigma) & finite
+    if grow_px > 0:
+        size = 2 * int(grow_px) + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+        flags = cv2.dilate(flags.astype(np.uint8), kernel).astype(bool)
+    return flags
