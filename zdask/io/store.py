@@ -28,8 +28,10 @@ import zarr
 from zarr.codecs import BloscCodec
 
 # Calibrated values are bilinear means of 16-bit integers: their low mantissa bits are mostly
-# zero, which byte shuffling + a fast zstd level turns into a useful size reduction.
-COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+# zero, so byte shuffling + lz4 halves them. Measured on a 1080×1920×3 frame: lz4 writes in
+# 50 ms and reads in 20-40 ms, zstd level 1 in 130-190 / 80-100 ms for 25% more reduction; reads
+# sit on the warp's critical path, so lz4.
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
 def fingerprint(*parts: Any) -> str:
