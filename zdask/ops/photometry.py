@@ -465,3 +465,49 @@ def seam_metric(overlap_medians: Sequence[np.ndarray | None]) -> np.ndarray:
     mean = safe.sum(axis=0) / np.maximum(n, 1)
     var = (np.where(ok, arr - mean, 0.0) ** 2).sum(axis=0) / np.maximum(n, 1)
     return np.where(n > 0, np.sqrt(var), np.nan)
+
+
+def fit_source_gain(
+    reference: np.ndarray, target: np.ndarray, *, mask: np.ndarray | None = None,
+    filter_px: int = 7, snr: float = 5.0, min_pixels: int = 20,
+) -> PairFit:
+    """Per-channel ``(gain, offset)`` with ``gain · target + offset ≈ reference``, the gain
+    measured on sources only.
+
+    Transparency scales the astronomical signal, not the additive sky glow, so a gain is only
+    visible in stars and compact structure: both images are high-passed (minus a
+    ``filter_px`` median filter, which removes sky, gradients and offsets), pixels where both
+    high-passed values exceed ``snr`` × their noise are kept, and the gain is the ratio of
+    their sums (flux-weighted, so faint noisy pixels count little). The offset is then the
+    median of ``reference − gain · target`` over the whole overlap. Channels without enough
+    source pixels fall back to gain 1 (``fitted`` False).
+    """
+    from scipy.ndimage import median_filter
+
+    ref = _as_hwc(reference, "reference").astype(np.float64)
+    tgt = _as_hwc(target, "target").astype(np.float64)
+    valid = np.isfinite(ref).all(axis=-1) & np.isfinite(tgt).all(axis=-1)
+    if mask is not None:
+        valid &= np.asarray(mask, dtype=bool)
+    c = ref.shape[-1]
+    gain, offset = np.ones(c), np.zeros(c)
+    fitted = np.zeros(c, dtype=bool)
+    n_used = 0
+    for k in range(c):
+        r, t = ref[..., k], tgt[..., k]
+        if valid.sum() < min_pixels:
+            break
+        fill_r, fill_t = np.median(r[valid]), np.median(t[valid])
+        hr = np.where(valid, r, fill_r) - median_filter(np.where(valid, r, fill_r), size=filter_px)
+        ht = np.where(valid, t, fill_t) - median_filter(np.where(valid, t, fill_t), size=filter_px)
+        sr, st = _mad_sigma(hr[valid]), _mad_sigma(ht[valid])
+        sources = valid & (hr > snr * max(sr, 1e-12)) & (ht > snr * max(st, 1e-12))
+        if sources.sum() >= min_pixels:
+            ratio = hr[sources].sum() / ht[sources].sum()
+            if np.isfinite(ratio) and ratio > 0:
+                gain[k], fitted[k] = ratio, True
+                n_used = max(n_used, int(sources.sum()))
+        offset[k] = float(np.median(r[valid] - gain[k] * t[valid]))
+    ok = bool(fitted.all())
+    return PairFit(gain, offset, int(valid.sum()), ok,
+                   None if ok else "too few source pixels for a gain: offset only", fitted)

@@ -101,9 +101,14 @@ def _every_eighth(a: np.ndarray) -> np.ndarray:
 
 
 def footprint(map_x: np.ndarray, map_y: np.ndarray, src_shape: tuple[int, int]) -> np.ndarray:
-    """Destination pixels whose centre maps inside the source's pixel-centre hull (bool)."""
+    """Destination pixels whose centre maps inside the source's pixel-centre hull (bool).
+
+    A 1e-6 px tolerance keeps pixels that map exactly onto the edge (through a WCS round trip
+    that lands at -1e-10) inside.
+    """
     h, w = src_shape
-    return (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+    eps = 1e-6
+    return (map_x >= -eps) & (map_x <= w - 1 + eps) & (map_y >= -eps) & (map_y <= h - 1 + eps)
 
 
 def remap(
@@ -133,3 +138,40 @@ def remap(
         out = out[..., None]
     out[outside] = np.nan
     return out
+
+
+def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """Block means of ``factor`` × ``factor`` pixels (NaN-aware); a ragged last row/column of
+    blocks is dropped. ``(H, W[, C])`` → ``(H // factor, W // factor[, C])`` float32."""
+    if factor == 1:
+        return np.asarray(image, dtype=np.float32)
+    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor, *image.shape[2:])
+    finite = np.isfinite(blocks)
+    total = np.where(finite, blocks, 0.0).sum(axis=(1, 3), dtype=np.float64)
+    count = finite.sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):  # all-NaN blocks stay NaN
+        return np.where(count > 0, total / count, np.nan).astype(np.float32)
+
+
+def binned_transform(transform: PixelTransform, src_factor: int, dst_factor: int) -> PixelTransform:
+    """``transform`` between full-resolution grids, re-expressed between their binned versions.
+
+    Binned pixel X of factor b has its centre at full-resolution coordinate b·X + (b − 1)/2.
+    """
+
+    def binned(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        half_d = (dst_factor - 1) / 2.0
+        sx, sy = transform(dst_factor * x + half_d, dst_factor * y + half_d)
+        half_s = (src_factor - 1) / 2.0
+        return (sx - half_s) / src_factor, (sy - half_s) / src_factor
+
+    return binned
+
+
+def binned_extent(shape: tuple[int, int], factor: int, origin: tuple[int, int] = (0, 0)) -> tuple[float, float, float, float]:
+    """(y_min, y_max, x_min, x_max) in full-resolution pixels of the centres of a binned grid."""
+    half = (factor - 1) / 2.0
+    y0, x0 = origin
+    return (y0 * factor + half, (y0 + shape[0] - 1) * factor + half,
+            x0 * factor + half, (x0 + shape[1] - 1) * factor + half)
