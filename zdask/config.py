@@ -92,7 +92,73 @@ class Config:
         default=32,
     )
 
+    # --- clean tiles ----------------------------------------------------------------------------
+    altaz_cleanup: bool = _doc(
+        "Mask the low-coverage corners that field rotation leaves in ALT_AZ master tiles "
+        "(bool); applied per tile, only to ALT_AZ groups.",
+        default=False,
+    )
+    altaz_min_abs: float = _doc(
+        "Alt-az mask: keep pixels covered by at least this many frames (frames, >= 1; bounded "
+        "by the frames the tile used).",
+        default=3.0,
+    )
+    altaz_min_frac: float = _doc(
+        "Alt-az mask: keep pixels covered by at least this fraction of the tile's maximum "
+        "coverage (fraction in [0, 1]).",
+        default=0.5,
+    )
+    altaz_opening_px: int = _doc(
+        "Alt-az mask: radius of the morphological opening that removes thin slivers "
+        "(pixels, >= 0).",
+        default=3,
+    )
+    altaz_ramp_px: int = _doc(
+        "Alt-az mask: width of the soft alpha ramp inside the mask edge (pixels, >= 0).",
+        default=8,
+    )
+    rgb_equalize: bool = _doc(
+        "Equalise the medians of the R, G, B channels of each master tile after stacking "
+        "(bool); skipped for mono.",
+        default=True,
+    )
+    rgb_gain_range: tuple[float, float] = _doc(
+        "Smallest and largest per-channel gain the RGB equalisation may apply (unitless, "
+        "0 < low <= 1 <= high).",
+        default=(0.95, 1.05),
+    )
+    sky_surface_order: int = _doc(
+        "Order of the sky surfaces matched between overlapping frames (inside a tile) and "
+        "tiles (in the mosaic): -1 off, 0 offset, 1 plane, 2 quadratic. Each is fitted against "
+        "the others covering the same sky, so emission fixed on the sky is kept.",
+        default=1,
+    )
+    harmonize: bool = _doc(
+        "Match gain and offset per channel between overlapping master tiles before the "
+        "coadd (bool).",
+        default=True,
+    )
+    match_bin: int = _doc(
+        "Binning of the low-resolution images on which sky surfaces and tile photometry are "
+        "fitted (pixels per side, 1..64).",
+        default=8,
+    )
+
     # --- mosaic ---------------------------------------------------------------------------------
+    feather_px: int = _doc(
+        "Width of the edge feather in the coadd weights (coverage × alpha × feather) (pixels, "
+        ">= 0; 0 disables).",
+        default=32,
+    )
+    coverage_renorm: bool = _doc(
+        "Two-pass coverage renormalisation of each master tile: a per-pixel gain from the ratio "
+        "of smoothed to raw coverage, clipped to [0.5, 2] (bool).",
+        default=False,
+    )
+    autocrop: bool = _doc(
+        "Crop the canvas to the covered area, adjusting the WCS (bool).",
+        default=True,
+    )
     canvas_block: int = _doc(
         "Side of the square canvas blocks that the mosaic is assembled in (pixels, 256..8192).",
         default=2048,
@@ -161,6 +227,23 @@ class Config:
             raise bad("budget", "must be a byte size of at least 1MiB, e.g. '256MiB'") from None
         if not (isinstance(self.warp_grid_step, int) and 4 <= self.warp_grid_step <= 256):
             raise bad("warp_grid_step", "must be an integer in 4..256")
+        for name in ("altaz_cleanup", "rgb_equalize", "harmonize", "coverage_renorm", "autocrop"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
+        if not (isinstance(self.altaz_min_abs, (int, float)) and self.altaz_min_abs >= 1):
+            raise bad("altaz_min_abs", "must be a number >= 1")
+        if not (isinstance(self.altaz_min_frac, (int, float)) and 0 <= self.altaz_min_frac <= 1):
+            raise bad("altaz_min_frac", "must be in [0, 1]")
+        for name in ("altaz_opening_px", "altaz_ramp_px", "feather_px"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise bad(name, "must be an integer >= 0")
+        lo, hi = self.rgb_gain_range if len(self.rgb_gain_range) == 2 else (0, 0)
+        if not (0 < lo <= 1 <= hi):
+            raise bad("rgb_gain_range", "must be two numbers low, high with 0 < low <= 1 <= high")
+        if self.sky_surface_order not in (-1, 0, 1, 2):
+            raise bad("sky_surface_order", "allowed values are -1 (off), 0, 1, 2")
+        if not (isinstance(self.match_bin, int) and 1 <= self.match_bin <= 64):
+            raise bad("match_bin", "must be an integer in 1..64")
         if not (isinstance(self.canvas_block, int) and 256 <= self.canvas_block <= 8192):
             raise bad("canvas_block", "must be an integer in 256..8192")
         if not (isinstance(self.tile_margin, int) and self.tile_margin >= 0):
@@ -201,6 +284,8 @@ class Config:
 
 def _coerce(name: str, value: Any) -> Any:
     """Turn TOML/CLI spellings into the field's type (kappa as '2.5,3', a list or a number)."""
+    if name == "rgb_gain_range":
+        return tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
     if name == "kappa":
         if isinstance(value, str):
             try:

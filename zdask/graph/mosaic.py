@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 
-from zdask.graph.geometry import Grid, covering_grid, footprint_outline, grid_bbox_of, wcs_from_header
+from zdask.graph.geometry import Grid, covering_grid, footprint_outline, wcs_from_header
+from zdask.ops.background import Surface
 from zdask.io import store
 from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
 
@@ -26,6 +27,9 @@ class PlacedTile:
     token: str         # the tile's fingerprint (invalidates worker caches when it changes)
     grid: Grid
     bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) on the canvas
+    gain: tuple = ()       # per channel; the tile's pixels become gain·x + offset − surface
+    offset: tuple = ()
+    surface: tuple | None = None  # (coefficients, order, extent) in uncropped canvas pixels
 
 
 def canvas_grid(tile_grids: list[Grid], scale_arcsec: float) -> Grid:
@@ -34,20 +38,23 @@ def canvas_grid(tile_grids: list[Grid], scale_arcsec: float) -> Grid:
     return covering_grid(outlines, scale_arcsec, margin=0)
 
 
-def place_tiles(tiles: list[tuple[str, str, str, Grid]], canvas: Grid) -> list[PlacedTile]:
-    """Attach to each (root, name, token, grid) its bounding box on the canvas; drop misses."""
-    placed = []
-    for root, name, token, grid in tiles:
-        bbox = grid_bbox_of(grid, canvas)
-        if bbox is not None:
-            placed.append(PlacedTile(root, name, token, grid, bbox))
-    return placed
+def crop_grid(canvas: Grid, box: tuple[int, int, int, int]) -> Grid:
+    """The part (y0, y1, x0, x1) of a grid, as a grid of its own (CRPIX shifted)."""
+    y0, y1, x0, x1 = box
+    header = dict(canvas.wcs_header)
+    header["CRPIX1"] = float(header["CRPIX1"]) - x0
+    header["CRPIX2"] = float(header["CRPIX2"]) - y0
+    header["NAXIS1"], header["NAXIS2"] = x1 - x0, y1 - y0
+    return Grid(header, (y1 - y0, x1 - x0))
 
 
 def coadd_block(
-    tiles: list[PlacedTile], canvas_header: dict, step: int, channels: int, block_info=None
+    tiles: list[PlacedTile], canvas_header: dict, step: int, channels: int,
+    origin: tuple[int, int] = (0, 0), block_info=None,
 ) -> np.ndarray:
-    """Worker task: (h, w, C + 1) block, the coverage-weighted mean image and the coverage sum."""
+    """Worker task: (h, w, C + 1) block: the weighted mean of the corrected tiles, and the
+    effective coverage (frames × alpha). ``origin`` is the block grid's position on the
+    uncropped canvas, where the tiles' surfaces are defined."""
     (r0, r1), (c0, c1), _ = block_info[None]["array-location"]
     h, w = r1 - r0, c1 - c0
     total = np.zeros((h, w, channels), dtype=np.float64)
@@ -63,16 +70,22 @@ def coadd_block(
         if window is None:
             continue
         wy0, wy1, wx0, wx1 = window
-        image = store.open_array(tile.root, f"{tile.name}/image", tile.token)[wy0:wy1, wx0:wx1, :]
-        cov = store.open_array(tile.root, f"{tile.name}/coverage", tile.token)[wy0:wy1, wx0:wx1]
-        warped = remap(image, map_x, map_y, origin=(wy0, wx0))
-        wcov = remap(cov[..., None], map_x, map_y, origin=(wy0, wx0))[..., 0]
-        wcov = np.where(np.isfinite(wcov), wcov, 0.0).astype(np.float32)
-        good = np.isfinite(warped) & (wcov[..., None] > 0)
-        wts = np.where(good, wcov[..., None], 0.0)
-        total += np.where(good, warped, 0.0) * wts
+        read = lambda key: store.open_array(tile.root, f"{tile.name}/{key}", tile.token)[wy0:wy1, wx0:wx1]  # noqa: E731
+        image = remap(read("image"), map_x, map_y, origin=(wy0, wx0))
+        # Weight and effective coverage are resampled like the image, as one 2-channel image.
+        aux = np.stack([read("weight"), read("coverage") * read("alpha")], axis=-1)
+        aux = np.nan_to_num(remap(aux, map_x, map_y, origin=(wy0, wx0)))
+        if tile.gain:
+            image = image * np.asarray(tile.gain, dtype=np.float32) + np.asarray(tile.offset, dtype=np.float32)
+        if tile.surface is not None:
+            coeffs, order, extent = tile.surface
+            image -= Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0)).evaluate(
+                (h, w), offset=(r0 + origin[0], c0 + origin[1]))
+        good = np.isfinite(image) & (aux[..., :1] > 0)
+        wts = np.where(good, aux[..., :1], 0.0)
+        total += np.where(good, image, 0.0) * wts
         weight += wts
-        coverage += wcov
+        coverage += aux[..., 1]
     out = np.empty((h, w, channels + 1), dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         out[..., :channels] = np.where(weight > 0, total / np.maximum(weight, 1e-30), np.nan)
@@ -80,12 +93,13 @@ def coadd_block(
     return out
 
 
-def mosaic_arrays(tiles: list[PlacedTile], canvas: Grid, channels: int, block: int, step: int) -> dict:
+def mosaic_arrays(tiles: list[PlacedTile], canvas: Grid, channels: int, block: int, step: int,
+                  origin: tuple[int, int] = (0, 0)) -> dict:
     """Lazy canvas arrays: image (H, W, C) float32 and coverage (H, W) float32."""
     h, w = canvas.shape
     chunks = (_split(h, block), _split(w, block), (channels + 1,))
     packed = da.map_blocks(
-        coadd_block, tiles, canvas.wcs_header, step, channels,
+        coadd_block, tiles, canvas.wcs_header, step, channels, origin,
         chunks=chunks, dtype=np.float32, meta=np.empty((0, 0, 0), dtype=np.float32),
         name=f"coadd-{store.fingerprint([t.token for t in tiles], canvas.to_json())}",
     )

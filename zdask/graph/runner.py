@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import dask
-import dask.array as da
 import numpy as np
 import zarr
 
@@ -21,16 +19,13 @@ from zdask.cluster import open_client, wait_with_progress
 from zdask.config import Config
 from zdask.graph import calibrate as cal
 from zdask.graph.geometry import Grid
-from zdask.graph.mosaic import canvas_grid, mosaic_arrays, place_tiles
+from zdask.graph.mosaic_stage import run_mosaic_stage
 from zdask.graph.plan import Plan, plan_master_tiles
-from zdask.graph.tiles import TileSource, master_tile, store_tile, tile_grid
+from zdask.graph.tile_stage import run_tile_stage
 from zdask.io import store
-from zdask.io.outputs import write_image_fits, write_json, write_mosaic, write_preview
+from zdask.io.outputs import write_json, write_mosaic, write_preview
 from zdask.io.scan import Frame, FrameTable, RejectedFile, scan
 from zdask.ops.framestats import FrameStats
-
-STACKING_FIELDS = ("reject", "kappa", "iterations", "normalization", "weights", "warp_grid_step", "tile_margin")
-
 
 class RunError(Exception):
     """A run cannot start or go on; the message is one line for the user (exit status 2)."""
@@ -51,8 +46,14 @@ class RunContext:
     channels: int = 3                                                # 3 colour, 1 mono
     calibrated: dict[str, tuple[str, str]] = field(default_factory=dict)  # path → (key, fingerprint)
     stats: dict[str, FrameStats] = field(default_factory=dict)      # path → frame statistics
-    tiles: list[tuple[dict, Grid, str]] = field(default_factory=list)  # (report entry, grid, fp)
-    canvas: Grid | None = None
+    excluded: dict[str, str] = field(default_factory=dict)          # path → why it is not stacked
+    aligned: dict[str, dict] = field(default_factory=dict)          # path → WCS after alignment
+    tiles: list[tuple[dict, Grid | None, str | None]] = field(default_factory=list)  # (entry, grid, fp)
+    canvas_header: dict | None = None
+
+    def wcs_of(self, frame: Frame) -> dict:
+        """The WCS that places a frame: its aligned one if alignment refined it."""
+        return self.aligned.get(frame.path, frame.wcs_header)
 
     @property
     def root(self) -> str:
@@ -109,7 +110,7 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, say=print, console=
     }
     with open_client(config, say) as client:
         for name, stage in (("hotpixels", stage_hot_pixels), ("calibrate", stage_calibrate),
-                            ("tiles", stage_tiles), ("mosaic", stage_mosaic)):
+                            ("tiles", run_tile_stage), ("mosaic", run_mosaic_stage)):
             t = time.perf_counter()
             stage(ctx, client, plan)
             timings[name] = time.perf_counter() - t
@@ -158,99 +159,6 @@ def stage_calibrate(ctx: RunContext, client, plan: Plan) -> None:
     ctx.report["frames_calibrated"] = len(jobs)
 
 
-def stage_tiles(ctx: RunContext, client, plan: Plan) -> None:
-    """One master tile per group in Zarr and ``tiles/tile_NNN.fits``; finished ones are reused."""
-    stacking = ctx.config.digest(*STACKING_FIELDS)
-    pending = []
-    for group in plan.groups:
-        frames = [ctx.frames[i] for i in group.frames]
-        grid = tile_grid(frames, ctx.config.tile_margin)
-        fps = [ctx.calibrated[f.path][1] for f in frames]
-        fp = store.fingerprint(fps, stacking, grid.to_json(), ctx.channels)
-        name = f"tiles/{fp}"
-        entry = {
-            "id": group.id, "mode": group.mode, "frames": [f.path for f in frames],
-            "n_frames": len(frames), "shape": list(grid.shape), "zarr": name,
-            "file": os.path.join("tiles", f"tile_{group.id:03d}.fits"),
-        }
-        ctx.tiles.append((entry, grid, fp))
-        if store.is_complete(ctx.root, name, fp):
-            entry.update(zarr.open_group(ctx.root, path=name, mode="r").attrs["summary"], reused=True)
-            continue
-        sources = [TileSource(ctx.root, *ctx.calibrated[f.path], f.wcs_header, (f.height, f.width))
-                   for f in frames]
-        arrays = master_tile(sources, [ctx.stats[f.path] for f in frames],
-                             [f.exptime_s for f in frames], grid, ctx.channels, ctx.config)
-        writes = store_tile(arrays, ctx.root, name)
-        rejected = (arrays["rejected_low"].sum(dtype=np.int64) + arrays["rejected_high"].sum(dtype=np.int64))
-        kept = arrays["count"].sum(dtype=np.int64)
-        # One future per tile: its Zarr writes, then the rejection counts of the report.
-        counts = dask.delayed(_after_writes)(writes, rejected, kept)
-        pending.append((entry, fp, client.compute(counts)))
-    done = wait_with_progress([p[2] for p in pending], "master tiles", ctx.console)
-    for (entry, fp, _), (rejected, kept) in zip(pending, done):
-        total = int(rejected) + int(kept)
-        summary = {"rejected_fraction": float(rejected) / total if total else 0.0}
-        entry.update(summary, reused=False)
-        store.mark_complete(ctx.root, entry["zarr"], fp, summary=summary)
-    for entry, grid, fp in ctx.tiles:
-        write_tile_fits(ctx, entry, grid, fp)
-    ctx.report["tiles"] = [entry for entry, _, _ in ctx.tiles]
-    ctx.report["tiles_reused"] = [e["id"] for e, _, _ in ctx.tiles if e["reused"]]
-    ctx.report["tiles_computed"] = [e["id"] for e, _, _ in ctx.tiles if not e["reused"]]
-    ctx.say(f"master tiles: {len(ctx.report['tiles_computed'])} computed, "
-            f"{len(ctx.report['tiles_reused'])} reused")
-
-
-def _after_writes(_writes, rejected, kept) -> tuple[int, int]:
-    return int(rejected), int(kept)
-
-
-def write_tile_fits(ctx: RunContext, entry: dict, grid: Grid, fp: str) -> None:
-    """The tile as FITS (image + WCS + COVERAGE), unless an up-to-date file is already there."""
-    from astropy.io import fits
-
-    path = os.path.join(ctx.out_dir, entry["file"])
-    if os.path.exists(path):
-        try:
-            if fits.getheader(path).get("ZDASKFP") == fp:
-                return
-        except OSError:
-            pass  # unreadable leftovers are simply replaced
-    group = zarr.open_group(ctx.root, path=entry["zarr"], mode="r")
-    write_image_fits(
-        path, np.asarray(group["image"][:]), grid.wcs_header,
-        {"COVERAGE": np.asarray(group["coverage"][:])},
-        {"ZDASKFP": fp, "TILEID": entry["id"], "MOUNT": entry["mode"], "NFRAMES": entry["n_frames"]},
-    )
-
-
-def stage_mosaic(ctx: RunContext, client, plan: Plan) -> None:
-    """The canvas: tiles reprojected onto canvas blocks and combined by coverage, in Zarr."""
-    scale = float(np.median([f.scale_arcsec for f in ctx.frames]))
-    grids = [grid for _, grid, _ in ctx.tiles]
-    canvas = canvas_grid(grids, scale)
-    fp = store.fingerprint([fp for _, _, fp in ctx.tiles], canvas.to_json(), ctx.config.canvas_block)
-    ctx.canvas = canvas
-    ctx.report["mosaic"] = {"shape": list(canvas.shape), "scale_arcsec": scale,
-                            "channels": ctx.channels}
-    if store.is_complete(ctx.root, "mosaic", fp):
-        ctx.report["mosaic"]["reused"] = True
-        return
-    placed = place_tiles([(ctx.root, e["zarr"], tfp, g) for e, g, tfp in ctx.tiles], canvas)
-    arrays = mosaic_arrays(placed, canvas, ctx.channels, ctx.config.canvas_block, ctx.config.warp_grid_step)
-    group = store.open_store(ctx.root)
-    targets = []
-    for key in ("image", "coverage"):
-        arr = arrays[key]
-        targets.append(store.create_array(group, f"mosaic/{key}", arr.shape, arr.dtype,
-                                          tuple(c[0] for c in arr.chunks)))
-    writes = da.store([arrays["image"], arrays["coverage"]], targets, lock=False, compute=False)
-    wait_with_progress([client.compute(dask.delayed(_after_writes)(writes, 0, 0))], "mosaic", ctx.console)
-    store.mark_complete(ctx.root, "mosaic", fp, wcs=canvas.wcs_header)
-    ctx.report["mosaic"]["reused"] = False
-
-
 def stage_write(ctx: RunContext) -> None:
     """mosaic.fits and preview.png from the canvas in Zarr (each written atomically)."""
     group = zarr.open_group(ctx.root, path="mosaic", mode="r")
@@ -258,6 +166,6 @@ def stage_write(ctx: RunContext) -> None:
     coverage = np.asarray(group["coverage"][:])
     covered = np.isfinite(image).all(axis=-1) & (coverage > 0)
     ctx.report["mosaic"]["covered_fraction"] = float(covered.mean())
-    write_mosaic(os.path.join(ctx.out_dir, "mosaic.fits"), image, coverage, ctx.canvas.wcs_header,
+    write_mosaic(os.path.join(ctx.out_dir, "mosaic.fits"), image, coverage, ctx.canvas_header,
                  {"NTILES": len(ctx.tiles), "NFRAMES": len(ctx.frames)})
     write_preview(os.path.join(ctx.out_dir, "preview.png"), image)

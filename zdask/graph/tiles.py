@@ -18,11 +18,16 @@ from zdask.graph.geometry import Grid, covering_grid, footprint_outline, mean_di
 from zdask.graph.stack import stack, stack_chunks
 from zdask.io import store
 from zdask.io.scan import Frame
+from zdask.ops.background import Surface
+from zdask.ops.colour import equalize_rgb_medians, tile_health
 from zdask.ops.framestats import FrameStats
+from zdask.ops.masks import altaz_alpha, coverage_renormalisation_gain, feather_weights
 from zdask.ops.normalize import frame_weights, normalization_coefficients
 from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
 
 TILE_ARRAYS = ("image", "coverage", "count", "rejected_low", "rejected_high")
+# Written by finish_tile: alpha (the alt-az cleanup mask, 1 elsewhere) and the coadd weight.
+FINISHED_ARRAYS = ("alpha", "weight")
 
 
 @dataclass(frozen=True)
@@ -34,11 +39,14 @@ class TileSource:
     token: str
     wcs_header: dict
     shape: tuple[int, int]
+    sky: tuple | None = None  # (coefficients, order, extent) of the frame's sky surface on the tile grid
 
 
-def tile_grid(frames: list[Frame], margin: int) -> Grid:
-    """North-up TAN grid at the frames' median scale covering every frame of the group."""
-    outlines = [footprint_outline(f.wcs(), (f.height, f.width)) for f in frames]
+def tile_grid(frames: list[Frame], margin: int, wcs_headers: list[dict] | None = None) -> Grid:
+    """North-up TAN grid at the frames' median scale covering every frame of the group
+    (placed by ``wcs_headers`` when given, e.g. after alignment, else by their own WCS)."""
+    headers = wcs_headers or [f.wcs_header for f in frames]
+    outlines = [footprint_outline(wcs_from_header(h), (f.height, f.width)) for f, h in zip(frames, headers)]
     centre = mean_direction(np.array([f.ra_deg for f in frames]), np.array([f.dec_deg for f in frames]))
     scale = float(np.median([f.scale_arcsec for f in frames]))
     return covering_grid(outlines, scale, margin=margin, centre=centre)
@@ -61,6 +69,10 @@ def warp_block(
         y0, y1, x0, x1 = window
         pixels = store.open_array(src.root, f"frames/{src.key}", src.token)[y0:y1, x0:x1, :]
         out[i] = remap(pixels, map_x, map_y, origin=(y0, x0))
+        if src.sky is not None:
+            coeffs, order, extent = src.sky
+            out[i] -= Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0)).evaluate(
+                (r1 - r0, c1 - c0), offset=(r0, c0))
     return out
 
 
@@ -91,6 +103,10 @@ def master_tile(
     """Lazy arrays of one master tile: image (h, w, C), coverage (h, w), count and rejections."""
     warped = warped_stack(sources, grid, channels, config)
     scale, offset = normalization_coefficients(stats, config.normalization)
+    if any(s.sky is not None for s in sources):
+        # The sky surfaces already brought every frame's background to the group's consensus;
+        # offsets from whole-frame statistics (measured before that) would undo it.
+        offset = np.zeros_like(offset)
     weights = frame_weights(stats, config.weights, exptimes=exptimes)
     result = stack(
         warped, config.reject, weights=weights, scale=scale, offset=offset,
@@ -114,3 +130,37 @@ def store_tile(arrays: dict[str, da.Array], root: str, name: str):
         targets.append(store.create_array(group, f"{name}/{key}", arr.shape, arr.dtype, chunks))
         sources.append(arr)
     return da.store(sources, targets, lock=False, compute=False)
+
+
+def finish_tile(root: str, name: str, mode: str, n_frames: int, cleanup: bool, config: Config) -> dict:
+    """Worker task after the stack: health check, alt-az alpha, colour equalisation, weights.
+
+    Rewrites the tile's image (equalised, renormalised) and writes ``alpha`` and ``weight``
+    (coverage × alpha × edge feather) beside it. Returns the tile's summary for the report.
+    """
+    group = store.open_store(root)
+    image = np.asarray(group[f"{name}/image"][:])
+    coverage = np.nan_to_num(np.asarray(group[f"{name}/coverage"][:]))
+    health = tile_health(image, coverage)
+    summary = {"healthy": bool(health.ok), "health_reason": health.reason, "alpha_applied": False,
+               "alpha_note": None, "rgb_gains": [1.0] * image.shape[-1]}
+    alpha = (coverage > 0).astype(np.float32)
+    if cleanup and health.ok:
+        result = altaz_alpha(coverage, n_frames=n_frames, min_abs=config.altaz_min_abs,
+                             min_frac=config.altaz_min_frac, opening_px=config.altaz_opening_px,
+                             ramp_px=config.altaz_ramp_px)
+        alpha = result.alpha.astype(np.float32)
+        summary["alpha_applied"] = bool(result.applied)
+        summary["alpha_note"] = result.reason
+    if health.ok and config.coverage_renorm:
+        image = image * coverage_renormalisation_gain(coverage)[..., None]
+    if health.ok and config.rgb_equalize and image.shape[-1] == 3:
+        image, gains = equalize_rgb_medians(image, gain_range=config.rgb_gain_range, mask=alpha > 0.5)
+        summary["rgb_gains"] = [float(g) for g in gains]
+    feather = feather_weights(coverage, ramp_px=config.feather_px) if config.feather_px > 0 else 1.0
+    weight = (coverage * alpha * feather).astype(np.float32)
+    chunks = group[f"{name}/coverage"].chunks
+    group[f"{name}/image"][:] = image
+    store.create_array(group, f"{name}/alpha", alpha.shape, "float32", chunks)[:] = alpha
+    store.create_array(group, f"{name}/weight", weight.shape, "float32", chunks)[:] = weight
+    return summary

@@ -1,0 +1,76 @@
+"""Master tiles on a planted layout: exact coverage, finishing (alpha, health, weights)."""
+
+import dask
+import numpy as np
+
+from zdask.config import Config
+from zdask.graph.geometry import Grid, tan_header
+from zdask.graph.tiles import TileSource, finish_tile, master_tile, store_tile
+from zdask.io import store
+from zdask.ops.framestats import frame_statistics
+
+SCALE = 2.0  # arcsec / px
+
+
+def _frame_header(dx: int, dy: int) -> dict:
+    # Same tangent point and orientation as the tile: pixel (x, y) of the frame is pixel
+    # (x + dx, y + dy) of the tile, exactly.
+    return tan_header(10.0, 40.0, SCALE, (50.5 - dx, 40.5 - dy))
+
+
+def _store_frames(root: str, shifts, shape=(30, 40), value=100.0):
+    group = store.open_store(root)
+    sources, stats = [], []
+    for k, (dx, dy) in enumerate(shifts):
+        image = np.full(shape + (1,), value + k, dtype=np.float32)
+        store.create_array(group, f"frames/f{k}", image.shape, "float32", (16, shape[1], 1))[:] = image
+        store.mark_complete(root, f"frames/f{k}", f"fp{k}")
+        sources.append(TileSource(root, f"f{k}", f"fp{k}", _frame_header(dx, dy), shape))
+        stats.append(frame_statistics(image))
+    return sources, stats
+
+
+def test_coverage_counts_the_frames_whose_footprint_covers_each_pixel(tmp_path):
+    root = str(tmp_path / "work.zarr")
+    shifts = [(0, 0), (10, 5), (25, 12)]
+    sources, stats = _store_frames(root, shifts)
+    grid = Grid(tan_header(10.0, 40.0, SCALE, (50.5, 40.5)), (60, 80))
+    config = Config().replace(budget="1MiB", sky_surface_order=-1)
+    arrays = master_tile(sources, stats, [10.0] * 3, grid, 1, config)
+    coverage, image, count = dask.compute(arrays["coverage"], arrays["image"], arrays["count"], scheduler="sync")
+    expected = np.zeros((60, 80), dtype=np.float32)
+    for dx, dy in shifts:
+        expected[dy:dy + 30, dx:dx + 40] += 1
+    np.testing.assert_array_equal(coverage, expected)
+    # Pixels covered by no frame are NaN with count 0; the others hold a sample mean.
+    assert np.isnan(image[expected == 0]).all() and (count[..., 0][expected == 0] == 0).all()
+    assert np.isfinite(image[expected > 0]).all()
+
+
+def test_finish_tile_masks_alt_az_corners_without_emptying_and_reports_health(tmp_path):
+    root = str(tmp_path / "work.zarr")
+    yy, xx = np.mgrid[0:80, 0:100]
+    # A rotated-stack-like coverage: 10 frames in the middle, fewer towards two corners.
+    coverage = np.clip(10 - (np.maximum(0, xx - 70) + np.maximum(0, 20 - yy)) // 3, 0, 10).astype(np.float32)
+    sky = (50.0 + 0.1 * xx)[..., None] * np.array([1.0, 1.02, 0.97])
+    image = np.where(coverage[..., None] > 0, sky, np.nan).astype(np.float32)
+    group = store.open_store(root)
+    for key, value in {"image": image, "coverage": coverage}.items():
+        store.create_array(group, f"tiles/t/{key}", value.shape, "float32", (80, 100) + value.shape[2:])[:] = value
+    summary = finish_tile(root, "tiles/t", "ALT_AZ", 10, True, Config())
+    alpha = np.asarray(group["tiles/t/alpha"][:])
+    weight = np.asarray(group["tiles/t/weight"][:])
+    assert summary["healthy"] and summary["alpha_applied"]
+    assert (alpha[coverage < 5] == 0).all()          # below max(3, 0.5 × 10) frames: masked
+    assert (alpha[30:60, 20:50] == 1).all()           # the well-covered core stays whole
+    assert (weight <= coverage).all() and (weight[alpha == 0] == 0).all()
+    assert max(abs(g - 1) for g in summary["rgb_gains"]) <= 0.05 + 1e-9  # gains clipped
+
+
+def test_finish_tile_reports_an_empty_tile(tmp_path):
+    root = str(tmp_path / "work.zarr")
+    group = store.open_store(root)
+    store.create_array(group, "tiles/e/image", (20, 20, 3), "float32", (20, 20, 3))[:] = np.nan
+    store.create_array(group, "tiles/e/coverage", (20, 20), "float32", (20, 20))[:] = 0
+    summary = finish_tile(root, "tiles/e", "EQ", 4, False, Config())
+    assert not summary["healthy"] and summary["health_reason"]

@@ -1,0 +1,113 @@
+"""The mosaic stage: tile photometry planned on binned cut-outs, autocrop, then the coadd.
+
+Healthy tiles only; the plan (gains, offsets and surfaces per tile, the seam metric before and
+after) is stored with the canvas so a reused mosaic reports it too.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from zdask.cluster import wait_with_progress
+from zdask.graph.geometry import grid_bbox_of
+from zdask.graph.harmonize import binned_shape, plan_tile_photometry, tile_cutout
+from zdask.graph.mosaic import PlacedTile, canvas_grid, crop_grid, mosaic_arrays
+from zdask.io import store
+from zdask.ops.crop import autocrop_box
+
+MOSAIC_FIELDS = ("harmonize", "sky_surface_order", "match_bin", "autocrop", "canvas_block", "warp_grid_step")
+
+
+def run_mosaic_stage(ctx, client, plan) -> None:
+    """Plan the tile photometry, crop the canvas, coadd into Zarr (or reuse a finished canvas)."""
+    config = ctx.config
+    tiles = [(e, g, fp) for e, g, fp in ctx.tiles if g is not None and e.get("healthy", True)]
+    if not tiles:
+        from zdask.graph.runner import RunError
+
+        raise RunError("no usable master tile: every tile was empty or could not be aligned")
+    if ctx.frames:
+        scale = float(np.median([f.scale_arcsec for f in ctx.frames]))
+    else:  # existing tiles: their own pixel scale
+        scale = float(np.median([proj_plane_pixel_scales(g.wcs()).mean() * 3600 for _, g, _ in tiles]))
+    canvas = canvas_grid([g for _, g, _ in tiles], scale)
+    fp = store.fingerprint([fp for _, _, fp in tiles], canvas.to_json(), config.digest(*MOSAIC_FIELDS))
+    if store.is_complete(ctx.root, "mosaic", fp):
+        attrs = dict(zarr.open_group(ctx.root, path="mosaic", mode="r").attrs)
+        ctx.report["mosaic"] = {**attrs["summary"], "reused": True}
+        ctx.canvas_header = attrs["wcs"]
+        _tile_photometry_into_report(tiles, attrs["summary"]["photometry"])
+        return
+    factor = config.match_bin
+    placed, entries = [], []
+    for entry, grid, tfp in tiles:
+        bbox = grid_bbox_of(grid, canvas)
+        if bbox is not None:
+            placed.append(PlacedTile(ctx.root, entry["zarr"], tfp, grid, bbox))
+            entries.append(entry)
+    futures = [client.submit(tile_cutout, t.root, t.name, t.token, t.grid, canvas, factor, t.bbox,
+                             key=f"cutout-{t.token}-{fp}") for t in placed]
+    cutouts = wait_with_progress(futures, "tile photometry", ctx.console)
+    shape_b = binned_shape(canvas.shape, factor)
+    photometry = plan_tile_photometry(cutouts, shape_b, factor, harmonize=config.harmonize,
+                                      order=config.sky_surface_order)
+    box = (0, canvas.shape[0], 0, canvas.shape[1])
+    if config.autocrop:
+        covered = np.zeros(shape_b, dtype=np.float32)
+        for c in cutouts:
+            ys, xs = c.window()
+            covered[ys, xs] += c.weight
+        found = autocrop_box(covered, min_coverage=1e-6)
+        if found is not None:
+            y0, y1, x0, x1 = found
+            box = (y0 * factor, min(canvas.shape[0], y1 * factor),
+                   x0 * factor, min(canvas.shape[1], x1 * factor))
+    cropped = crop_grid(canvas, box)
+    final = []
+    for k, t in enumerate(placed):
+        y0, y1, x0, x1 = t.bbox
+        bbox = (max(0, y0 - box[0]), min(cropped.shape[0], y1 - box[0]),
+                max(0, x0 - box[2]), min(cropped.shape[1], x1 - box[2]))
+        if bbox[0] >= bbox[1] or bbox[2] >= bbox[3]:
+            continue
+        final.append(PlacedTile(t.root, t.name, t.token, t.grid, bbox,
+                                tuple(float(v) for v in photometry["gains"][k]),
+                                tuple(float(v) for v in photometry["offsets"][k]),
+                                photometry["surfaces"][k]))
+    arrays = mosaic_arrays(final, cropped, ctx.channels, config.canvas_block, config.warp_grid_step,
+                           origin=(box[0], box[2]))
+    group = store.open_store(ctx.root)
+    targets = [store.create_array(group, f"mosaic/{key}", arrays[key].shape, arrays[key].dtype,
+                                  tuple(c[0] for c in arrays[key].chunks)) for key in ("image", "coverage")]
+    writes = da.store([arrays["image"], arrays["coverage"]], targets, lock=False, compute=False)
+    wait_with_progress([client.compute(dask.delayed(lambda _: None)(writes))], "mosaic", ctx.console)
+    per_tile = {e["id"]: {"gains": [float(v) for v in photometry["gains"][k]],
+                          "offsets": [float(v) for v in photometry["offsets"][k]],
+                          "surface": photometry["surfaces"][k]}
+                for k, e in enumerate(entries)}
+    summary = {
+        "shape": list(cropped.shape), "scale_arcsec": scale, "channels": ctx.channels,
+        "crop_box": list(box), "seam_before": photometry["seam_before"],
+        "seam_after": photometry["seam_after"], "pair_seam_before": photometry["pair_seam_before"],
+        "pair_seam_after": photometry["pair_seam_after"], "photometry_pairs": photometry["pairs"],
+        "photometry": {str(k): v for k, v in per_tile.items()},
+    }
+    store.mark_complete(ctx.root, "mosaic", fp, wcs=cropped.wcs_header, summary=summary)
+    ctx.report["mosaic"] = {**summary, "reused": False}
+    ctx.canvas_header = cropped.wcs_header
+    _tile_photometry_into_report(tiles, summary["photometry"])
+    ctx.say(f"seam metric per channel: before {np.round(summary['seam_before'], 2).tolist()}, "
+            f"after {np.round(summary['seam_after'], 2).tolist()}; steps between overlapping tiles: "
+            f"before {np.round(summary['pair_seam_before'], 2).tolist()}, "
+            f"after {np.round(summary['pair_seam_after'], 2).tolist()}")
+
+
+def _tile_photometry_into_report(tiles, photometry: dict) -> None:
+    for entry, _, _ in tiles:
+        found = photometry.get(str(entry["id"]))
+        if found:
+            entry["gains"], entry["offsets"] = found["gains"], found["offsets"]

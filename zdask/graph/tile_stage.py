@@ -1,0 +1,152 @@
+"""The master-tile stage: per group, sky surfaces, the fused warp + stack, then finishing.
+
+Per tile the report gets: id, mode, the alt-az cleanup decision, frames used and excluded,
+rejected fraction, health, RGB gains. A tile whose outputs carry the fingerprint this run would
+give it is reused as it is.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dask
+import numpy as np
+import zarr
+
+from zdask.cluster import wait_with_progress
+from zdask.graph.geometry import Grid
+from zdask.graph.harmonize import frame_sky_surfaces
+from zdask.graph.tiles import TileSource, finish_tile, master_tile, store_tile, tile_grid
+from zdask.io import store
+from zdask.io.outputs import write_image_fits
+
+# Settings a master tile depends on (besides its calibrated frames and grid).
+TILE_FIELDS = (
+    "reject", "kappa", "iterations", "normalization", "weights", "warp_grid_step", "tile_margin",
+    "altaz_min_abs", "altaz_min_frac", "altaz_opening_px", "altaz_ramp_px", "rgb_equalize",
+    "rgb_gain_range", "sky_surface_order", "match_bin", "coverage_renorm", "feather_px",
+)
+MODE_ALTAZ = "ALT_AZ"
+
+
+def cleanup_decisions(modes: list[str], requested: bool) -> tuple[list[bool], list[str]]:
+    """Per tile: alt-az cleanup on or off; and the run's warnings. Pure.
+
+    Cleanup runs only on ALT_AZ tiles, and only when requested; a request on a run without any
+    ALT_AZ tile is switched off with a warning (cleanup on an equatorial stack would eat it).
+    """
+    warnings = []
+    if requested and MODE_ALTAZ not in modes:
+        warnings.append("alt-az cleanup requested but no ALT_AZ frames detected: disabled")
+    return [requested and mode == MODE_ALTAZ for mode in modes], warnings
+
+
+def run_tile_stage(ctx, client, plan) -> None:
+    """Compute (or reuse) every group's master tile; fills ctx.tiles and the report."""
+    config = ctx.config
+    modes = [g.mode for g in plan.groups]
+    decisions, warnings = cleanup_decisions(modes, config.altaz_cleanup)
+    for text in warnings:
+        ctx.say(f"warning: {text}")
+    ctx.report["warnings"].extend(warnings)
+    settings = config.digest(*TILE_FIELDS)
+    pending = []
+    for group, cleanup in zip(plan.groups, decisions):
+        frames = [ctx.frames[i] for i in group.frames if ctx.frames[i].path not in ctx.excluded]
+        excluded = [{"path": ctx.frames[i].path, "reason": ctx.excluded[ctx.frames[i].path]}
+                    for i in group.frames if ctx.frames[i].path in ctx.excluded]
+        ctx.say(f"tile={group.id} mode={group.mode} cleanup requested={'on' if config.altaz_cleanup else 'off'} "
+                f"tile={'on' if cleanup else 'off'}")
+        entry = {"id": group.id, "mode": group.mode, "altaz_cleanup": cleanup,
+                 "frames": [f.path for f in frames], "frames_excluded": excluded,
+                 "n_frames": len(frames), "file": os.path.join("tiles", f"tile_{group.id:03d}.fits")}
+        if not frames:
+            entry.update(healthy=False, health_reason="no frame could be aligned", reused=False)
+            ctx.tiles.append((entry, None, None))
+            continue
+        wcs = [ctx.wcs_of(f) for f in frames]
+        grid = tile_grid(frames, config.tile_margin, wcs)
+        fps = [ctx.calibrated[f.path][1] for f in frames]
+        fp = store.fingerprint(fps, wcs, settings, grid.to_json(), ctx.channels, cleanup)
+        entry.update(shape=list(grid.shape), zarr=f"tiles/{fp}")
+        ctx.tiles.append((entry, grid, fp))
+        if store.is_complete(ctx.root, entry["zarr"], fp):
+            entry.update(zarr_summary(ctx.root, entry["zarr"]), reused=True)
+            continue
+        sources = [TileSource(ctx.root, *ctx.calibrated[f.path], h, (f.height, f.width))
+                   for f, h in zip(frames, wcs)]
+        pending.append((entry, grid, fp, sources, cleanup, [f.exptime_s for f in frames],
+                        [ctx.stats[f.path] for f in frames]))
+    _fit_sky(ctx, client, pending)
+    futures = []
+    for entry, grid, fp, sources, cleanup, exptimes, stats in pending:
+        arrays = master_tile(sources, stats, exptimes, grid, ctx.channels, config)
+        writes = store_tile(arrays, ctx.root, entry["zarr"])
+        rejected = arrays["rejected_low"].sum(dtype=np.int64) + arrays["rejected_high"].sum(dtype=np.int64)
+        kept = arrays["count"].sum(dtype=np.int64)
+        # One future per tile: its Zarr writes, then the finishing pass and the report's counts.
+        summary = dask.delayed(_finish)(writes, rejected, kept, ctx.root, entry["zarr"], entry["mode"],
+                                        len(sources), cleanup, config)
+        futures.append(client.compute(summary))
+    done = wait_with_progress(futures, "master tiles", ctx.console)
+    for (entry, _, fp, *_), summary in zip(pending, done):
+        entry.update(summary, reused=False)
+        store.mark_complete(ctx.root, entry["zarr"], fp, summary=summary)
+    for entry, grid, fp in ctx.tiles:
+        if grid is not None:
+            write_tile_fits(ctx, entry, grid, fp)
+        if not entry.get("healthy", True):
+            text = f"tile {entry['id']} excluded from the mosaic: {entry.get('health_reason')}"
+            ctx.say(f"warning: {text}")
+            ctx.report["warnings"].append(text)
+        elif entry["altaz_cleanup"] and not entry.get("alpha_applied", True):
+            text = f"tile {entry['id']}: alt-az mask not applied: {entry.get('alpha_note')}"
+            ctx.say(f"warning: {text}")
+            ctx.report["warnings"].append(text)
+    ctx.report["tiles"] = [entry for entry, _, _ in ctx.tiles]
+    ctx.report["tiles_reused"] = [e["id"] for e, _, _ in ctx.tiles if e.get("reused")]
+    ctx.report["tiles_computed"] = [e["id"] for e, _, _ in ctx.tiles if e.get("reused") is False and "zarr" in e]
+    ctx.say(f"master tiles: {len(ctx.report['tiles_computed'])} computed, {len(ctx.report['tiles_reused'])} reused")
+
+
+def _fit_sky(ctx, client, pending) -> None:
+    """Per-frame sky surfaces of the groups about to be stacked (one task per group)."""
+    order = ctx.config.sky_surface_order
+    todo = [p for p in pending if order >= 0 and len(p[3]) >= 2]
+    futures = [client.submit(frame_sky_surfaces, p[3], p[1], ctx.config.match_bin, order,
+                             key=f"skyfit-{p[2]}") for p in todo]
+    results = wait_with_progress(futures, "sky surfaces", ctx.console)
+    for p, surfaces in zip(todo, results):
+        p[3][:] = [TileSource(s.root, s.key, s.token, s.wcs_header, s.shape, tuple(sky))
+                   for s, sky in zip(p[3], surfaces)]
+
+
+def _finish(_writes, rejected, kept, root, name, mode, n_frames, cleanup, config) -> dict:
+    summary = finish_tile(root, name, mode, n_frames, cleanup, config)
+    total = int(rejected) + int(kept)
+    summary["rejected_fraction"] = float(rejected) / total if total else 0.0
+    return summary
+
+
+def zarr_summary(root: str, name: str) -> dict:
+    return dict(zarr.open_group(root, path=name, mode="r").attrs["summary"])
+
+
+def write_tile_fits(ctx, entry: dict, grid: Grid, fp: str) -> None:
+    """The tile as FITS (image + WCS + COVERAGE + ALPHA), unless an up-to-date file is there."""
+    from astropy.io import fits
+
+    path = os.path.join(ctx.out_dir, entry["file"])
+    if os.path.exists(path):
+        try:
+            if fits.getheader(path).get("ZDASKFP") == fp:
+                return
+        except OSError:
+            pass  # unreadable leftovers are simply replaced
+    group = zarr.open_group(ctx.root, path=entry["zarr"], mode="r")
+    alpha = np.round(np.clip(np.asarray(group["alpha"][:]), 0, 1) * 255).astype(np.uint8)
+    write_image_fits(
+        path, np.asarray(group["image"][:]), grid.wcs_header,
+        {"COVERAGE": np.asarray(group["coverage"][:]), "ALPHA": alpha},
+        {"ZDASKFP": fp, "TILEID": entry["id"], "MOUNT": entry["mode"], "NFRAMES": entry["n_frames"]},
+    )
