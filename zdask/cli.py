@@ -126,7 +126,7 @@ def plan(
 
 @app.command()
 def run(
-    inputs: list[Path] = typer.Argument(..., help="FITS files or folders of frames."),
+    inputs: Optional[list[Path]] = typer.Argument(None, help="FITS files or folders of frames."),
     out: Path = typer.Option(..., "--out", help="Output folder (mosaic.fits, preview.png, report.json)."),
     config: Optional[Path] = typer.Option(None, help="TOML configuration file; options below override it."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running dask scheduler."),
@@ -141,6 +141,14 @@ def run(
     budget: Optional[str] = typer.Option(None, help="Memory budget of one stacking task, e.g. 256MiB."),
     max_group_size: Optional[int] = typer.Option(None, help="Largest master-tile group (frames)."),
     link_fov_fraction: Optional[float] = typer.Option(None, help="Linking distance / short FOV side."),
+    altaz_cleanup: Optional[bool] = typer.Option(None, "--altaz-cleanup/--no-altaz-cleanup",
+                                                 help="Mask low-coverage corners of ALT_AZ tiles."),
+    harmonize: Optional[bool] = typer.Option(None, "--harmonize/--no-harmonize",
+                                             help="Match gains and offsets between tiles."),
+    sky_surface_order: Optional[int] = typer.Option(None, help="Sky surfaces: -1 off, 0, 1 or 2."),
+    autocrop: Optional[bool] = typer.Option(None, "--autocrop/--no-autocrop", help="Crop to the covered area."),
+    tiles: Optional[Path] = typer.Option(None, "--tiles",
+                                         help="Assemble existing master tiles (FITS with WCS) from this folder."),
 ) -> None:
     """Build the mosaic: calibrate, stack master tiles, assemble, write outputs."""
     from zdask.graph.runner import RunError, run as run_pipeline
@@ -151,12 +159,23 @@ def run(
             memory_limit=memory_limit, reject=reject, kappa=kappa, iterations=iterations,
             normalization=normalization, weights=weights, budget=budget,
             max_group_size=max_group_size, link_fov_fraction=link_fov_fraction,
+            altaz_cleanup=altaz_cleanup, harmonize=harmonize, sky_surface_order=sky_surface_order,
+            autocrop=autocrop,
         )
     except ConfigError as exc:
         _fail(str(exc))
     say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    if tiles is not None and inputs:
+        _fail("give either frames (INPUT...) or --tiles DIR, not both")
+    if tiles is None and not inputs:
+        _fail("no input: give frames (INPUT...) or --tiles DIR")
     try:
-        report = run_pipeline([str(p) for p in inputs], str(out), cfg, say=say, console=console)
+        if tiles is not None:
+            from zdask.graph.existing_tiles import run_existing_tiles
+
+            report = run_existing_tiles(str(tiles), str(out), cfg, say=say, console=console)
+        else:
+            report = run_pipeline([str(p) for p in inputs], str(out), cfg, say=say, console=console)
     except RunError as exc:
         _fail(str(exc))
     stages = report["stages"]
