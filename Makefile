@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(DEMO_SURVEY)/manifest.json: $(STAMP)
-	$(BIN)/zdask simulate $(DEMO_SURVEY) --panels 2x2 --frames-per-panel 8 \
+	$(BIN)/zdask simulate $(DEMO_SURVEY) --panels 2x2 --frames-per-panel 16 \
 		--frame-size 1080x1920 --altaz-panels 1,2 --seed 1
 
 demo: $(DEMO_SURVEY)/manifest.json

@@ -17,7 +17,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from zdask.graph.geometry import wcs_from_header
-from zdask.ops.quality import centroid_offsets, large_scale_background, linear_fit, pixel_noise
+from zdask.ops.quality import aperture_fluxes, centroid_offsets, large_scale_background, linear_fit, pixel_noise
 
 BACKGROUND_BOX = 64  # px: cells of the large-scale background removed for the small-scale residual
 from zdask.ops.warp import pixel_map, remap, wcs_pixel_transform
@@ -64,6 +64,7 @@ def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
     stars_m = truth_m - reproject_onto(extended, tcards, mcards, shape)
     covered = (coverage > 0) & np.isfinite(mosaic).all(axis=-1) & np.isfinite(truth_m).all(axis=-1)
     channels, residuals, skies = [], [], []
+    scales = photometric_scales(truth_path, mosaic, mcards)
     for c in range(mosaic.shape[-1]):
         tc = truth_m[..., min(c, truth_m.shape[-1] - 1)]
         sc = stars_m[..., min(c, stars_m.shape[-1] - 1)]
@@ -81,6 +82,8 @@ def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
                          "small_scale_rms_over_noise": small_rms / noise if noise > 0 else float("inf"),
                          "sky_fraction": float(sky.mean())})
         residuals.append(small / noise)
+        channels[-1]["star_flux_scale"] = scales[c]
+        channels[-1].update(extended_kept(mosaic[..., c], sc, tc - sc, covered, scales[c]))
         skies.append(sky)
     result = {
         "mosaic": os.path.basename(mosaic_path),
@@ -88,6 +91,8 @@ def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
         "channels": channels,
         "residual_rms_over_noise": max(ch["residual_rms_over_noise"] for ch in channels),
         "small_scale_rms_over_noise": max(ch["small_scale_rms_over_noise"] for ch in channels),
+        "extended_kept": min(ch["extended_kept"] for ch in channels),
+        "large_scale_rms_over_noise": max(ch["large_scale_rms_over_noise"] for ch in channels),
     }
     result.update(star_positions(truth_path, mosaic, mcards, channels[min(1, len(channels) - 1)]["noise"]))
     if manifest_path is not None:
@@ -96,6 +101,38 @@ def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
                   if t["median_residual_over_noise"] is not None]
         result["trail_residual_over_noise"] = max(levels) if levels else None
     return result
+
+
+def extended_kept(mosaic: np.ndarray, stars: np.ndarray, extended: np.ndarray, covered: np.ndarray,
+                  scale: float) -> dict:
+    """How much of the truth's extended emission the mosaic kept, and its leftover sky.
+
+    ``scale`` is the mosaic's photometric scale against the truth (from star apertures).
+    Fits mosaic − scale·stars ≈ k·extended + a + b·x + c·y on covered pixels: k/scale is the
+    fraction of the extended object kept (1: all of it; a per-frame background subtraction
+    that eats halos gives less); the plane keeps k insensitive to a leftover gradient, which
+    is measured separately: the large-scale residual is the RMS of 64 px cell medians of
+    mosaic − scale·truth − offset, relative to the pixel noise.
+    """
+    yy, xx = np.nonzero(covered)
+    s = stars[yy, xx].astype(np.float64)
+    y = mosaic[yy, xx].astype(np.float64) - scale * s
+    e = extended[yy, xx].astype(np.float64)
+    h, w = mosaic.shape
+    design = np.stack([e, np.ones_like(y), xx / w, yy / h], axis=1)
+    # Pixels of stars are left out: a stack's PSF is not the truth's.
+    keep = s < 0.5 * np.std(y)
+    coef, *_ = np.linalg.lstsq(design[keep], y[keep], rcond=None)
+    kept = float(coef[0] / scale) if scale > 0 else float("nan")
+    offset = np.median(y - scale * e)
+    residual = np.zeros(mosaic.shape)
+    residual[yy, xx] = y - scale * e - offset
+    noise = pixel_noise(mosaic, covered)
+    sky = np.zeros(mosaic.shape, dtype=bool)
+    sky[yy[keep], xx[keep]] = True
+    cells = large_scale_background(residual, sky, BACKGROUND_BOX)
+    large = float(np.sqrt(np.mean(cells[covered] ** 2)) / noise) if noise > 0 else float("inf")
+    return {"extended_kept": kept, "large_scale_rms_over_noise": large}
 
 
 def star_positions(truth_path: str, mosaic: np.ndarray, mosaic_cards: dict, noise: float) -> dict:
@@ -125,8 +162,37 @@ def star_positions(truth_path: str, mosaic: np.ndarray, mosaic_cards: dict, nois
             "star_offset_px_median": float(np.median(dist)) if dist.size else None}
 
 
+def photometric_scales(truth_path: str, mosaic: np.ndarray, mosaic_cards: dict) -> list[float]:
+    """Per channel, the median ratio of mosaic aperture fluxes to catalogue fluxes of isolated,
+    unsaturated stars: the mosaic's photometric scale against the truth (flux is conserved
+    by resampling and stacking; peak values are not)."""
+    from astropy.table import Table
+    from scipy.spatial import cKDTree
+
+    stars = Table.read(truth_path, hdu="STARS")
+    x, y = wcs_from_header(mosaic_cards).all_world2pix(np.asarray(stars["RA"]), np.asarray(stars["DEC"]), 0)
+    pts = np.stack([x, y], axis=1)
+    nearest, _ = cKDTree(pts).query(pts, k=2)
+    names = ["FLUX_R", "FLUX_G", "FLUX_B"] if mosaic.shape[-1] == 3 else ["FLUX_G"]
+    scales = []
+    for c, name in enumerate(names):
+        flux = np.asarray(stars[name], dtype=np.float64)
+        chosen = (nearest[:, 1] > 15) & (flux > 2000) & (flux < 20000)
+        measured = aperture_fluxes(mosaic[..., c], x[chosen], y[chosen])
+        ratio = measured / flux[chosen]
+        ratio = ratio[np.isfinite(ratio)]
+        scales.append(float(np.median(ratio)) if ratio.size >= 5 else float("nan"))
+    return scales
+
+
 def trail_residuals(manifest_path: str, mosaic_cards: dict, residuals: list, skies: list) -> list[dict]:
-    """Median small-scale residual (noise units, worst channel) along each simulated trail."""
+    """Median excess (noise units, worst channel) along each simulated trail over the sky
+    beside it.
+
+    Each sample on the trail line is compared with the mean of two samples offset
+    perpendicularly by 3 trail widths (at least 8 px) on either side, so smooth structure
+    that the trail crosses (a galaxy core, a gradient) cancels and only the trail counts.
+    """
     with open(manifest_path) as fh:
         manifest = json.load(fh)
     mosaic_wcs = wcs_from_header(mosaic_cards)
@@ -141,14 +207,22 @@ def trail_residuals(manifest_path: str, mosaic_cards: dict, residuals: list, ski
         fy = trail["y0"] + t * (trail["y1"] - trail["y0"])
         ra, dec = wcs_from_header(frame["wcs_true"]).all_pix2world(fx, fy, 0)
         mx, my = mosaic_wcs.all_world2pix(ra, dec, 0)
-        ix, iy = np.round(mx).astype(int), np.round(my).astype(int)
-        inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
-        ix, iy = ix[inside], iy[inside]
+        direction = np.array([mx[-1] - mx[0], my[-1] - my[0]])
+        normal = np.array([-direction[1], direction[0]]) / max(np.hypot(*direction), 1e-9)
+        side = max(8.0, 3.0 * float(trail.get("width_px", 3.0)))
+        points = [(mx, my), (mx + side * normal[0], my + side * normal[1]),
+                  (mx - side * normal[0], my - side * normal[1])]
+        idx = [(np.round(px).astype(int), np.round(py).astype(int)) for px, py in points]
+        inside = np.ones(mx.size, dtype=bool)
+        for ix, iy in idx:
+            inside &= (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
         levels = []
         for residual, sky in zip(residuals, skies):
-            keep = sky[iy, ix]
+            on, left, right = ([residual[iy[inside], ix[inside]], sky[iy[inside], ix[inside]]] for ix, iy in idx)
+            keep = on[1] & left[1] & right[1]
             if keep.sum() >= 10:
-                levels.append(float(np.median(residual[iy[keep], ix[keep]])))
+                excess = on[0][keep] - 0.5 * (left[0][keep] + right[0][keep])
+                levels.append(float(np.median(excess)))
         out.append({"file": frame["file"], "samples": int(inside.sum()),
                     "median_residual_over_noise": max(levels) if levels else None})
     return out

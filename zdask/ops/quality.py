@@ -78,3 +78,25 @@ def centroid_offsets(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, half: in
         gy, gx = np.mgrid[-half:half + 1, -half:half + 1]
         out[k] = ((flux * gx).sum() / total + ix - x, (flux * gy).sum() / total + iy - y)
     return out
+
+
+def aperture_fluxes(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, radius: float = 6.0,
+                    annulus: tuple[float, float] = (9.0, 13.0)) -> np.ndarray:
+    """Background-subtracted flux in a circular aperture around each (x, y); NaN where the
+    annulus leaves the image or holds a NaN. The background is the annulus median."""
+    h, w = image.shape
+    r_out = int(np.ceil(annulus[1]))
+    gy, gx = np.mgrid[-r_out:r_out + 1, -r_out:r_out + 1]
+    out = np.full(len(xs), np.nan)
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        ix, iy = int(round(x)), int(round(y))
+        if ix - r_out < 0 or iy - r_out < 0 or ix + r_out >= w or iy + r_out >= h:
+            continue
+        box = image[iy - r_out:iy + r_out + 1, ix - r_out:ix + r_out + 1].astype(np.float64)
+        dist = np.hypot(gx + ix - x, gy + iy - y)
+        ring = box[(dist >= annulus[0]) & (dist <= annulus[1])]
+        inner = box[dist <= radius]
+        if not (np.isfinite(ring).all() and np.isfinite(inner).all()):
+            continue
+        out[k] = inner.sum() - np.median(ring) * inner.size
+    return out
