@@ -4,6 +4,10 @@ Only headers are read (``fits.open(..., memmap=True, lazy_load_hdus=True)``,
 never ``.data``).  Every file either becomes a :class:`Frame` or a
 :class:`RejectedFile` whose reason starts with one of the ``REASON_*`` texts.
 
+Files rejected only for having no celestial WCS are also kept, as :class:`Frame` objects with
+an empty ``wcs_header`` and NaN sky fields, in :attr:`FrameTable.unsolved`: alignment can
+register them to solved frames by their stars (:func:`with_wcs` then gives them a WCS).
+
 Folders are scanned NON-recursively; hidden files (name starting with ".",
 e.g. macOS "._x.fits" resource forks) are skipped there.  A file named
 explicitly is always tried, whatever its extension.
@@ -44,7 +48,7 @@ __all__ = [
     "MOUNT_EQ", "MOUNT_ALTAZ", "MOUNT_UNKNOWN", "FITS_EXTENSIONS",
     "REASON_NOT_FITS", "REASON_UNREADABLE", "REASON_NO_IMAGE", "REASON_BAD_DIMENSIONS",
     "REASON_NO_WCS", "REASON_BAD_WCS", "REASON_BAD_BAYER", "MIN_IMAGE_SIDE",
-    "Frame", "RejectedFile", "FrameTable", "scan", "scan_file", "parse_mount_mode",
+    "Frame", "RejectedFile", "FrameTable", "scan", "scan_file", "parse_mount_mode", "with_wcs",
 ]
 
 FITS_EXTENSIONS = (".fit", ".fits", ".fts")
@@ -126,6 +130,22 @@ class Frame:
         return cls(**kwargs)
 
 
+def with_wcs(frame: Frame, wcs_header: dict) -> Frame:
+    """A copy of ``frame`` with a new celestial WCS; centre RA/Dec, scale and FoV recomputed.
+
+    ``wcs_header`` is a dict of FITS cards (e.g. a refined TAN WCS); it is validated like a
+    scanned header and stored normalised. Raises :class:`HeaderError` if it is not usable.
+    """
+    header = fits.Header()
+    for key, value in wcs_header.items():
+        header[key] = value
+    _, cards, ra, dec, scale = celestial_wcs(header, frame.width, frame.height)
+    return dataclasses.replace(
+        frame, wcs_header=cards, ra_deg=ra, dec_deg=dec, scale_arcsec=scale,
+        fov_deg=(frame.width * scale / 3600.0, frame.height * scale / 3600.0),
+    )
+
+
 @dataclass(frozen=True)
 class RejectedFile:
     path: str
@@ -141,6 +161,9 @@ class RejectedFile:
 class FrameTable:
     frames: list[Frame] = field(default_factory=list)
     rejected: list[RejectedFile] = field(default_factory=list)
+    #: valid images rejected only for "no celestial WCS" (also listed in ``rejected``), as
+    #: Frames with ``wcs_header == {}`` and NaN ra/dec/scale/fov
+    unsolved: list[Frame] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -169,6 +192,7 @@ class FrameTable:
             "version": _JSON_VERSION,
             "frames": [f.to_json() for f in self.frames],
             "rejected": [{"path": r.path, "reason": r.reason} for r in self.rejected],
+            "unsolved": [f.to_json() for f in self.unsolved],
         }
 
     @classmethod
@@ -178,6 +202,7 @@ class FrameTable:
         return cls(
             frames=[Frame.from_json(f) for f in data["frames"]],
             rejected=[RejectedFile(r["path"], r["reason"]) for r in data["rejected"]],
+            unsolved=[Frame.from_json(f) for f in data.get("unsolved", [])],
         )
 
 
@@ -230,6 +255,14 @@ def _required_bytes(hdul: fits.HDUList, index: int, hdu, axes: tuple[int, ...]) 
     return info["datLoc"] + abs(int(hdu.header["BITPIX"])) // 8 * math.prod(axes)
 
 
+class _NoWCS(HeaderError):
+    """No celestial WCS, everything else valid: carries the frame with NaN sky fields."""
+
+    def __init__(self, detail: str, frame: Frame) -> None:
+        super().__init__(REASON_NO_WCS, detail)
+        self.frame = frame
+
+
 def _frame_from_hdu(path, st, hdul, index, hdu) -> Frame:
     header = hdu.header
     axes = image_axes(header)  # FITS order: (W, H[, 3])
@@ -253,18 +286,39 @@ def _frame_from_hdu(path, st, hdul, index, hdu) -> Frame:
         except ValueError as exc:
             raise HeaderError(REASON_BAD_BAYER, str(exc)) from None
         layout = LAYOUT_MONO if bayer is None else LAYOUT_BAYER
-    _, cards, ra, dec, scale = celestial_wcs(header, width, height)
-    return Frame(
+    missing = None
+    try:
+        _, cards, ra, dec, scale = celestial_wcs(header, width, height)
+    except HeaderError as exc:
+        if exc.reason != REASON_NO_WCS:
+            raise
+        missing, cards, ra, dec, scale = exc.detail, {}, math.nan, math.nan, math.nan
+    frame = Frame(
         path=path, hdu=index, height=height, width=width, layout=layout, bayer=bayer,
         dtype=dtype, wcs_header=cards, scale_arcsec=scale, ra_deg=ra, dec_deg=dec,
         fov_deg=(width * scale / 3600.0, height * scale / 3600.0),
         time_mjd=parse_time_mjd(header), exptime_s=parse_exptime(header),
         mount=parse_mount_mode(header), size_bytes=int(st.st_size), mtime_ns=int(st.st_mtime_ns),
     )
+    if missing is not None:
+        raise _NoWCS(missing, frame)
+    return frame
 
 
 def scan_file(path: str) -> Frame | RejectedFile:
     """Scan one file's headers; never raises for a bad file."""
+    return _scan_one(path)[0]
+
+
+def _scan_one(path: str) -> tuple[Frame | RejectedFile, Frame | None]:
+    """scan_file's result, and the unsolved Frame when the only problem is a missing WCS."""
+    result = _scan_file(path)
+    if isinstance(result, _NoWCS):
+        return RejectedFile(result.frame.path, f"{result.reason}: {result.detail}"), result.frame
+    return result, None
+
+
+def _scan_file(path: str) -> Frame | RejectedFile | _NoWCS:
     path = os.path.abspath(os.fspath(path))
     try:
         st = os.stat(path)
@@ -289,6 +343,8 @@ def scan_file(path: str) -> Frame | RejectedFile:
                     if axes and all(axes):
                         return _frame_from_hdu(path, st, hdul, index, hdu)
                     index += 1
+    except _NoWCS as exc:
+        return exc
     except HeaderError as exc:
         return RejectedFile(path, f"{exc.reason}: {exc.detail}")
     except Exception as exc:  # OSError, truncated/corrupt header, VerifyError, ...
@@ -302,14 +358,20 @@ def _sort_key(frame: Frame):
 def scan(inputs: Sequence[str | os.PathLike]) -> FrameTable:
     """Scan files and folders (non-recursive) into a :class:`FrameTable`.
 
-    Frames are sorted by (time_mjd, path), frames without a time last;
-    rejected files are sorted by path.  Each path appears once.
+    Frames (and unsolved frames) are sorted by (time_mjd, path), frames without
+    a time last; rejected files are sorted by path.  Each path appears once in
+    ``frames`` or ``rejected``; an unsolved frame is in both ``rejected`` and
+    ``unsolved``.
     """
     files, rejected = _expand_inputs(inputs)
     frames: list[Frame] = []
+    unsolved: list[Frame] = []
     for path in files:
-        result = scan_file(path)
+        result, no_wcs = _scan_one(path)
         (frames if isinstance(result, Frame) else rejected).append(result)
+        if no_wcs is not None:
+            unsolved.append(no_wcs)
     frames.sort(key=_sort_key)
+    unsolved.sort(key=_sort_key)
     rejected.sort(key=lambda r: r.path)
-    return FrameTable(frames=frames, rejected=rejected)
+    return FrameTable(frames=frames, rejected=rejected, unsolved=unsolved)
