@@ -92,6 +92,18 @@ class Config:
         default=32,
     )
 
+    # --- alignment ------------------------------------------------------------------------------
+    align: bool = _doc(
+        "Register each frame to its group's reference frame by star matching (astroalign, "
+        "gated by the WCS prediction; phase correlation as fallback) (bool).",
+        default=True,
+    )
+    align_threshold_px: float = _doc(
+        "Keep a frame's header WCS when its median residual against the matched stars is at "
+        "most this; refine it otherwise (pixels, > 0).",
+        default=0.15,
+    )
+
     # --- clean tiles ----------------------------------------------------------------------------
     altaz_cleanup: bool = _doc(
         "Mask the low-coverage corners that field rotation leaves in ALT_AZ master tiles "
@@ -227,7 +239,9 @@ class Config:
             raise bad("budget", "must be a byte size of at least 1MiB, e.g. '256MiB'") from None
         if not (isinstance(self.warp_grid_step, int) and 4 <= self.warp_grid_step <= 256):
             raise bad("warp_grid_step", "must be an integer in 4..256")
-        for name in ("altaz_cleanup", "rgb_equalize", "harmonize", "coverage_renorm", "autocrop"):
+        if not (isinstance(self.align_threshold_px, (int, float)) and self.align_threshold_px > 0):
+            raise bad("align_threshold_px", "must be a number > 0")
+        for name in ("align", "altaz_cleanup", "rgb_equalize", "harmonize", "coverage_renorm", "autocrop"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         if not (isinstance(self.altaz_min_abs, (int, float)) and self.altaz_min_abs >= 1):

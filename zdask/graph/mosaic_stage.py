@@ -31,7 +31,7 @@ def run_mosaic_stage(ctx, client, plan) -> None:
 
         raise RunError("no usable master tile: every tile was empty or could not be aligned")
     if ctx.frames:
-        scale = float(np.median([f.scale_arcsec for f in ctx.frames]))
+        scale = float(np.nanmedian([f.scale_arcsec for f in ctx.frames]))
     else:  # existing tiles: their own pixel scale
         scale = float(np.median([proj_plane_pixel_scales(g.wcs()).mean() * 3600 for _, g, _ in tiles]))
     canvas = canvas_grid([g for _, g, _ in tiles], scale)

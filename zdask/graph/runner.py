@@ -7,6 +7,7 @@ how a second run reuses finished tiles and how a crashed run resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from zdask.cluster import open_client, wait_with_progress
 from zdask.config import Config
 from zdask.graph import calibrate as cal
 from zdask.graph.geometry import Grid
+from zdask.graph.align import attach_unsolved
+from zdask.graph.align_stage import run_align_stage
 from zdask.graph.mosaic_stage import run_mosaic_stage
 from zdask.graph.plan import Plan, plan_master_tiles
 from zdask.graph.tile_stage import run_tile_stage
@@ -72,6 +75,28 @@ def usable_frames(table: FrameTable) -> tuple[list[Frame], list[RejectedFile]]:
     return list(table.frames), list(table.rejected)
 
 
+def attach_unsolved_frames(frames: list[Frame], rejected: list[RejectedFile], unsolved: list[Frame],
+                           plan: Plan, say) -> tuple[list[Frame], list[RejectedFile], Plan]:
+    """Put each frame without a WCS into the group of the solved frame nearest in time, to be
+    registered there by star matching; frames with no such neighbour stay rejected."""
+    nearest = attach_unsolved(frames, unsolved)
+    frames = list(frames)
+    index = {f.path: i for i, f in enumerate(frames)}
+    extra: dict[int, list[int]] = {}
+    attached = set()
+    for frame in unsolved:
+        target = nearest.get(frame.path)
+        if target is None:
+            continue
+        group = next(g for g in plan.groups if index[target] in g.frames)
+        frames.append(frame)
+        extra.setdefault(group.id, []).append(len(frames) - 1)
+        attached.add(frame.path)
+        say(f"{frame.path}: no celestial WCS; registering it with group {group.id} by star matching")
+    groups = tuple(dataclasses.replace(g, frames=g.frames + tuple(extra.get(g.id, ()))) for g in plan.groups)
+    return frames, [r for r in rejected if r.path not in attached], dataclasses.replace(plan, groups=groups)
+
+
 def check_output_location(inputs: Sequence[str], out_dir: str) -> None:
     """Refuse an output folder inside an input folder: inputs are never written."""
     out = os.path.realpath(out_dir)
@@ -96,6 +121,8 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, say=print, console=
     t = time.perf_counter()
     plan = plan_master_tiles(frames, link_fov_fraction=config.link_fov_fraction,
                              max_group_size=config.max_group_size)
+    if config.align and table.unsolved:
+        frames, rejected, plan = attach_unsolved_frames(frames, rejected, table.unsolved, plan, say)
     timings["plan"] = time.perf_counter() - t
     say(f"{len(frames)} frame(s) in {len(plan.groups)} master-tile group(s); {len(rejected)} file(s) skipped")
     os.makedirs(out_dir, exist_ok=True)
@@ -110,7 +137,8 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, say=print, console=
     }
     with open_client(config, say) as client:
         for name, stage in (("hotpixels", stage_hot_pixels), ("calibrate", stage_calibrate),
-                            ("tiles", run_tile_stage), ("mosaic", run_mosaic_stage)):
+                            ("align", run_align_stage), ("tiles", run_tile_stage),
+                            ("mosaic", run_mosaic_stage)):
             t = time.perf_counter()
             stage(ctx, client, plan)
             timings[name] = time.perf_counter() - t

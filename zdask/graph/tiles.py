@@ -48,7 +48,7 @@ def tile_grid(frames: list[Frame], margin: int, wcs_headers: list[dict] | None =
     headers = wcs_headers or [f.wcs_header for f in frames]
     outlines = [footprint_outline(wcs_from_header(h), (f.height, f.width)) for f, h in zip(frames, headers)]
     centre = mean_direction(np.array([f.ra_deg for f in frames]), np.array([f.dec_deg for f in frames]))
-    scale = float(np.median([f.scale_arcsec for f in frames]))
+    scale = float(np.nanmedian([f.scale_arcsec for f in frames]))  # unsolved frames: NaN
     return covering_grid(outlines, scale, margin=margin, centre=centre)
 
 
