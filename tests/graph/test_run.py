@@ -208,3 +208,25 @@ def test_eq_only_run_with_cleanup_requested_warns_and_keeps_tiles_whole(small_su
     assert report["warnings"] == ["alt-az cleanup requested but no ALT_AZ frames detected: disabled"]
     assert all(not t["altaz_cleanup"] and not t["alpha_applied"] for t in report["tiles"])
     assert "requested but no ALT_AZ frames detected" in result.output
+
+
+def test_run_on_an_existing_scheduler(small_survey, tmp_path):
+    """`--scheduler ADDRESS` uses a running cluster (here a LocalCluster the test starts and stops)."""
+    from distributed import Client, LocalCluster
+
+    survey, manifest = small_survey
+    frames = tmp_path / "one_panel"
+    frames.mkdir()
+    for f in manifest["frames"]:
+        if f["panel"] == 2:
+            shutil.copy2(survey / f["file"], frames / os.path.basename(f["file"]))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster:
+        result = CliRunner().invoke(app, ["run", str(frames), "--out", str(tmp_path / "o"),
+                                          "--scheduler", cluster.scheduler_address])
+        assert result.exit_code == 0, result.output
+        assert f"scheduler {cluster.scheduler_address}" in result.output
+        with Client(cluster) as client:
+            # The run's tasks went through this scheduler (its task stream remembers them).
+            assert any("calibrate" in str(k) for k in client.run_on_scheduler(
+                lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
+    assert (tmp_path / "o" / "mosaic.fits").exists()

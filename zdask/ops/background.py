@@ -113,15 +113,22 @@ class Surface:
         ey0, ey1, ex0, ex1 = self.extent
         u = _normalise(np.arange(w) + x0, ex0, ex1)
         v = _normalise(np.arange(h) + y0, ey0, ey1)
-        out = np.zeros((h, w, self.coeffs.shape[0]), dtype=np.float64)
-        t = 0
-        # Separable monomials: u^i (row vector) times v^j (column vector), no (H·W, n) matrix.
-        for d in range(self.order + 1):
-            for j in range(d + 1):
-                term = np.outer(v ** j, u ** (d - j))
-                out += term[:, :, None] * self.coeffs[:, t]
-                t += 1
-        return out.astype(np.float32)
+        # Separable: surface = V · M · Uᵀ with V[:, j] = v^j, U[:, i] = u^i and M[j, i] the
+        # coefficient of u^i v^j, one small matrix product per channel (BLAS) instead of
+        # broadcasting every term over the whole image.
+        k = self.order + 1
+        powers_u = np.stack([u ** i for i in range(k)], axis=1)
+        powers_v = np.stack([v ** j for j in range(k)], axis=1)
+        out = np.empty((h, w, self.coeffs.shape[0]), dtype=np.float32)
+        for c in range(self.coeffs.shape[0]):
+            m = np.zeros((k, k))
+            t = 0
+            for d in range(k):
+                for j in range(d + 1):
+                    m[j, d - j] = self.coeffs[c, t]
+                    t += 1
+            out[..., c] = powers_v @ m @ powers_u.T
+        return out
 
 
 def fit_surface(
