@@ -1,0 +1,260 @@
+"""Stacking kernels: numba CPU kernels vs the plain reference, the ancestor, planted truths."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from zdask.ops import stacking as S
+from zdask.ops import stacking_reference as R
+from zdask.ops.stacking import METHODS, StackResult, kappa_sigma, linear_fit_clip, mean, median, sum_stack, winsorized
+
+REJECTING = ["kappa_sigma", "winsorized", "linear_fit_clip"]
+FIELDS = ("count", "rejected_low", "rejected_high")
+
+
+def make_stack(n, shape, *, seed=0, nan=0.1, outliers=0.03, level=100.0, noise=5.0):
+    """Random stack with NaNs (missing samples) and planted outliers both ways."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(level, noise, (n, *shape)).astype(np.float32)
+    x[rng.random(x.shape) < nan] = np.nan
+    o = rng.random(x.shape) < outliers
+    x[o] += (rng.choice([-1.0, 1.0], o.sum()) * rng.uniform(6, 60, o.sum()) * noise).astype(np.float32)
+    return x
+
+
+def assert_same(a: StackResult, b: StackResult):
+    for f in FIELDS:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    np.testing.assert_array_equal(a.image, b.image)
+
+
+def ancestor(s, w, kl=3.0, kh=3.0):
+    """The ancestor's single pass (nanmedian / nanstd over the frame axis)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(s, 0)
+        sd = np.nanstd(s, 0)
+        keep = (s >= med - kl * sd) & (s <= med + kh * sd)
+        wb = w.reshape((-1,) + (1,) * (s.ndim - 1)) if w.ndim == 1 else w[:, None, None, :]
+        image = np.nansum(wb * s * keep, 0) / np.nansum(wb * keep, 0)
+        low = (s < med - kl * sd).sum(0)
+        high = (s > med + kh * sd).sum(0)
+    return image, keep.sum(0), low, high
+
+
+# --------------------------------------------------------------------------- vs the reference
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("shape", [(23, 17), (11, 9, 3)], ids=["mono", "rgb"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_matches_reference(method, shape, weighted):
+    rng = np.random.default_rng(1)
+    c = shape[-1] if len(shape) == 3 else 1
+    for n in (1, 2, 3, 4, 9, 30):
+        x = make_stack(n, shape, seed=n)
+        kw = {}
+        if weighted:
+            kw = dict(weights=rng.uniform(0.2, 2.0, (n, c)), scale=rng.uniform(0.9, 1.1, (n, c)),
+                      offset=rng.uniform(-3, 3, (n, c)))
+        assert_same(METHODS[method](x, **kw), R.METHODS[method](x, **kw))
+
+
+@pytest.mark.parametrize("method,params", [
+    ("kappa_sigma", dict(kappa=(2.0, 2.5), iterations=5)),
+    ("kappa_sigma", dict(kappa=1.2, iterations=20)),
+    ("winsorized", dict(kappa=(2.0, 2.5))),
+    ("winsorized", dict(kappa=2.5, winsor=None)),
+    ("winsorized", dict(kappa=3.0, winsor=(1.0, 2.0))),
+    ("linear_fit_clip", dict(kappa=(2.0, 2.5), iterations=10)),
+])
+def test_matches_reference_parameters(method, params):
+    for n in (5, 16, 33):
+        x = make_stack(n, (12, 10, 3), seed=n + 7)
+        assert_same(METHODS[method](x, **params), R.METHODS[method](x, **params))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_deep_stack_column_sort_path(method, monkeypatch):
+    """Stacks deeper than the sorting-network limit sort per pixel: same results."""
+    x = make_stack(40, (9, 7, 3), seed=5)
+    w = np.linspace(0.5, 1.5, 40)
+    expected = METHODS[method](x, weights=w)
+    monkeypatch.setattr(S, "NETWORK_MAX_FRAMES", 8)
+    assert_same(METHODS[method](x, weights=w), expected)
+    assert_same(expected, R.METHODS[method](x, weights=w))
+
+
+def test_strided_and_float64_inputs():
+    base = make_stack(12, (20, 30, 3), seed=3)
+    view = base[:, 3:15, 5:25]
+    expected = kappa_sigma(np.ascontiguousarray(view))
+    assert_same(kappa_sigma(view), expected)
+    assert_same(kappa_sigma(view.astype(np.float64)), expected)
+    assert_same(winsorized(base[:, ::2]), winsorized(np.ascontiguousarray(base[:, ::2])))
+
+
+# --------------------------------------------------------------------------- the ancestor
+
+
+@pytest.mark.parametrize("n", [5, 10, 30, 64])
+@pytest.mark.parametrize("kappa", [(3.0, 3.0), (2.0, 2.5), (1.3, 1.7)])
+def test_kappa_sigma_one_iteration_is_the_ancestor(n, kappa):
+    """Masks (kept / low / high) equal exactly; the image to float32 rounding (rtol 1e-6, and an
+    absolute 1e-5 of the data scale where outliers cancel): the ancestor sums in float32, the
+    kernel in float64."""
+    rng = np.random.default_rng(n)
+    x = make_stack(n, (40, 30, 3), seed=n, nan=0.05, outliers=0.05)
+    x[:, :3, :3] = np.nan
+    w = rng.uniform(0.5, 2.0, (n, 3)).astype(np.float32)
+    image, kept, low, high = ancestor(x, w, *kappa)
+    r = kappa_sigma(x, weights=w, kappa=kappa, iterations=1)
+    n_fin = np.isfinite(x).sum(0)
+    sel = n_fin >= 3  # below 3 samples nothing is rejected (documented edge case)
+    np.testing.assert_array_equal(r.count[sel], kept[sel])
+    np.testing.assert_array_equal(r.rejected_low[sel], low[sel])
+    np.testing.assert_array_equal(r.rejected_high[sel], high[sel])
+    ok = sel & (kept > 0)
+    np.testing.assert_allclose(r.image[ok], image[ok], rtol=1e-6, atol=1e-5 * np.nanmax(np.abs(x)))
+    w1 = w[:, 0]
+    image1, kept1, _, _ = ancestor(x[..., 0], w1, *kappa)
+    r1 = kappa_sigma(x[..., 0], weights=w1, kappa=kappa)
+    np.testing.assert_array_equal(r1.count[sel[..., 0]], kept1[sel[..., 0]])
+
+
+# --------------------------------------------------------------------------- planted truths
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_identical_frames(method):
+    frame = make_stack(1, (15, 13, 3), seed=2, nan=0.0, outliers=0.0)[0]
+    x = np.repeat(frame[None], 12, axis=0)
+    r = METHODS[method](x)
+    expected = frame * 12 if method == "sum" else frame
+    np.testing.assert_allclose(r.image, expected, rtol=1e-6)
+    if method != "sum":
+        np.testing.assert_array_equal(r.image, frame)
+    assert (r.count == 12).all()
+    assert (r.rejected_low == 0).all() and (r.rejected_high == 0).all()
+
+
+@pytest.mark.parametrize("method", REJECTING)
+def test_satellite_trail_rejected(method):
+    rng = np.random.default_rng(4)
+    x = rng.normal(500.0, 10.0, (10, 64, 64, 3)).astype(np.float32)
+    trail = np.zeros((64, 64), bool)
+    rr = np.arange(64)
+    trail[rr, rr] = True
+    trail[rr[1:], rr[:-1]] = True
+    x[3][trail] += 2000.0
+    r = METHODS[method](x, kappa=3.0)  # LS linear fit: one outlier of 10 pulls the line (needs κ < 3.5)
+    assert (r.rejected_high[trail] >= 1).all()
+    clean = np.delete(x, 3, axis=0).mean(0)
+    assert np.abs(r.image[trail] - clean[trail]).max() < 30.0
+    assert (r.count[trail] <= 9).all()
+
+
+@pytest.mark.parametrize("method", ["kappa_sigma", "winsorized"])
+def test_gaussian_keeps_997_percent(method):
+    x = np.random.default_rng(5).normal(0.0, 1.0, (100, 200, 100)).astype(np.float32)
+    r = METHODS[method](x, kappa=3.0)
+    kept = r.count.sum() / x.size
+    assert abs(kept - 0.9973) < 0.0015, kept
+    assert r.rejected_low.sum() + r.rejected_high.sum() + r.count.sum() == x.size
+
+
+def test_linear_fit_gaussian_keeps_most():
+    x = np.random.default_rng(6).normal(0.0, 1.0, (30, 100, 100)).astype(np.float32)
+    kept = linear_fit_clip(x).count.sum() / x.size
+    assert kept > 0.985, kept
+
+
+def test_iterations_only_add_rejections():
+    x = make_stack(25, (30, 30), seed=9, nan=0.0, outliers=0.1)
+    one = kappa_sigma(x, kappa=2.0)
+    many = kappa_sigma(x, kappa=2.0, iterations=10)
+    assert (many.rejected_low >= one.rejected_low).all() and (many.rejected_high >= one.rejected_high).all()
+    assert (many.rejected_low + many.rejected_high > one.rejected_low + one.rejected_high).any()
+    total = many.count + many.rejected_low + many.rejected_high
+    np.testing.assert_array_equal(total, np.isfinite(x).sum(0))
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_edge_cases(method):
+    x = np.full((6, 4, 3), np.nan, np.float32)
+    x[0, 1] = 7.0                         # one sample
+    x[:2, 2] = [[1.0, 100.0, 5.0], [3.0, -100.0, 5.0]]   # two samples
+    x[:, 3] = np.array([1, 2, 3, 4, 5, 1000], np.float32)[:, None]  # six samples, one outlier
+    r = METHODS[method](x, kappa=0.01) if method in REJECTING else METHODS[method](x)
+    assert np.isnan(r.image[0]).all() and (r.count[0] == 0).all()
+    if method == "sum":
+        np.testing.assert_allclose(r.image[1], 7.0)
+        np.testing.assert_allclose(r.image[2], [4.0, 0.0, 10.0])
+    else:
+        np.testing.assert_allclose(r.image[1], 7.0)
+        np.testing.assert_allclose(r.image[2], [2.0, 0.0, 5.0])
+        assert (r.count[1:3] == [[1] * 3, [2] * 3]).all()
+    assert (r.rejected_low[:3] == 0).all() and (r.rejected_high[:3] == 0).all()
+    assert np.isfinite(r.image[1:]).all()  # never NaN where a sample exists, even at tiny kappa
+    assert r.image.dtype == np.float32 and r.count.dtype == np.int32
+    assert r.rejected_low.dtype == np.int32 and r.rejected_high.dtype == np.int32
+
+
+def test_zero_total_weight_falls_back_to_unweighted_mean():
+    x = np.array([1.0, 2.0, 4.0], np.float32)[:, None, None, None] * np.ones((1, 1, 1, 2), np.float32)
+    w = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 2.0]])
+    for method in ("kappa_sigma", "winsorized", "linear_fit_clip", "mean"):
+        r = METHODS[method](x, weights=w)
+        np.testing.assert_allclose(r.image[0, 0], [7.0 / 3.0, 11.0 / 4.0], rtol=1e-6)
+
+
+def test_weights_scale_offset_semantics():
+    x = make_stack(8, (10, 12, 3), seed=11, nan=0.05, outliers=0.0)
+    rng = np.random.default_rng(2)
+    sc = rng.uniform(0.5, 2.0, (8, 3)).astype(np.float32)
+    of = rng.uniform(-10, 10, (8, 3)).astype(np.float32)
+    manual = x * sc[:, None, None, :] + of[:, None, None, :]
+    for method in METHODS:
+        assert_same(METHODS[method](x, scale=sc, offset=of), METHODS[method](manual))
+    w1 = rng.uniform(0.5, 2.0, 8)
+    assert_same(mean(x, weights=w1), mean(x, weights=np.repeat(w1[:, None], 3, 1)))
+    wm = mean(x, weights=w1).image
+    ref = np.nansum(w1[:, None, None, None] * x, 0) / np.nansum(w1[:, None, None, None] * np.isfinite(x), 0)
+    np.testing.assert_allclose(wm, ref, rtol=1e-5)
+    np.testing.assert_allclose(sum_stack(x).image, np.nansum(x, 0), rtol=1e-5)
+    np.testing.assert_array_equal(median(x).image, np.nanmedian(x, 0))
+
+
+def test_parameter_errors():
+    x = make_stack(5, (4, 4))
+    with pytest.raises(TypeError, match="bogus"):
+        kappa_sigma(x, bogus=1)
+    with pytest.raises(TypeError, match="iterations"):
+        winsorized(x, iterations=2)
+    with pytest.raises(ValueError, match="kappa"):
+        kappa_sigma(x, kappa=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="kappa"):
+        winsorized(x, kappa=-1)
+    with pytest.raises(ValueError, match="iterations"):
+        kappa_sigma(x, iterations=0)
+    with pytest.raises(ValueError, match="weights"):
+        mean(x, weights=np.ones(4))
+    with pytest.raises(ValueError, match="weights"):
+        mean(x, weights=-np.ones(5))
+    with pytest.raises(ValueError, match="scale"):
+        mean(x, scale=np.ones((5, 3)))
+
+
+def test_methods_table_and_result_type():
+    assert set(METHODS) == {"kappa_sigma", "winsorized", "linear_fit_clip", "median", "mean", "sum"}
+    r = kappa_sigma(make_stack(4, (3, 2)))
+    assert isinstance(r, StackResult) and r._fields == ("image", "count", "rejected_low", "rejected_high")
+    assert r.image.shape == (3, 2)
+    json.dumps({"fields": list(r._fields)})

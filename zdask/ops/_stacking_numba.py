@@ -1,0 +1,232 @@
+"""Shared numba building blocks of the CPU stacking kernels.
+
+Layout: the block is ``(N, M)`` float32, passed as a flat contiguous buffer
+``src`` with frame ``n`` at ``src[n*rs : n*rs + M]`` (``rs`` >= M: views of a
+bigger array keep their row stride and need no copy).  It is
+processed in tiles of ``T`` samples (a multiple of C, so the per-frame
+coefficient tiles ``(N, T)`` line up with every tile).  Every pass is a loop
+over frames (rows) with the pixel loop innermost, which LLVM vectorises.
+
+Each tile holds two frames-first buffers:
+
+* ``u (N, T)``: the normalised samples in frame order, NaN where missing;
+* ``s (N, T)``: the same samples sorted per pixel, missing ones as +inf at
+  the end (``cnt[p]`` finite samples in ``s[:cnt[p], p]``).
+
+Every result depends on a pixel's own samples only, never on the tile or the
+block it sits in (bit-identical whatever the block split).  Functions are
+single-threaded and release the GIL (``nogil``): dask's threads provide the
+parallelism.  ``fastmath`` is off on purpose (it breaks the NaN handling and
+the float32 exactness of the kappa-sigma statistics).
+
+Performance notes: keep each row loop to at most two or three output arrays
+(more and LLVM gives up the runtime alias checks, i.e. the vectorisation);
+per-pixel helpers called inside pixel loops are ``inline="always"`` (a
+non-inlined call pays NRT reference counting on every array argument).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+JIT = dict(cache=True, nogil=True, fastmath=False, boundscheck=False, error_model="numpy")
+
+_FMAX = np.float32(np.finfo(np.float32).max)
+_INF32 = np.float32(np.inf)
+
+
+@njit(**JIT)
+def load_tile(src, rs, t0, tw, sc, of, u, s, cnt):
+    """Normalise ``src[:, t0:t0+tw]`` (x*scale+offset) into ``u`` and ``s``; count finite.
+
+    ``src`` is the block as a flat contiguous buffer, frame ``n`` starting at ``n * rs``.
+    """
+    n_frames = u.shape[0]
+    for p in range(tw):
+        cnt[p] = 0
+    for n in range(n_frames):
+        row = src[n * rs + t0:n * rs + t0 + tw]
+        un = u[n]
+        sn = s[n]
+        scn = sc[n]
+        ofn = of[n]
+        for p in range(tw):
+            v = row[p] * scn[p] + ofn[p]
+            fin = abs(v) <= _FMAX
+            un[p] = v if fin else np.float32(np.nan)
+            sn[p] = v if fin else _INF32
+            cnt[p] += 1 if fin else 0
+
+
+@njit(**JIT)
+def load_tile_index(src, rs, t0, tw, sc, of, s, idx, cnt):
+    """Like :func:`load_tile` but only the sort buffer, with the frame index payload."""
+    n_frames = s.shape[0]
+    for p in range(tw):
+        cnt[p] = 0
+    for n in range(n_frames):
+        row = src[n * rs + t0:n * rs + t0 + tw]
+        sn = s[n]
+        ix = idx[n]
+        scn = sc[n]
+        ofn = of[n]
+        for p in range(tw):
+            v = row[p] * scn[p] + ofn[p]
+            fin = abs(v) <= _FMAX
+            sn[p] = v if fin else _INF32
+            ix[p] = n
+            cnt[p] += 1 if fin else 0
+
+
+@njit(**JIT)
+def sort_network(s, tw, ci, cj):
+    """Apply the comparators ``(ci[k], cj[k])`` to every pixel (vectorised)."""
+    for k in range(ci.shape[0]):
+        a = s[ci[k]]
+        b = s[cj[k]]
+        for p in range(tw):
+            x = a[p]
+            y = b[p]
+            a[p] = x if x < y else y
+            b[p] = y if x < y else x
+
+
+@njit(**JIT)
+def sort_network_index(s, idx, tw, ci, cj):
+    """Sorting network carrying an int32 payload (the frame index)."""
+    for k in range(ci.shape[0]):
+        a = s[ci[k]]
+        b = s[cj[k]]
+        ia = idx[ci[k]]
+        ib = idx[cj[k]]
+        for p in range(tw):
+            x = a[p]
+            y = b[p]
+            ix = ia[p]
+            iy = ib[p]
+            sw = y < x
+            a[p] = y if sw else x
+            b[p] = x if sw else y
+            ia[p] = iy if sw else ix
+            ib[p] = ix if sw else iy
+
+
+@njit(**JIT)
+def sort_columns(s, tw, cnt):
+    """Per-pixel sort (deep stacks): only the ``cnt[p]`` finite samples move."""
+    n_frames = s.shape[0]
+    col = np.empty(n_frames, np.float32)
+    for p in range(tw):
+        k = cnt[p]
+        j = 0
+        for n in range(n_frames):
+            v = s[n, p]
+            if v != _INF32:
+                col[j] = v
+                j += 1
+        col[:k].sort()
+        for n in range(k):
+            s[n, p] = col[n]
+        for n in range(k, n_frames):
+            s[n, p] = _INF32
+
+
+@njit(**JIT)
+def sort_columns_index(s, idx, tw, cnt):
+    """Per-pixel stable argsort with payload (deep stacks); missing samples last."""
+    n_frames = s.shape[0]
+    col = np.empty(n_frames, np.float32)
+    ids = np.empty(n_frames, np.int32)
+    miss = np.empty(n_frames, np.int32)
+    for p in range(tw):
+        k = cnt[p]
+        j = 0
+        q = 0
+        for n in range(n_frames):
+            v = s[n, p]
+            if v != _INF32:
+                col[j] = v
+                ids[j] = idx[n, p]
+                j += 1
+            else:
+                miss[q] = idx[n, p]
+                q += 1
+        order = np.argsort(col[:k], kind="mergesort")
+        for n in range(k):
+            s[n, p] = col[order[n]]
+            idx[n, p] = ids[order[n]]
+        for n in range(q):
+            s[k + n, p] = _INF32
+            idx[k + n, p] = miss[n]
+
+
+@njit(**JIT)
+def sorted_median(s, a, b, tw, out):
+    """Median of the sorted samples ``s[a[p]:b[p], p]`` (float32, like NumPy)."""
+    for p in range(tw):
+        k = b[p] - a[p]
+        if k <= 0:
+            out[p] = np.float32(np.nan)
+            continue
+        h = a[p] + k // 2
+        if k % 2 == 1:
+            out[p] = s[h, p]
+        else:
+            out[p] = (s[h - 1, p] + s[h, p]) * np.float32(0.5)
+
+
+@njit(**JIT)
+def weighted_mean_between(u, tw, wt, unweighted, lo, hi, img, kept):
+    """Weighted mean of the samples of ``u`` (frame order) with ``lo <= x <= hi`` (float32 bounds).
+
+    Sums in float64 (Σw·x / Σw); zero total weight falls back to the
+    unweighted mean Σx / k.  Pixels keeping nothing get NaN and ``kept = 0``.
+    """
+    n_frames = u.shape[0]
+    sw = np.zeros(tw, np.float64)
+    swx = np.zeros(tw, np.float64)
+    k = np.zeros(tw, np.int32)
+    if unweighted:
+        for n in range(n_frames):
+            un = u[n]
+            for p in range(tw):
+                v = un[p]
+                m = (v >= lo[p]) & (v <= hi[p])
+                swx[p] += np.float64(v) if m else 0.0
+                k[p] += 1 if m else 0
+        for p in range(tw):
+            kept[p] = k[p]
+            img[p] = np.float32(swx[p] / k[p]) if k[p] > 0 else np.float32(np.nan)
+        return
+    for n in range(n_frames):
+        un = u[n]
+        wn = wt[n]
+        for p in range(tw):
+            v = un[p]
+            m = (v >= lo[p]) & (v <= hi[p])
+            w = wn[p]
+            sw[p] += w if m else 0.0
+            swx[p] += w * np.float64(v) if m else 0.0
+            k[p] += 1 if m else 0
+    fallback = False
+    for p in range(tw):
+        kept[p] = k[p]
+        if k[p] == 0:
+            img[p] = np.float32(np.nan)
+        elif sw[p] > 0.0:
+            img[p] = np.float32(swx[p] / sw[p])
+        else:
+            fallback = True
+    if fallback:  # zero total weight: unweighted mean of the kept samples
+        for p in range(tw):
+            swx[p] = 0.0
+        for n in range(n_frames):
+            un = u[n]
+            for p in range(tw):
+                v = un[p]
+                m = (v >= lo[p]) & (v <= hi[p])
+                swx[p] += np.float64(v) if m else 0.0
+        for p in range(tw):
+            if k[p] > 0 and not sw[p] > 0.0:
+                img[p] = np.float32(swx[p] / k[p])

@@ -1,0 +1,273 @@
+"""Plain vectorised reference implementation of every stacking method.
+
+Whole-array NumPy (or CuPy: the array namespace is taken from the input)
+code, written for clarity: it is what the fast numba kernels are tested
+against, and it is the CuPy path.  Memory: several float64 temporaries of
+the stack's size, so keep inputs small (tests) or tiled (``_stacking_cupy``).
+
+Every function has the signature and semantics of its counterpart in
+:mod:`zdask.ops.stacking`, and performs the same floating-point operations in
+the same order as the numba kernels (frame-order float32 statistics for
+kappa-sigma, float64 row-order sums elsewhere), so on NumPy both give the
+same rejection masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zdask.ops._stacking_common import (
+    FLT_MAX,
+    MAD_TO_SIGMA,
+    MEANABS_TO_SIGMA,
+    WINSOR_MAX_ITER,
+    WINSOR_TOL,
+    StackResult,
+    array_namespace,
+    parse_iterations,
+    parse_kappa,
+    prepare_coefficients,
+    stack_geometry,
+    winsor_consistency,
+)
+
+__all__ = ["kappa_sigma", "winsorized", "linear_fit_clip", "median", "mean", "sum_stack"]
+
+
+def _prepare(stack, weights, scale, offset):
+    xp = array_namespace(stack)
+    n, c, out_shape = stack_geometry(stack.shape)
+    w, sc, of = prepare_coefficients(n, c, weights, scale, offset, xp)
+    x = xp.asarray(stack, dtype=xp.float32).reshape(n, -1, c)
+    x = x * sc[:, None, :] + of[:, None, :]
+    fin = xp.abs(x) <= xp.float32(FLT_MAX)
+    x = xp.where(fin, x, xp.float32(np.nan))
+    if w is not None:
+        w = xp.broadcast_to(w[:, None, :], x.shape)
+    return xp, x, fin, w, out_shape
+
+
+def _finish(xp, out_shape, image, count, rl, rh):
+    def cast(a, dt):
+        return xp.ascontiguousarray(a.astype(dt).reshape(out_shape))
+
+    return StackResult(cast(image, xp.float32), cast(count, xp.int32), cast(rl, xp.int32), cast(rh, xp.int32))
+
+
+def _take(xp, a, idx):
+    idx = xp.clip(idx, 0, a.shape[0] - 1)
+    return xp.take_along_axis(a, idx[None], axis=0)[0]
+
+
+def _sorted_median(xp, srt, a, b):
+    """Median of ``srt[a:b]`` per pixel (float32: mean of the two middle values)."""
+    k = b - a
+    h = a + k // 2
+    hi = _take(xp, srt, h)
+    lo = _take(xp, srt, h - 1)
+    even = (lo + hi) * xp.float32(0.5)
+    med = xp.where(k % 2 == 1, hi, even)
+    return xp.where(k > 0, med, xp.float32(np.nan))
+
+
+def _weighted_mean(xp, x, w, keep):
+    """Weighted mean of the kept samples; zero total weight → unweighted mean."""
+    xd = x.astype(xp.float64)
+    k = keep.sum(axis=0)
+    sx = xp.where(keep, xd, 0.0).sum(axis=0)
+    if w is None:
+        sw, swx = k.astype(xp.float64), sx
+    else:
+        sw = xp.where(keep, w, 0.0).sum(axis=0)
+        swx = xp.where(keep, w * xd, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        img = xp.where(sw > 0, swx / xp.where(sw > 0, sw, 1.0), sx / xp.maximum(k, 1))
+    img = xp.where(k > 0, img, np.nan)
+    return img.astype(xp.float32), k
+
+
+def kappa_sigma(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0), iterations=1):
+    kl, kh = (np.float32(v) for v in parse_kappa(kappa))
+    iterations = parse_iterations(iterations)
+    xp, x, fin, w, out_shape = _prepare(stack, weights, scale, offset)
+    n = fin.sum(axis=0)
+    srt = xp.sort(xp.where(fin, x, xp.float32(np.inf)), axis=0)
+    f32 = xp.float32
+    keep_lo = xp.full(n.shape, -FLT_MAX, dtype=f32)
+    keep_hi = xp.full(n.shape, FLT_MAX, dtype=f32)
+    a = xp.zeros_like(n)
+    b = n.copy()
+    rl = xp.zeros_like(n)
+    rh = xp.zeros_like(n)
+    act = n >= 3
+    med0 = _sorted_median(xp, srt, a, b)
+    for it in range(iterations):
+        if not bool(act.any()):
+            break
+        surv = (x >= keep_lo) & (x <= keep_hi)
+        k = surv.sum(axis=0)
+        kd = xp.maximum(k, 1).astype(xp.float64)
+        acc = xp.where(surv, x, f32(0)).sum(axis=0, dtype=f32)
+        mu = xp.where(k > 0, (acc.astype(xp.float64) / kd).astype(f32), f32(0))
+        d = x - mu
+        acc2 = xp.where(surv, d * d, f32(0)).sum(axis=0, dtype=f32)
+        sd = xp.sqrt((acc2.astype(xp.float64) / kd).astype(f32))
+        med = med0 if it == 0 else _sorted_median(xp, srt, a, b)
+        lo = med - kl * sd
+        hi = med + kh * sd
+        nlo = (surv & (x < lo)).sum(axis=0)
+        nhi = (surv & (x > hi)).sum(axis=0)
+        upd = act & (nlo + nhi > 0)
+        rl = rl + xp.where(upd, nlo, 0)
+        rh = rh + xp.where(upd, nhi, 0)
+        a = a + xp.where(upd, nlo, 0)
+        b = b - xp.where(upd, nhi, 0)
+        keep_lo = xp.where(upd, xp.maximum(keep_lo, lo), keep_lo)
+        keep_hi = xp.where(upd, xp.minimum(keep_hi, hi), keep_hi)
+        act = upd & (b - a >= 3)
+    keep = (x >= keep_lo) & (x <= keep_hi)
+    img, k = _weighted_mean(xp, x, w, keep)
+    img = xp.where((k == 0) & (n > 0), med0, img)
+    return _finish(xp, out_shape, img, k, rl, rh)
+
+
+def winsorized(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0), winsor=1.5):
+    kl, kh = parse_kappa(kappa)
+    wl, wh = (kl, kh) if winsor is None else parse_kappa(winsor, "winsor")
+    f32 = np.float32
+    cfac = f32(winsor_consistency(wl, wh))
+    kl, kh, wl, wh, tol = f32(kl), f32(kh), f32(wl), f32(wh), f32(WINSOR_TOL)
+    xp, x, fin, w, out_shape = _prepare(stack, weights, scale, offset)
+    n = fin.sum(axis=0)
+    srt = xp.sort(xp.where(fin, x, f32(np.inf)), axis=0)
+    sfin = srt <= f32(FLT_MAX)
+    med = _sorted_median(xp, srt, xp.zeros_like(n), n)
+    # MAD in float32 (deviations about the float32 median)
+    dev = xp.sort(xp.where(sfin, xp.abs(srt - med), f32(np.inf)), axis=0)
+    h = n // 2
+    mad = xp.where(n % 2 == 1, _take(xp, dev, h), (_take(xp, dev, h - 1) + _take(xp, dev, h)) * f32(0.5))
+    sig = f32(MAD_TO_SIGMA) * xp.where(n > 0, mad, f32(0.0))
+    need = (sig == 0) & (n >= 3)
+    nd = xp.maximum(n, 1).astype(xp.float64)
+    meanabs = xp.where(sfin, xp.abs(srt.astype(xp.float64) - med.astype(xp.float64)), 0.0).sum(axis=0)
+    sig = xp.where(need, (MEANABS_TO_SIGMA * (meanabs / nd)).astype(f32), sig)
+    # Huber iterations (float32): counts below/above and the sums of d = x - median in between
+    inv_n = xp.where(n > 0, (1.0 / nd).astype(f32), f32(0.0))
+    d = srt - med
+    m = med
+    act = (n >= 3) & (sig > 0)
+    for _ in range(WINSOR_MAX_ITER):
+        if not bool(act.any()):
+            break
+        lo = m - wl * sig
+        hi = m + wh * sig
+        below = sfin & (srt < lo)
+        above = sfin & (srt > hi)
+        mid = sfin & ~below & ~above
+        fl = below.sum(axis=0).astype(f32)
+        fh = above.sum(axis=0).astype(f32)
+        g1 = xp.where(mid, d, f32(0.0)).sum(axis=0, dtype=f32)
+        g2 = xp.where(mid, d * d, f32(0.0)).sum(axis=0, dtype=f32)
+        lo_d = lo - med
+        hi_d = hi - med
+        s1 = fl * lo_d + g1 + fh * hi_d
+        s2 = fl * (lo_d * lo_d) + g2 + fh * (hi_d * hi_d)
+        mean_d = s1 * inv_n
+        var = s2 * inv_n - mean_d * mean_d
+        mn = med + mean_d
+        sn = cfac * xp.sqrt(xp.maximum(var, f32(0.0)))
+        conv = (xp.abs(sn - sig) <= tol * sig) & (xp.abs(mn - m) <= tol * sig)
+        m = xp.where(act, mn, m)
+        sig = xp.where(act, sn, sig)
+        act = act & ~conv & (sn > 0)
+    ok = (n >= 3) & (sig > 0)
+    lo = xp.where(ok, m - kl * sig, f32(-FLT_MAX))
+    hi = xp.where(ok, m + kh * sig, f32(FLT_MAX))
+    rl = (x < lo).sum(axis=0)
+    rh = (x > hi).sum(axis=0)
+    img, k = _weighted_mean(xp, x, w, (x >= lo) & (x <= hi))
+    img = xp.where((k == 0) & (n > 0), med, img)
+    return _finish(xp, out_shape, img, k, rl, rh)
+
+
+def linear_fit_clip(stack, *, weights=None, scale=None, offset=None, kappa=(5.0, 5.0), iterations=3):
+    kl, kh = parse_kappa(kappa)
+    iterations = parse_iterations(iterations)
+    xp, x, fin, w, out_shape = _prepare(stack, weights, scale, offset)
+    n = fin.sum(axis=0)
+    kw = {"kind": "stable"} if xp is np else {}
+    order = xp.argsort(xp.where(fin, x, xp.float32(np.inf)), axis=0, **kw)
+    srt = xp.take_along_axis(xp.where(fin, x, xp.float32(np.inf)), order, axis=0)
+    ws = None if w is None else xp.take_along_axis(xp.ascontiguousarray(w), order, axis=0)
+    ys = srt.astype(xp.float64)
+    med0 = _sorted_median(xp, srt, xp.zeros_like(n), n)
+    kp = xp.arange(x.shape[0]).reshape((-1,) + (1,) * (x.ndim - 1)) < n
+    k = n.copy()
+    act = k >= 3
+    rl = xp.zeros_like(n)
+    rh = xp.zeros_like(n)
+    ybar = xp.zeros(n.shape)
+    slope = xp.zeros(n.shape)
+    for _ in range(iterations):
+        if not bool(act.any()):
+            break
+        r = (xp.cumsum(kp, axis=0) - kp).astype(xp.float64)
+        xc = r - (k - 1) * 0.5
+        kf = k.astype(xp.float64)
+        sy = xp.where(kp, ys, 0.0).sum(axis=0)
+        sxy = xp.where(kp, xc * ys, 0.0).sum(axis=0)
+        valid = k >= 3
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ybar = xp.where(valid, sy / kf, ybar)
+            slope = xp.where(valid, sxy / (kf * (kf * kf - 1.0) / 12.0), slope)
+            e = ys - (ybar + slope * xc)
+            sig = xp.where(kp, xp.abs(e), 0.0).sum(axis=0) / kf
+        low = kp & act & (e < -kl * sig)
+        high = kp & act & (e > kh * sig)
+        nlo = low.sum(axis=0)
+        nhi = high.sum(axis=0)
+        kp = kp & ~(low | high)
+        upd = act & (nlo + nhi > 0)
+        rl = rl + xp.where(upd, nlo, 0)
+        rh = rh + xp.where(upd, nhi, 0)
+        k = k - xp.where(upd, nlo + nhi, 0)
+        act = upd & (k >= 3)
+    img, kk = _weighted_mean(xp, srt, ws, kp)
+    img = xp.where(kk == 0, med0, img)
+    return _finish(xp, out_shape, img, kk, rl, rh)
+
+
+def median(stack, *, weights=None, scale=None, offset=None):
+    xp, x, fin, _, out_shape = _prepare(stack, weights, scale, offset)
+    n = fin.sum(axis=0)
+    srt = xp.sort(xp.where(fin, x, xp.float32(np.inf)), axis=0)
+    med = _sorted_median(xp, srt, xp.zeros_like(n), n)
+    z = xp.zeros_like(n)
+    return _finish(xp, out_shape, med, n, z, z)
+
+
+def mean(stack, *, weights=None, scale=None, offset=None):
+    xp, x, fin, w, out_shape = _prepare(stack, weights, scale, offset)
+    img, k = _weighted_mean(xp, x, w, fin)
+    z = xp.zeros_like(k)
+    return _finish(xp, out_shape, img, k, z, z)
+
+
+def sum_stack(stack, *, weights=None, scale=None, offset=None):
+    xp, x, fin, w, out_shape = _prepare(stack, weights, scale, offset)
+    xd = x.astype(xp.float64)
+    s = xp.where(fin, xd if w is None else w * xd, 0.0).sum(axis=0)
+    n = fin.sum(axis=0)
+    img = xp.where(n > 0, s.astype(xp.float32), xp.float32(np.nan))
+    z = xp.zeros_like(n)
+    return _finish(xp, out_shape, img, n, z, z)
+
+
+METHODS = {
+    "kappa_sigma": kappa_sigma,
+    "winsorized": winsorized,
+    "linear_fit_clip": linear_fit_clip,
+    "median": median,
+    "mean": mean,
+    "sum": sum_stack,
+}
