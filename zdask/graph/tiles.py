@@ -112,8 +112,11 @@ def master_tile(
         warped, config.reject, weights=weights, scale=scale, offset=offset,
         budget=config.budget, **method_parameters(config),
     )
-    # Coverage from geometry: a warped sample is NaN exactly where the frame's footprint ends.
-    coverage = da.isfinite(warped[..., 0]).sum(axis=0, dtype=np.float32)
+    # Coverage from geometry: a warped sample is NaN exactly where the frame's footprint ends,
+    # so the samples kept plus those rejected count the footprints (no second pass over the
+    # warped blocks).
+    first = (slice(None), slice(None), 0) if result.count.ndim == 3 else (slice(None), slice(None))
+    coverage = (result.count[first] + result.rejected_low[first] + result.rejected_high[first]).astype(np.float32)
     return {
         "image": result.image, "coverage": coverage, "count": result.count,
         "rejected_low": result.rejected_low, "rejected_high": result.rejected_high,
