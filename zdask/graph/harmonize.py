@@ -51,7 +51,10 @@ def frame_sky_surfaces(sources: list, grid: Grid, factor: int, order: int) -> li
         warped = _warp_binned(frame, src.wcs_header, grid.wcs_header, shape_b, factor)
         items.append(CutOut(warped, np.isfinite(warped).all(axis=-1).astype(np.float32), (0, 0)))
     stars = _stars_of([it.image for it in items])
-    coeffs = match_surfaces(items, shape_b, order=order, extent=_binned_grid_extent(shape_b), exclude=stars)
+    # Frames of a group overlap almost entirely: three passes on every other binned pixel
+    # converge (the mosaic's tiles, chained by partial overlaps, keep the default five).
+    coeffs = match_surfaces(items, shape_b, order=order, extent=_binned_grid_extent(shape_b), exclude=stars,
+                            passes=3, step=2)
     extent = list(binned_extent(shape_b, factor))
     return [(c.tolist(), order, extent) for c in coeffs]
 

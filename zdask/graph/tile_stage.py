@@ -82,10 +82,10 @@ def run_tile_stage(ctx, client, plan) -> None:
     for entry, grid, fp, sources, cleanup, exptimes, stats in pending:
         arrays = master_tile(sources, stats, exptimes, grid, ctx.channels, config)
         writes = store_tile(arrays, ctx.root, entry["zarr"])
-        rejected = arrays["rejected_low"].sum(dtype=np.int64) + arrays["rejected_high"].sum(dtype=np.int64)
-        kept = arrays["count"].sum(dtype=np.int64)
-        # One future per tile: its Zarr writes, then the finishing pass and the report's counts.
-        summary = dask.delayed(_finish)(writes, rejected, kept, ctx.root, entry["zarr"], entry["mode"],
+        # One future per tile: its Zarr writes, then the finishing pass. The report's counts are
+        # read back from the store: summing the lazy arrays here as well would be optimised as
+        # separate collections and warp every block once per sum.
+        summary = dask.delayed(_finish)(writes, ctx.root, entry["zarr"], entry["mode"],
                                         len(sources), cleanup, config)
         futures.append(client.compute(summary))
     done = wait_with_progress(futures, "master tiles", ctx.console)
@@ -121,10 +121,12 @@ def _fit_sky(ctx, client, pending) -> None:
                    for s, sky in zip(p[3], surfaces)]
 
 
-def _finish(_writes, rejected, kept, root, name, mode, n_frames, cleanup, config) -> dict:
+def _finish(_writes, root, name, mode, n_frames, cleanup, config) -> dict:
     summary = finish_tile(root, name, mode, n_frames, cleanup, config)
-    total = int(rejected) + int(kept)
-    summary["rejected_fraction"] = float(rejected) / total if total else 0.0
+    group = zarr.open_group(root, path=name, mode="r")
+    rejected = sum(int(np.asarray(group[k][:], dtype=np.int64).sum()) for k in ("rejected_low", "rejected_high"))
+    total = rejected + int(np.asarray(group["count"][:], dtype=np.int64).sum())
+    summary["rejected_fraction"] = rejected / total if total else 0.0
     return summary
 
 

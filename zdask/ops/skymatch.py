@@ -46,13 +46,15 @@ def _accumulate(items: list[CutOut], values: list[np.ndarray], shape: tuple[int,
 
 def match_surfaces(
     items: list[CutOut], grid_shape: tuple[int, int], *, order: int, extent, passes: int = 5,
-    exclude: np.ndarray | None = None, min_overlap: int = 20,
+    exclude: np.ndarray | None = None, min_overlap: int = 20, step: int = 1,
 ) -> list[np.ndarray]:
     """Per-image surface coefficients ``(C, n_terms)`` (subtract them to match the images).
 
     ``extent`` = (y_min, y_max, x_min, x_max) of the common grid in the coordinates the
     surfaces will be evaluated in; ``exclude`` (grid shape, True = leave out) masks stars.
-    Images overlapping others on fewer than ``min_overlap`` pixels get no correction.
+    Images overlapping others on fewer than ``min_overlap`` pixels get no correction. Each
+    pass fits every image once (Jacobi); images that overlap almost entirely agree after 2-3
+    passes, chains of partial overlaps need more. ``step`` subsamples the fits.
     """
     channels = items[0].image.shape[-1] if items else 0
     coeffs = [np.zeros((channels, n_terms(order))) for _ in items]
@@ -73,7 +75,7 @@ def match_surfaces(
             others = other_total / np.where(usable, w_other, 1.0)[..., None]
             diff = np.where(usable[..., None], item.image - others, np.nan)
             mask = None if exclude is None else exclude[ys, xs]
-            fit = fit_surface(diff, order=order, mask=mask, extent=extent, step=1, offset=item.origin)
+            fit = fit_surface(diff, order=order, mask=mask, extent=extent, step=step, offset=item.origin)
             coeffs[k] = fit.coeffs
             surfaces[k] = Surface(fit.coeffs, order, fit.extent, fit.n_used).evaluate(
                 item.image.shape[:2], offset=item.origin)
