@@ -21,7 +21,7 @@ $(DEMO_SURVEY)/manifest.json: $(STAMP)
 		--frame-size 1080x1920 --altaz-panels 1,2 --seed 1
 
 demo: $(DEMO_SURVEY)/manifest.json
-	$(BIN)/zdask run $(DEMO_SURVEY)/frames --out $(DEMO_OUT)
+	$(BIN)/zdask run $(DEMO_SURVEY)/frames --out $(DEMO_OUT) --altaz-cleanup
 	@echo "demo: open $(DEMO_OUT)/preview.png and $(DEMO_OUT)/mosaic.fits; timings in $(DEMO_OUT)/report.json"
 
 test: $(STAMP)

@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import os
 
-import warnings
-
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
 
 from zdask.graph.geometry import wcs_from_header
+from zdask.io.fitsheader import celestial_cards
 from zdask.ops.quality import aperture_fluxes, centroid_offsets, large_scale_background, linear_fit, pixel_noise
 
 BACKGROUND_BOX = 64  # px: cells of the large-scale background removed for the small-scale residual
@@ -29,14 +27,6 @@ def _read_image(path: str, extension: int | str = 0) -> tuple[np.ndarray, dict]:
         cards = celestial_cards(hdul[extension].header)
     image = np.moveaxis(data, 0, -1) if data.ndim == 3 else data[..., None]
     return image, cards
-
-
-def celestial_cards(header: fits.Header) -> dict:
-    """The 2-D celestial WCS of a header (a colour image's third axis dropped) as plain cards."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        celestial = WCS(header).celestial
-    return {k: v for k, v in celestial.to_header(relax=True).items() if k not in ("WCSAXES",)}
 
 
 def reproject_onto(image: np.ndarray, src_cards: dict, dst_cards: dict, shape: tuple[int, int]) -> np.ndarray:

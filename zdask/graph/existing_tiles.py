@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
 
 from zdask.cluster import open_client
 from zdask.config import Config
@@ -21,6 +19,7 @@ from zdask.graph.geometry import Grid
 from zdask.graph.mosaic_stage import run_mosaic_stage
 from zdask.graph.runner import RunContext, RunError, stage_write
 from zdask.io import store
+from zdask.io.fitsheader import celestial_cards
 from zdask.io.outputs import write_json
 from zdask.io.scan import FITS_EXTENSIONS
 from zdask.ops.colour import tile_health
@@ -35,10 +34,9 @@ def read_tile_file(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict,
             if hdu is None:
                 raise RunError(f"{path}: no image data")
             data = np.asarray(hdu.data, dtype=np.float32)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FITSFixedWarning)
-                wcs = WCS(hdu.header).celestial
-            if not wcs.has_celestial:
+            cards = celestial_cards(hdu.header)
+            if not any(str(v).startswith(("RA", "DEC", "GLON", "GLAT")) for k, v in cards.items()
+                       if k.startswith("CTYPE")):
                 raise RunError(f"{path}: no celestial WCS")
             names = {h.name for h in hdul}
             image = np.moveaxis(data, 0, -1) if data.ndim == 3 else data[..., None]
@@ -52,7 +50,6 @@ def read_tile_file(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict,
         raise RunError(f"{path}: unreadable ({exc})") from None
     if coverage.shape != image.shape[:2] or alpha.shape != image.shape[:2]:
         raise RunError(f"{path}: COVERAGE/ALPHA shape differs from the image's")
-    cards = {k: v for k, v in wcs.to_header().items() if k != "WCSAXES"}
     return image, np.where(finite, coverage, 0.0), alpha, cards, mount
 
 

@@ -15,7 +15,7 @@ from zdask.graph.geometry import Grid, wcs_from_header
 from zdask.io import store
 from zdask.ops.background import Surface, star_mask
 from zdask.ops.photometry import fit_source_gain, seam_metric, solve_tile_photometry
-from zdask.ops.skymatch import CutOut, fit_common_sky, match_surfaces
+from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces
 from zdask.ops.warp import (
     bin_image, binned_extent, binned_transform, pixel_map, remap, wcs_pixel_transform,
 )
@@ -169,14 +169,7 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
 
 def _assemble(items: list[CutOut], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean image and weight sum of cut-outs on their common grid."""
-    channels = items[0].image.shape[-1]
-    total = np.zeros((*shape, channels))
-    wsum = np.zeros(shape)
-    for it in items:
-        ys, xs = it.window()
-        w = np.where(np.isfinite(it.image).all(axis=-1), it.weight, 0.0)
-        total[ys, xs] += np.nan_to_num(it.image) * w[..., None]
-        wsum[ys, xs] += w
+    total, wsum = accumulate(items, [it.image for it in items], shape, items[0].image.shape[-1])
     with np.errstate(invalid="ignore", divide="ignore"):
         return (total / wsum[..., None]).astype(np.float32), wsum.astype(np.float32)
 

@@ -313,3 +313,11 @@ def wcs_from_json(cards: Mapping) -> WCS:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
         return WCS(hdr)
+
+
+def celestial_cards(header: Mapping) -> dict:
+    """The 2-D celestial WCS of a header (a colour image's third axis dropped) as plain cards."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        celestial = WCS(header).celestial
+    return {k: v for k, v in celestial.to_header(relax=True).items() if k != "WCSAXES"}

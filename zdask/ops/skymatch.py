@@ -33,7 +33,8 @@ class CutOut:
         return slice(y0, y0 + self.image.shape[0]), slice(x0, x0 + self.image.shape[1])
 
 
-def _accumulate(items: list[CutOut], values: list[np.ndarray], shape: tuple[int, int], channels: int):
+def accumulate(items: list[CutOut], values: list[np.ndarray], shape: tuple[int, int], channels: int):
+    """Weighted sum of ``values`` (one per cut-out, NaN = no data) and the weight sum on the grid."""
     total = np.zeros((*shape, channels))
     wsum = np.zeros(shape)
     for item, value in zip(items, values):
@@ -63,7 +64,7 @@ def match_surfaces(
     surfaces = [np.zeros_like(it.image) for it in items]
     for _ in range(passes):
         corrected = [it.image - s for it, s in zip(items, surfaces)]
-        total, wsum = _accumulate(items, corrected, grid_shape, channels)
+        total, wsum = accumulate(items, corrected, grid_shape, channels)
         for k, item in enumerate(items):
             ys, xs = item.window()
             w_self = np.where(np.isfinite(corrected[k]).all(axis=-1), item.weight, 0.0)
