@@ -35,9 +35,12 @@ def open_client(config: Config, say=print) -> Iterator[Client]:
             client.close()
         return
     workers, threads = default_local_layout(config)
+    # One worker (the default) runs in this process: its threads already share one address
+    # space, and a separate process would only add its own imports (~400 MB with the kernels)
+    # and copies of every result sent back. Several workers get processes of their own.
     cluster = LocalCluster(
         n_workers=workers, threads_per_worker=threads, memory_limit=config.memory_limit,
-        processes=True, dashboard_address=":0",
+        processes=workers > 1, dashboard_address=":0",
     )
     client = Client(cluster)
     say(f"local cluster: {workers} worker(s) × {threads} thread(s); dashboard: {client.dashboard_link}")
