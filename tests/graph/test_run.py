@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from zdask.cli import app
 from zdask.compare import compare
+from zdask.graph.geometry import wcs_from_header
 
 CLUSTER = ["--workers", "1", "--threads-per-worker", "2"]
 RUN_OPTIONS = ["--altaz-cleanup", *CLUSTER]
@@ -230,3 +231,32 @@ def test_run_on_an_existing_scheduler(small_survey, tmp_path):
             assert any("calibrate" in str(k) for k in client.run_on_scheduler(
                 lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
     assert (tmp_path / "o" / "mosaic.fits").exists()
+
+
+def test_frame_without_wcs_is_registered_into_its_group(small_survey, tmp_path):
+    survey, manifest = small_survey
+    frames = tmp_path / "panel"
+    frames.mkdir()
+    panel = [f for f in manifest["frames"] if f["panel"] == 3]
+    for f in panel:
+        shutil.copy2(survey / f["file"], frames / os.path.basename(f["file"]))
+    unsolved = frames / os.path.basename(panel[5]["file"])
+    with fits.open(unsolved, mode="update") as hdul:
+        for key in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2",
+                    "CD1_1", "CD1_2", "CD2_1", "CD2_2", "CUNIT1", "CUNIT2"):
+            del hdul[0].header[key]
+    result = CliRunner().invoke(app, ["run", str(frames), "--out", str(tmp_path / "o"), *CLUSTER])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["frames_rejected"] == [] and report["frames_used"] == len(panel)
+    (tile,) = report["tiles"]
+    assert str(unsolved) in tile["frames"]
+    (entry,) = [e for e in report["alignment"]["frames"] if e["path"] == str(unsolved)]
+    assert entry["status"] == "stars" and entry["n_matches"] >= 8
+    # The fitted WCS places the frame where the simulator put it (to a fraction of a pixel).
+    truth = wcs_from_header(panel[5]["wcs_true"])
+    fitted = wcs_from_header(entry["wcs_header"])
+    xs, ys = np.meshgrid(np.linspace(0, 269, 5), np.linspace(0, 479, 5))
+    ra, dec = fitted.all_pix2world(xs.ravel(), ys.ravel(), 0)
+    tx, ty = truth.all_world2pix(ra, dec, 0)
+    assert np.max(np.hypot(tx - xs.ravel(), ty - ys.ravel())) < 0.5

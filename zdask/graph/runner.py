@@ -114,9 +114,9 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, say=print, console=
     table = scan(inputs)
     frames, rejected = usable_frames(table)
     timings["scan"] = time.perf_counter() - t
-    for bad in rejected:
-        say(f"skipped {bad.path}: {bad.reason}")
     if not frames:
+        for bad in rejected:
+            say(f"skipped {bad.path}: {bad.reason}")
         raise RunError(f"no usable frame among {len(rejected)} input file(s); see the reasons above")
     t = time.perf_counter()
     plan = plan_master_tiles(frames, link_fov_fraction=config.link_fov_fraction,
@@ -124,6 +124,8 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, say=print, console=
     if config.align and table.unsolved:
         frames, rejected, plan = attach_unsolved_frames(frames, rejected, table.unsolved, plan, say)
     timings["plan"] = time.perf_counter() - t
+    for bad in rejected:
+        say(f"skipped {bad.path}: {bad.reason}")
     say(f"{len(frames)} frame(s) in {len(plan.groups)} master-tile group(s); {len(rejected)} file(s) skipped")
     os.makedirs(out_dir, exist_ok=True)
     ctx = RunContext(frames, config, out_dir, say, console)

@@ -47,7 +47,10 @@ def tile_grid(frames: list[Frame], margin: int, wcs_headers: list[dict] | None =
     (placed by ``wcs_headers`` when given, e.g. after alignment, else by their own WCS)."""
     headers = wcs_headers or [f.wcs_header for f in frames]
     outlines = [footprint_outline(wcs_from_header(h), (f.height, f.width)) for f, h in zip(frames, headers)]
-    centre = mean_direction(np.array([f.ra_deg for f in frames]), np.array([f.dec_deg for f in frames]))
+    # Frames registered without a WCS of their own have no scanned centre (NaN).
+    placed = [f for f in frames if np.isfinite(f.ra_deg) and np.isfinite(f.dec_deg)]
+    centre = mean_direction(np.array([f.ra_deg for f in placed]), np.array([f.dec_deg for f in placed])) \
+        if placed else None
     scale = float(np.nanmedian([f.scale_arcsec for f in frames]))  # unsolved frames: NaN
     return covering_grid(outlines, scale, margin=margin, centre=centre)
 
