@@ -28,16 +28,16 @@ MAX_STAR_OFFSET_PX = 0.25
 # pixel noise. Measured: at most 0.65 with kappa-sigma, 67-290 with a plain mean (no rejection).
 MAX_TRAIL_RESIDUAL = 1.5
 # Harmonisation (tile gains, sky surfaces, the common sky). Measured on this survey: the median
-# step between overlapping tiles falls from 165 to 11 ADU in red (7%), the spread of the tiles'
-# overlap medians from 61 to 2.6 (4%); without it both stay where they were.
-MAX_PAIR_SEAM_RATIO = 0.15
+# step between overlapping tiles falls from 165 to 6.6 ADU in red (4%), the spread of the tiles'
+# overlap medians from 61 to 2.7 (4.5%); without it both stay where they were.
+MAX_PAIR_SEAM_RATIO = 0.1
 MAX_SEAM_RATIO = 0.1
 # Fraction of the truth's galaxy kept (flux scale from star apertures): measured 0.98; a
 # per-frame background fit of each frame on itself loses 12-20% (tests/ops/test_background.py).
 MIN_EXTENDED_KEPT = 0.9
-# RMS of 64 px cells of the residual against the truth, in pixel-noise units: measured 2.8 with
+# RMS of 64 px cells of the residual against the truth, in pixel-noise units: measured 0.8 with
 # harmonisation, 20 without (light-pollution gradients and tile offsets left in).
-MAX_LARGE_SCALE_RESIDUAL = 5.0
+MAX_LARGE_SCALE_RESIDUAL = 2.0
 
 
 def _digest(folder) -> dict:

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 
+from zdask.ops.seams import overlap_medians, seam_metric
 from zdask.ops.photometry import (
     apply_photometry,
     fit_gain_offset,
-    overlap_medians,
-    seam_metric,
     solve_tile_photometry,
 )
 
@@ -226,3 +225,22 @@ def test_end_to_end_harmonisation_removes_the_seams():
     floor = seam_metric(overlap_medians(true_tiles))
     np.testing.assert_allclose(after, floor, rtol=1e-5)
     assert np.all(before > 3 * floor)
+
+
+def test_source_gain_sees_transparency_through_different_skies():
+    """Planted: the target's stars are 0.8 × the reference's, on a different sky and gradient."""
+    from zdask.ops.photometry import fit_source_gain
+
+    rng = np.random.default_rng(5)
+    h, w = 150, 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    stars = np.zeros((h, w))
+    for x, y, f in zip(rng.uniform(5, w - 5, 80), rng.uniform(5, h - 5, 80), rng.uniform(200, 3000, 80)):
+        stars += f * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.2 ** 2))
+    reference = 300 + 0.4 * xx + stars + rng.normal(0, 2, (h, w))
+    target = 250 - 0.3 * yy + 0.8 * stars + rng.normal(0, 2, (h, w))
+    fit = fit_source_gain(reference[..., None], target[..., None])
+    assert fit.ok and abs(fit.gain[0] - 1.25) < 0.02
+    # On sky alone there is no gain to see: the fit says so instead of inventing one.
+    flat = fit_source_gain(reference[..., None] - stars[..., None], target[..., None] - 0.8 * stars[..., None])
+    assert not flat.ok and flat.gain[0] == 1.0

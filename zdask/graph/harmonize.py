@@ -14,7 +14,8 @@ import numpy as np
 from zdask.graph.geometry import Grid, wcs_from_header
 from zdask.io import store
 from zdask.ops.background import Surface, star_mask
-from zdask.ops.photometry import fit_source_gain, seam_metric, solve_tile_photometry
+from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
+from zdask.ops.seams import seam_metric
 from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces
 from zdask.ops.warp import (
     bin_image, binned_extent, binned_transform, pixel_map, remap, wcs_pixel_transform,

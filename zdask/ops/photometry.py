@@ -4,9 +4,9 @@ Workflow: for every pair of overlapping tiles ``(i, j)`` on a common grid,
 ``fit = fit_gain_offset(tile_i, tile_j)`` gives ``tile_i ≈ fit.gain · tile_j + fit.offset``;
 ``solve_tile_photometry(n, [(i, j, fit.gain, fit.offset, weight), ...])`` turns the pairwise
 relations into one ``(gain, offset)`` per tile; ``apply_photometry`` applies them;
-``seam_metric(overlap_medians(tiles))`` measures what is left.
+``zdask.ops.seams.seam_metric(overlap_medians(tiles))`` measures what is left.
 
-``fit_gain_offset``, ``solve_tile_photometry``, ``seam_metric`` and ``overlap_medians`` are
+``fit_gain_offset``, ``fit_source_gain`` and ``solve_tile_photometry`` are
 NumPy-only; ``apply_photometry`` works on NumPy or CuPy.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 from zdask.ops.backend import array_module
 
 __all__ = [
-    "PairFit", "TilePhotometry", "apply_photometry", "fit_gain_offset", "overlap_medians",
-    "seam_metric", "solve_tile_photometry",
+    "PairFit", "TilePhotometry", "apply_photometry", "fit_gain_offset", "fit_source_gain",
+    "solve_tile_photometry",
 ]
 
 
@@ -419,52 +419,6 @@ def apply_photometry(image, gain, offset):
     out *= xp.asarray(g)
     out += xp.asarray(o)
     return out
-
-
-def overlap_medians(tiles: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-    """Per tile, the ``(C,)`` median of its pixels lying in an overlap with any other tile.
-
-    ``tiles`` are ``(H, W, C)`` arrays on one common grid with NaN outside each footprint; a
-    pixel belongs to a tile where it is finite in every channel, and to an overlap where at
-    least two tiles have it. A tile without overlap gets None.
-    """
-    if not tiles:
-        return []
-    imgs = [_as_hwc(t, "tiles[k]") for t in tiles]
-    shape = imgs[0].shape
-    if any(t.shape != shape for t in imgs):
-        raise ValueError("tiles must all have the same shape (a common grid)")
-    present = [np.all(np.isfinite(t), axis=2) for t in imgs]
-    count = np.sum(present, axis=0)
-    out: list[np.ndarray | None] = []
-    for t, p in zip(imgs, present):
-        sel = p & (count >= 2)
-        out.append(np.median(t[sel], axis=0).astype(np.float64) if sel.any() else None)
-    return out
-
-
-def seam_metric(overlap_medians: Sequence[np.ndarray | None]) -> np.ndarray:
-    """Standard deviation across tiles of each tile's overlap median, per channel.
-
-    The input holds, per tile, the ``(C,)`` median of that tile's pixels inside its overlaps
-    with other tiles (see :func:`overlap_medians`); None or NaN entries (tiles without
-    overlap) are ignored. Returns ``(C,)`` float64, population standard deviation (ddof 0);
-    NaN for a channel with no usable tile. Lower is better, but it does not reach 0: different
-    tiles' overlaps see different sky, so its floor is the sky's own variation between the
-    overlap regions. Compare before and after harmonisation, not against 0.
-    """
-    rows = [np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in overlap_medians if m is not None]
-    if not rows:
-        return np.array([np.nan])
-    if len({r.shape for r in rows}) != 1:
-        raise ValueError("overlap_medians: all entries must have the same shape (C,)")
-    arr = np.stack(rows)
-    ok = np.isfinite(arr)
-    n = ok.sum(axis=0)
-    safe = np.where(ok, arr, 0.0)
-    mean = safe.sum(axis=0) / np.maximum(n, 1)
-    var = (np.where(ok, arr - mean, 0.0) ** 2).sum(axis=0) / np.maximum(n, 1)
-    return np.where(n > 0, np.sqrt(var), np.nan)
 
 
 def fit_source_gain(

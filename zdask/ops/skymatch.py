@@ -2,9 +2,9 @@
 
 Frames inside a master tile, and master tiles inside a mosaic, each carry their own sky:
 light-pollution gradients and offsets that move with the frame, while nebulae and halos stay
-on the sky. Each image's surface is fitted to ``image − mean of the others`` where they
-overlap, over a few passes: emission that every image shows cancels in the difference and is
-kept; what differs between images is removed. A surface common to all images cannot be told
+on the sky. The surfaces are solved so that every pair of images agrees where they overlap:
+emission that both images show cancels in their difference and is kept; what differs between
+images is removed. A surface common to all images cannot be told
 from the sky and is left alone (the mean correction over images is zero).
 
 Images are cut-outs on one common (usually binned) grid: ``(image (h, w, C), weight (h, w),
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zdask.ops.background import Surface, fit_surface, n_terms
+from zdask.ops.background import Surface, fit_surface, n_terms, poly_terms
 
 
 @dataclass(frozen=True)
@@ -46,46 +46,83 @@ def accumulate(items: list[CutOut], values: list[np.ndarray], shape: tuple[int, 
 
 
 def match_surfaces(
-    items: list[CutOut], grid_shape: tuple[int, int], *, order: int, extent, passes: int = 5,
+    items: list[CutOut], grid_shape: tuple[int, int], *, order: int, extent, passes: int = 4,
     exclude: np.ndarray | None = None, min_overlap: int = 20, step: int = 1,
+    max_samples: int = 20000,
 ) -> list[np.ndarray]:
     """Per-image surface coefficients ``(C, n_terms)`` (subtract them to match the images).
 
-    ``extent`` = (y_min, y_max, x_min, x_max) of the common grid in the coordinates the
-    surfaces will be evaluated in; ``exclude`` (grid shape, True = leave out) masks stars.
-    Images overlapping others on fewer than ``min_overlap`` pixels get no correction. Each
-    pass fits every image once (Jacobi); images that overlap almost entirely agree after 2-3
-    passes, chains of partial overlaps need more. ``step`` subsamples the fits.
+    One least-squares solve over every overlapping pair: on their shared pixels,
+    ``S_i − S_j ≈ I_i − I_j``, accumulated as normal equations (a few hundred unknowns
+    whatever the pixel count). The images' common surface is undetermined; the minimum-norm
+    solution fixes it so that the corrections sum to zero (per connected group of images),
+    which keeps the overall level where it was. ``passes`` rounds of 3σ clipping of each
+    pair's residuals drop stars, trails and PSF differences; ``exclude`` (grid shape, True =
+    leave out) masks known sources up front. ``extent`` = (y_min, y_max, x_min, x_max) of the
+    grid in the coordinates the surfaces are evaluated in; pairs sharing fewer than
+    ``min_overlap`` pixels are ignored, larger ones subsampled (``step``, ``max_samples``).
     """
     channels = items[0].image.shape[-1] if items else 0
-    coeffs = [np.zeros((channels, n_terms(order))) for _ in items]
-    if len(items) < 2:
-        return coeffs
-    surfaces = [np.zeros_like(it.image) for it in items]
-    for _ in range(passes):
-        corrected = [it.image - s for it, s in zip(items, surfaces)]
-        total, wsum = accumulate(items, corrected, grid_shape, channels)
-        for k, item in enumerate(items):
-            ys, xs = item.window()
-            w_self = np.where(np.isfinite(corrected[k]).all(axis=-1), item.weight, 0.0)
-            w_other = wsum[ys, xs] - w_self
-            other_total = total[ys, xs] - np.nan_to_num(corrected[k]) * w_self[..., None]
-            usable = (w_other > 1e-6) & (w_self > 0)
-            if usable.sum() < min_overlap:
-                continue
-            others = other_total / np.where(usable, w_other, 1.0)[..., None]
-            diff = np.where(usable[..., None], item.image - others, np.nan)
-            mask = None if exclude is None else exclude[ys, xs]
-            fit = fit_surface(diff, order=order, mask=mask, extent=extent, step=step, offset=item.origin)
-            coeffs[k] = fit.coeffs
-            surfaces[k] = Surface(fit.coeffs, order, fit.extent, fit.n_used).evaluate(
-                item.image.shape[:2], offset=item.origin)
-    # The images' common surface is undetermined: keep the overall level where it was.
-    fitted = [c for c in coeffs if np.any(c)]
-    if fitted:
-        mean = np.mean(fitted, axis=0)
-        coeffs = [c - mean if np.any(c) else c for c in coeffs]
-    return coeffs
+    nt = n_terms(order)
+    pairs = []
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            found = _pair_samples(items[i], items[j], exclude, step, max_samples, order, extent)
+            if found is not None and len(found[1]) >= min_overlap:
+                pairs.append((i, j, *found))
+    coeffs = np.zeros((len(items) * nt, channels))
+    if not pairs:
+        return [coeffs[k * nt:(k + 1) * nt].T.copy() for k in range(len(items))]
+    keeps = [np.ones(len(d), dtype=bool) for _, _, _, d in pairs]
+    for _ in range(max(1, passes)):
+        normal = np.zeros((len(items) * nt, len(items) * nt))
+        rhs = np.zeros((len(items) * nt, channels))
+        for (i, j, terms, diff), keep in zip(pairs, keeps):
+            t, d = terms[keep], diff[keep]
+            gram, proj = t.T @ t, t.T @ d
+            a, b = slice(i * nt, (i + 1) * nt), slice(j * nt, (j + 1) * nt)
+            normal[a, a] += gram
+            normal[b, b] += gram
+            normal[a, b] -= gram
+            normal[b, a] -= gram
+            rhs[a] += proj
+            rhs[b] -= proj
+        coeffs = np.linalg.lstsq(normal, rhs, rcond=None)[0]
+        changed = False
+        for n, (i, j, terms, diff) in enumerate(pairs):
+            residual = diff - terms @ (coeffs[i * nt:(i + 1) * nt] - coeffs[j * nt:(j + 1) * nt])
+            centre = np.median(residual[keeps[n]], axis=0)
+            sigma = 1.4826 * np.median(np.abs(residual[keeps[n]] - centre), axis=0)
+            keep = np.all(np.abs(residual - centre) <= 3.0 * np.maximum(sigma, 1e-12), axis=1)
+            if keep.sum() >= min_overlap and not np.array_equal(keep, keeps[n]):
+                keeps[n], changed = keep, True
+        if not changed:
+            break
+    return [coeffs[k * nt:(k + 1) * nt].T.copy() for k in range(len(items))]
+
+
+def _pair_samples(a: CutOut, b: CutOut, exclude, step, max_samples, order, extent):
+    """(terms (n, n_terms), a − b (n, C)) on the pixels two cut-outs share, or None."""
+    ay, ax = a.origin
+    by, bx = b.origin
+    y0, x0 = max(ay, by), max(ax, bx)
+    y1 = min(ay + a.image.shape[0], by + b.image.shape[0])
+    x1 = min(ax + a.image.shape[1], bx + b.image.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return None
+    va = a.image[y0 - ay:y1 - ay:step, x0 - ax:x1 - ax:step]
+    vb = b.image[y0 - by:y1 - by:step, x0 - bx:x1 - bx:step]
+    use = (np.isfinite(va).all(axis=-1) & np.isfinite(vb).all(axis=-1)
+           & (a.weight[y0 - ay:y1 - ay:step, x0 - ax:x1 - ax:step] > 0)
+           & (b.weight[y0 - by:y1 - by:step, x0 - bx:x1 - bx:step] > 0))
+    if exclude is not None:
+        use &= ~exclude[y0:y1:step, x0:x1:step]
+    rows, cols = np.nonzero(use)
+    if rows.size > max_samples:  # an even thinning keeps the solve small on big overlaps
+        pick = np.linspace(0, rows.size - 1, max_samples).astype(int)
+        rows, cols = rows[pick], cols[pick]
+    terms = poly_terms(x0 + cols * step, y0 + rows * step, order, extent)
+    return terms, (va[rows, cols] - vb[rows, cols]).astype(np.float64)
 
 
 def fit_common_sky(
