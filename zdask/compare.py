@@ -85,6 +85,11 @@ def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
         "large_scale_rms_over_noise": max(ch["large_scale_rms_over_noise"] for ch in channels),
     }
     result.update(star_positions(truth_path, mosaic, mcards, channels[min(1, len(channels) - 1)]["noise"]))
+    report_path = os.path.join(os.path.dirname(os.path.abspath(mosaic_path)), "report.json")
+    if os.path.exists(report_path):  # the seam metrics zdask run measured on its tiles
+        with open(report_path) as fh:
+            run = json.load(fh).get("mosaic", {})
+        result["seam"] = {k: run.get(k) for k in ("seam_before", "seam_after", "pair_seam_before", "pair_seam_after")}
     if manifest_path is not None:
         result["trails"] = trail_residuals(manifest_path, mcards, residuals, skies)
         levels = [t["median_residual_over_noise"] for t in result["trails"]

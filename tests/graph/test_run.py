@@ -260,3 +260,34 @@ def test_frame_without_wcs_is_registered_into_its_group(small_survey, tmp_path):
     ra, dec = fitted.all_pix2world(xs.ravel(), ys.ravel(), 0)
     tx, ty = truth.all_world2pix(ra, dec, 0)
     assert np.max(np.hypot(tx - xs.ravel(), ty - ys.ravel())) < 0.5
+
+
+def test_plate_solved_frame_joins_the_run(small_survey, tmp_path, monkeypatch):
+    """With a plate solver on the machine, a frame without WCS is solved before planning.
+    Neither solve-field nor astap is installed here, so the external program is replaced by a
+    stand-in returning the frame's true WCS; what is tested is zdask's use of the result."""
+    import zdask.graph.runner as runner
+
+    survey, manifest = small_survey
+    frames = tmp_path / "panel"
+    frames.mkdir()
+    panel = [f for f in manifest["frames"] if f["panel"] == 0][:8]
+    for f in panel:
+        shutil.copy2(survey / f["file"], frames / os.path.basename(f["file"]))
+    target = frames / os.path.basename(panel[3]["file"])
+    with fits.open(target, mode="update") as hdul:
+        for key in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2"):
+            del hdul[0].header[key]
+    solved = []
+    monkeypatch.setattr(runner, "available_solver", lambda: "astap")
+    monkeypatch.setattr(runner, "plate_solve", lambda path, **kw: solved.append(path) or dict(panel[3]["wcs_true"]))
+    report = runner.run([str(frames)], str(tmp_path / "o"), zdask_config(align=False), say=lambda text: None)
+    assert solved == [str(target)]
+    assert report["frames_rejected"] == [] and report["frames_used"] == 8
+    assert str(target) in report["tiles"][0]["frames"]
+
+
+def zdask_config(**changes):
+    from zdask.config import Config
+
+    return Config(workers=1, threads_per_worker=2).replace(**changes)

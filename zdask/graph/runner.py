@@ -27,7 +27,8 @@ from zdask.graph.plan import Plan, plan_master_tiles
 from zdask.graph.tile_stage import run_tile_stage
 from zdask.io import store
 from zdask.io.outputs import write_json, write_mosaic, write_preview
-from zdask.io.scan import Frame, FrameTable, RejectedFile, scan
+from zdask.io.platesolve import available_solver, plate_solve
+from zdask.io.scan import Frame, FrameTable, RejectedFile, scan, with_wcs
 from zdask.ops.framestats import FrameStats
 
 class RunError(Exception):
@@ -97,6 +98,21 @@ def attach_unsolved_frames(frames: list[Frame], rejected: list[RejectedFile], un
     return frames, [r for r in rejected if r.path not in attached], dataclasses.replace(plan, groups=groups)
 
 
+def plate_solve_frames(unsolved: list[Frame], solved: list[Frame], say) -> tuple[list[Frame], list[Frame]]:
+    """Plate-solve frames without a WCS when solve-field or astap is installed:
+    (frames that got a WCS, frames still without one)."""
+    hint = float(np.nanmedian([f.scale_arcsec for f in solved])) if solved else None
+    done, left = [], []
+    for frame in unsolved:
+        cards = plate_solve(frame.path, scale_arcsec_hint=hint)
+        if cards:
+            done.append(with_wcs(frame, cards))
+            say(f"{frame.path}: plate-solved with {available_solver()}")
+        else:
+            left.append(frame)
+    return done, left
+
+
 def check_output_location(inputs: Sequence[str], out_dir: str) -> None:
     """Refuse an output folder inside an input folder: inputs are never written."""
     out = os.path.realpath(out_dir)
@@ -121,8 +137,17 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, say=print, console=
     t = time.perf_counter()
     plan = plan_master_tiles(frames, link_fov_fraction=config.link_fov_fraction,
                              max_group_size=config.max_group_size)
-    if config.align and table.unsolved:
-        frames, rejected, plan = attach_unsolved_frames(frames, rejected, table.unsolved, plan, say)
+    unsolved = list(table.unsolved)
+    if unsolved and available_solver():
+        solved, unsolved = plate_solve_frames(unsolved, frames, say)
+        if solved:
+            frames = frames + solved
+            done = {f.path for f in solved}
+            rejected = [r for r in rejected if r.path not in done]
+            plan = plan_master_tiles(frames, link_fov_fraction=config.link_fov_fraction,
+                                     max_group_size=config.max_group_size)
+    if config.align and unsolved:
+        frames, rejected, plan = attach_unsolved_frames(frames, rejected, unsolved, plan, say)
     timings["plan"] = time.perf_counter() - t
     for bad in rejected:
         say(f"skipped {bad.path}: {bad.reason}")
