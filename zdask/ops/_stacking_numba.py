@@ -133,6 +133,17 @@ def sort_columns(s, tw, cnt):
 
 
 @njit(**JIT)
+def load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj):
+    """Load a tile (``load_tile``), then sort each pixel's samples: the sorting network for
+    shallow stacks, a per-pixel sort of the finite samples for deep ones."""
+    load_tile(src, rs, t0, tw, sc, of, u, s, cnt)
+    if use_net:
+        sort_network(s, tw, ci, cj)
+    else:
+        sort_columns(s, tw, cnt)
+
+
+@njit(**JIT)
 def sort_columns_index(s, idx, tw, cnt):
     """Per-pixel stable argsort with payload (deep stacks); missing samples last."""
     n_frames = s.shape[0]

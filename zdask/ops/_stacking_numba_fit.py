@@ -7,11 +7,10 @@ from numba import njit
 
 from zdask.ops._stacking_numba import (
     JIT,
+    load_sorted_tile,
     load_tile,
     load_tile_index,
-    sort_columns,
     sort_columns_index,
-    sort_network,
     sort_network_index,
     sorted_median,
     weighted_mean_between,
@@ -93,11 +92,7 @@ def linear_fit_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
     for t0 in range(0, m_total, T):
         tw = min(T, m_total - t0)
         if unweighted:
-            load_tile(src, rs, t0, tw, sc, of, u, s, cnt)
-            if use_net:
-                sort_network(s, tw, ci, cj)
-            else:
-                sort_columns(s, tw, cnt)
+            load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj)
         else:
             load_tile_index(src, rs, t0, tw, sc, of, s, idx, cnt)
             if use_net:
@@ -186,11 +181,7 @@ def median_block(src, rs, n_frames, m_total, sc, of, ci, cj, use_net, T, img, ke
     med = np.empty(T, np.float32)
     for t0 in range(0, m_total, T):
         tw = min(T, m_total - t0)
-        load_tile(src, rs, t0, tw, sc, of, u, s, cnt)
-        if use_net:
-            sort_network(s, tw, ci, cj)
-        else:
-            sort_columns(s, tw, cnt)
+        load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj)
         sorted_median(s, zero, cnt, tw, med)
         for p in range(tw):
             img[t0 + p] = med[p]

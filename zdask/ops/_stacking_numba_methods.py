@@ -20,9 +20,7 @@ from numba import njit
 
 from zdask.ops._stacking_numba import (
     JIT,
-    load_tile,
-    sort_columns,
-    sort_network,
+    load_sorted_tile,
     sorted_median,
     weighted_mean_between,
 )
@@ -104,11 +102,7 @@ def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh
     kept_t = np.empty(T, np.int32)
     for t0 in range(0, m_total, T):
         tw = min(T, m_total - t0)
-        load_tile(src, rs, t0, tw, sc, of, u, s, cnt)
-        if use_net:
-            sort_network(s, tw, ci, cj)
-        else:
-            sort_columns(s, tw, cnt)
+        load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj)
         any_act = False
         for p in range(tw):
             keep_lo[p] = -_FMAX

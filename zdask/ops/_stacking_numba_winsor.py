@@ -17,9 +17,7 @@ from numba import njit
 
 from zdask.ops._stacking_numba import (
     JIT,
-    load_tile,
-    sort_columns,
-    sort_network,
+    load_sorted_tile,
     sorted_median,
     weighted_mean_between,
 )
@@ -213,11 +211,7 @@ def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
     kept_t = np.empty(T, np.int32)
     for t0 in range(0, m_total, T):
         tw = min(T, m_total - t0)
-        load_tile(src, rs, t0, tw, sc, of, u, s, cnt)
-        if use_net:
-            sort_network(s, tw, ci, cj)
-        else:
-            sort_columns(s, tw, cnt)
+        load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj)
         sorted_median(s, zero, cnt, tw, med)
         _mad(s, cnt, med, tw, mad, tmp)
         any_act = False
