@@ -89,6 +89,44 @@ def test_deep_stack_column_sort_path(method, monkeypatch):
     assert_same(expected, R.METHODS[method](x, weights=w))
 
 
+def test_winsorized_matches_reference_on_many_tiles():
+    """Enough pixels for several tiles, both split paths (vectorised pass, per-pixel walk)."""
+    x = make_stack(30, (40, 64, 3), seed=11, nan=0.05, outliers=0.05)
+    x[:, :5, :7] = 1000.0  # constant pixels: MAD = 0 and σ = 0
+    x[:, 5, 5, 0] = np.float32(-3.0e4)  # a low outlier far beyond every other sample
+    x[2, 5, 5, 0] = 1.0
+    assert_same(winsorized(x), R.winsorized(x))
+
+
+def huber_by_iteration(x, wl=1.5, wh=1.5, rounds=500):
+    """Plain Huber iteration in float64 per column (winsorize, m = mean, σ = c·std) from the
+    median and 1.4826·MAD."""
+    c = S.winsor_consistency(wl, wh)
+    m = np.median(x, axis=0)
+    s = 1.4826 * np.median(np.abs(x - m), axis=0)
+    for _ in range(rounds):
+        w = np.clip(x, m - wl * s, m + wh * s)
+        m, s = w.mean(axis=0), c * w.std(axis=0)
+    return m, s
+
+
+def test_winsorized_solves_huber_equations_exactly():
+    """Planted truth: (m, σ) is the limit of the plain Huber iteration, not a truncated iterate
+    (pixels with up to 4 of 30 samples 40σ high; at ~30% outliers the plain iteration itself
+    needs ~40 rounds and the 10-step cap leaves σ growing)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(100.0, 5.0, (30, 1000)).astype(np.float32)
+    bright = rng.random(x.shape) < 0.05
+    x[bright] += np.float32(200.0)
+    n = np.full(x.shape[1], 30)
+    _, m, s = R.winsor_location_scale(np.sort(x, axis=0), n, 1.5, 1.5, S.winsor_consistency(1.5, 1.5))
+    sel = bright.sum(axis=0) <= 4
+    assert sel.sum() > 950
+    m_true, s_true = huber_by_iteration(x[:, sel].astype(np.float64))
+    np.testing.assert_allclose(m[sel], m_true, rtol=2e-6)
+    np.testing.assert_allclose(s[sel], s_true, rtol=2e-5)
+
+
 def test_strided_and_float64_inputs():
     base = make_stack(12, (20, 30, 3), seed=3)
     view = base[:, 3:15, 5:25]

@@ -1,13 +1,14 @@
 """numba CPU kernel of winsorized sigma clipping (see ``_stacking_numba`` for the layout).
 
-Per tile: sort the samples, median, MAD, then the Huber iterations.  On
-sorted samples, winsorizing to ``[lo, hi]`` only needs the counts below /
-above and the sums of ``d = x − median`` and ``d²`` over the samples in
-between ("split"): sums centred on the median (float32) keep the variance
-from cancelling.  A Huber step is then a few flops per pixel; the split is
-recomputed only for pixels whose bounds crossed a sample (one vectorised
-pass when many did, per pixel otherwise).  The operations mirror
-``stacking_reference.winsorized`` so both give the same masks.
+Per tile: sort the samples, median, MAD, then Huber's equations solved
+exactly split by split (see ``stacking_reference.winsor_location_scale``).
+On sorted samples a split is two counts (``il`` samples below the lower
+bound, ``j1`` up to the upper one) and the float32 sums of ``d = x − median``
+and ``d²`` over the samples in between.  Splits are computed by one
+vectorised pass over the tile while many pixels are still moving, and by
+walking each moving pixel's counts (the bounds move by a sample or two)
+once few are left.  The operations mirror the reference so both give the
+same masks.
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ from zdask.ops._stacking_numba import (
 
 _FMAX = np.float32(np.finfo(np.float32).max)
 _INF32 = np.float32(np.inf)
-
-# rows of the per-pixel split state ``g``
-_G1, _G2, _L1, _L2, _H1, _H2 = 0, 1, 2, 3, 4, 5
 
 
 @njit(inline="always", **JIT)
@@ -90,29 +88,24 @@ def _mad(s, cnt, med, tw, out, tmp):
 
 
 @njit(**JIT)
-def _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g):
-    """For every pixel: ``il = #(x < lo)``, ``j1 = #(x <= hi)`` with ``lo, hi = m ∓ w·σ``, Σd
-    and Σd² (float32, in row order) of the samples in between, and the sample values either
-    side of each bound (for the cheap "same split" test of the next iteration)."""
+def _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g1, g2):
+    """For every pixel: ``il = #(x < lo)``, ``j1 = #(x <= hi)`` with ``lo, hi = m ∓ w·σ``
+    (float32) and the float32 sums (row order) of ``d`` and ``d²`` between the bounds."""
     n_frames = s.shape[0]
     for p in range(tw):
         lo32[p] = m[p] - wl * sig[p]
         hi32[p] = m[p] + wh * sig[p]
-    for p in range(tw):
         il[p] = 0
         j1[p] = 0
+        g1[p] = 0.0
+        g2[p] = 0.0
     for n in range(n_frames):  # counts (two outputs per pass keeps LLVM vectorising)
         sn = s[n]
         for p in range(tw):
             v = sn[p]
             il[p] += 1 if v < lo32[p] else 0
             j1[p] += 1 if v <= hi32[p] else 0
-    g1 = g[_G1]
-    g2 = g[_G2]
-    for p in range(tw):
-        g1[p] = 0.0
-        g2[p] = 0.0
-    for n in range(n_frames):  # float32 sums of d and d² between the bounds
+    for n in range(n_frames):  # +inf (missing) is never between finite bounds
         sn = s[n]
         for p in range(tw):
             v = sn[p]
@@ -120,18 +113,11 @@ def _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g):
             d = v - med[p]
             g1[p] += d if mid else np.float32(0.0)
             g2[p] += d * d if mid else np.float32(0.0)
-    for p in range(tw):  # the samples either side of each bound
-        i = il[p]
-        j = j1[p]
-        g[_L1, p] = s[max(i - 1, 0), p] if i > 0 else -_INF32
-        g[_L2, p] = s[min(i, n_frames - 1), p] if i < n_frames else _INF32
-        g[_H1, p] = s[max(j - 1, 0), p] if j > 0 else -_INF32
-        g[_H2, p] = s[min(j, n_frames - 1), p] if j < n_frames else _INF32
 
 
 @njit(inline="always", **JIT)
-def _split_one(s, n, med, lo, hi, p, il, j1, g):
-    """:func:`_split_all` for one pixel, walking from its previous counts (same float32 sums)."""
+def _split_one(s, n, med, lo, hi, p, il, j1, g1, g2):
+    """:func:`_split_all` for one pixel, walking its counts from their previous values."""
     i = il[p]
     j = j1[p]
     while i > 0 and s[i - 1, p] >= lo:
@@ -150,61 +136,77 @@ def _split_one(s, n, med, lo, hi, p, il, j1, g):
         d = s[r, p] - med
         a += d
         b += d * d
-    g[_G1, p] = a
-    g[_G2, p] = b
-    g[_L1, p] = s[i - 1, p] if i > 0 else -_INF32
-    g[_L2, p] = s[i, p] if i < s.shape[0] else _INF32
-    g[_H1, p] = s[j - 1, p] if j > 0 else -_INF32
-    g[_H2, p] = s[j, p] if j < s.shape[0] else _INF32
+    g1[p] = a
+    g2[p] = b
 
 
 @njit(**JIT)
-def _huber_step(cnt, inv_n, il, j1, g, m0, m, sig, act, fix, wl, wh, cfac, tol, tw):
-    """One Huber iteration (float32) for every active pixel; flags those whose split must be redone."""
-    any_act = False
+def _solve_split(cnt, inv_n, il, j1, g1, g2, med, m, sig, act, prev_i, prev_j, wl, wh, cfac, tw):
+    """One step for every active pixel: stop if its split reproduces the last solved one, else
+    solve Huber's equations for this split (float64), or take one plain Huber step where this
+    split has no solution.  Returns the number of pixels still active."""
+    n_act = 0
+    wl64 = np.float64(wl)
+    wh64 = np.float64(wh)
+    c2 = cfac * cfac
+    ic2 = 1.0 / c2
     for p in range(tw):
-        fl = np.float32(il[p])
-        fh = np.float32(cnt[p] - j1[p])
-        lo_d = (m[p] - wl * sig[p]) - m0[p]
-        hi_d = (m[p] + wh * sig[p]) - m0[p]
-        s1 = fl * lo_d + g[_G1, p] + fh * hi_d
-        s2 = fl * (lo_d * lo_d) + g[_G2, p] + fh * (hi_d * hi_d)
-        mean_d = s1 * inv_n[p]
-        var = s2 * inv_n[p] - mean_d * mean_d
-        mn = m0[p] + mean_d
-        sn = cfac * np.sqrt(var if var > np.float32(0.0) else np.float32(0.0))
-        on = act[p]
-        conv = (abs(sn - sig[p]) <= tol * sig[p]) & (abs(mn - m[p]) <= tol * sig[p])
+        i = il[p]
+        j = j1[p]
+        on = act[p] & ((i != prev_i[p]) | (j != prev_j[p]))
+        m0 = np.float64(med[p])
+        nd = np.float64(max(cnt[p], 1))
+        r = np.float64(j - i)
+        fi = np.float64(i)
+        fk = np.float64(cnt[p] - j)
+        h1 = np.float64(g1[p])
+        h2 = np.float64(g2[p])
+        inv_r = 1.0 / (r if r > 1.0 else 1.0)
+        a = h1 * inv_r
+        b = (fk * wh64 - fi * wl64) * inv_r
+        u = b - wl64
+        v = b + wh64
+        den = nd * ic2 - (fi * (u * u) + fk * (v * v) - nd * (b * b))
+        solved = (r > 0.0) & (den > 0.0)
+        c = h2 - h1 * a
+        lo_d = np.float64(m[p] - wl * sig[p]) - m0
+        hi_d = np.float64(m[p] + wh * sig[p]) - m0
+        mean_d = (fi * lo_d + h1 + fk * hi_d) * inv_n[p]
+        var = (fi * (lo_d * lo_d) + h2 + fk * (hi_d * hi_d)) * inv_n[p] - mean_d * mean_d
+        s2 = (c if c > 0.0 else 0.0) / den if solved else c2 * (var if var > 0.0 else 0.0)
+        s64 = np.sqrt(s2)
+        sn = np.float32(s64)
+        mn = np.float32(m0 + (a + b * s64) if solved else m0 + mean_d)
         m[p] = mn if on else m[p]
         sig[p] = sn if on else sig[p]
-        on = on & (not conv) & (sn > np.float32(0.0))
+        on = on & (sn > np.float32(0.0))
         act[p] = on
-        lo = m[p] - wl * sig[p]
-        hi = m[p] + wh * sig[p]
-        same = (g[_L1, p] < lo) & (lo <= g[_L2, p]) & (g[_H1, p] <= hi) & (hi < g[_H2, p])
-        fix[p] = on & (not same)
-        any_act |= on
-    return any_act
+        prev_i[p] = i if solved else -1
+        prev_j[p] = j if solved else -1
+        n_act += 1 if on else 0
+    return n_act
 
 
 @njit(**JIT)
-def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh, wl, wh, cfac, tol,
+def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh, wl, wh, cfac,
                      max_iter, mad_k, meanabs_k, ci, cj, use_net, T, img, kept, rlo, rhi):
     u = np.empty((n_frames, T), np.float32)
     s = np.empty((n_frames, T), np.float32)
-    g = np.empty((6, T), np.float32)
     cnt = np.empty(T, np.int32)
+    inv_n = np.empty(T, np.float64)
     zero = np.zeros(T, np.int32)
     med = np.empty(T, np.float32)
     mad = np.empty(T, np.float32)
     tmp = np.empty(T, np.float32)
-    inv_n = np.empty(T, np.float32)
     m = np.empty(T, np.float32)
     sig = np.empty(T, np.float32)
     act = np.empty(T, np.bool_)
-    fix = np.empty(T, np.bool_)
     il = np.empty(T, np.int32)
     j1 = np.empty(T, np.int32)
+    prev_i = np.empty(T, np.int32)
+    prev_j = np.empty(T, np.int32)
+    g1 = np.empty(T, np.float32)
+    g2 = np.empty(T, np.float32)
     lo32 = np.empty(T, np.float32)
     hi32 = np.empty(T, np.float32)
     img_t = np.empty(T, np.float32)
@@ -214,11 +216,10 @@ def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
         load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj)
         sorted_median(s, zero, cnt, tw, med)
         _mad(s, cnt, med, tw, mad, tmp)
-        any_act = False
+        n_act = 0
         for p in range(tw):
             n = cnt[p]
             m[p] = med[p]
-            inv_n[p] = np.float32(1.0 / n) if n > 0 else np.float32(0.0)
             sig[p] = mad_k * mad[p]
             if sig[p] == 0.0 and n >= 3:  # MAD = 0: mean absolute deviation about the median
                 sabs = 0.0
@@ -226,23 +227,20 @@ def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
                     sabs += abs(np.float64(s[r, p]) - np.float64(med[p]))
                 sig[p] = np.float32(meanabs_k * (sabs / n))
             act[p] = (n >= 3) & (sig[p] > 0.0)
-            any_act |= act[p]
-        if any_act and max_iter > 0:
-            _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g)
-            any_act = _huber_step(cnt, inv_n, il, j1, g, med, m, sig, act, fix, wl, wh, cfac, tol, tw)
-        for _ in range(1, max_iter):
-            if not any_act:
+            n_act += 1 if act[p] else 0
+            prev_i[p] = -1
+            prev_j[p] = -1
+            inv_n[p] = 1.0 / np.float64(max(n, 1))
+        for step in range(max_iter):
+            if n_act == 0:
                 break
-            nfix = 0
-            for p in range(tw):
-                nfix += 1 if fix[p] else 0
-            if nfix * 8 > tw:  # many splits changed: one vectorised pass over the tile
-                _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g)
-            elif nfix > 0:
+            if step == 0 or n_act * 4 > tw:  # many pixels moving: one vectorised pass
+                _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g1, g2)
+            else:
                 for p in range(tw):
-                    if fix[p]:
-                        _split_one(s, cnt[p], med[p], m[p] - wl * sig[p], m[p] + wh * sig[p], p, il, j1, g)
-            any_act = _huber_step(cnt, inv_n, il, j1, g, med, m, sig, act, fix, wl, wh, cfac, tol, tw)
+                    if act[p]:
+                        _split_one(s, cnt[p], med[p], m[p] - wl * sig[p], m[p] + wh * sig[p], p, il, j1, g1, g2)
+            n_act = _solve_split(cnt, inv_n, il, j1, g1, g2, med, m, sig, act, prev_i, prev_j, wl, wh, cfac, tw)
         # final rejection outside m − κlow·σ … m + κhigh·σ (float32)
         for p in range(tw):
             ok = (cnt[p] >= 3) & (sig[p] > 0.0)

@@ -35,9 +35,10 @@ winsorized(kappa=(3, 3), winsor=1.5)
     1.4826·MAD (mean absolute deviation ×1.2533 if the MAD is 0); winsorize
     the samples to ``m ± winsor·σ`` (Huber), recompute ``m`` = mean and
     ``σ`` = c·std of the winsorized samples (c = Gaussian consistency factor,
-    1.134 for 1.5), until both change by less than 5e-4·σ (at most 10
-    iterations; float32, the sums centred on the median); then reject outside
-    ``m − κlow·σ … m + κhigh·σ`` and take the weighted mean.
+    1.134 for 1.5) until stable: the stable point is solved exactly, split by
+    split (which samples fall below / inside / above the bounds), at most 10
+    steps (see ``stacking_reference.winsor_location_scale``); then reject
+    outside ``m − κlow·σ … m + κhigh·σ`` and take the weighted mean.
     ``winsor=None`` winsorizes at the rejection kappa itself (the literal
     "clip to m ± κσ" reading; far less robust to a bright outlier).
 linear_fit_clip(kappa=(5, 5), iterations=3)
@@ -69,7 +70,6 @@ from zdask.ops._stacking_common import (
     MEANABS_TO_SIGMA,
     NETWORK_MAX_FRAMES,
     WINSOR_MAX_ITER,
-    WINSOR_TOL,
     StackResult,
     array_namespace,
     batcher_network,
@@ -161,7 +161,7 @@ def winsorized(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0)
     b = _Block(stack, weights, scale, offset)
     f32 = np.float32
     _nw.winsorized_block(b.src, b.rs, b.n, b.m, b.sc, b.of, b.wt, b.unweighted, f32(kl), f32(kh), f32(wl), f32(wh),
-                         f32(cfac), f32(WINSOR_TOL), WINSOR_MAX_ITER, f32(MAD_TO_SIGMA), MEANABS_TO_SIGMA,
+                         cfac, WINSOR_MAX_ITER, f32(MAD_TO_SIGMA), MEANABS_TO_SIGMA,
                          b.ci, b.cj, b.use_net, b.T, b.img, b.kept, b.rlo, b.rhi)
     return b.result()
 

@@ -21,7 +21,6 @@ from zdask.ops._stacking_common import (
     MAD_TO_SIGMA,
     MEANABS_TO_SIGMA,
     WINSOR_MAX_ITER,
-    WINSOR_TOL,
     StackResult,
     array_namespace,
     parse_iterations,
@@ -131,55 +130,94 @@ def kappa_sigma(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0
     return _finish(xp, out_shape, img, k, rl, rh)
 
 
-def winsorized(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0), winsor=1.5):
-    kl, kh = parse_kappa(kappa)
-    wl, wh = (kl, kh) if winsor is None else parse_kappa(winsor, "winsor")
+def winsor_location_scale(srt, n, wl, wh, cfac, mad_k=MAD_TO_SIGMA):
+    """Huber location ``m`` and scale ``σ`` (float32) of sorted samples (missing = +inf at the end).
+
+    Start: median and ``mad_k``·MAD (mean absolute deviation ×1.2533 if the MAD is 0).  Then
+    solve Huber's equations exactly: with ``i`` samples below ``m − wl·σ``, ``k`` above
+    ``m + wh·σ`` and the sums ``g1 = Σd``, ``g2 = Σd²`` (``d = x − median``) over the ``r``
+    samples between, the fixed point of "winsorize, then m = mean and σ = c·std of the
+    winsorized samples" is ``m − median = a + b·σ`` with ``a = g1/r``,
+    ``b = (k·wh − i·wl)/r`` and ``σ² = (g2 − g1·a) / (n/c² − q)``,
+    ``q = i·(b − wl)² + k·(b + wh)² − n·b²``.  Each step solves for the current split and
+    moves the split to the solution's bounds; it stops when the split reproduces itself
+    (at most ``WINSOR_MAX_ITER`` solves).  Sums of ``d`` are float32 in sorted order, the
+    solve float64, the state and bounds float32 (the numba kernel does the same).
+    """
+    xp = array_namespace(srt)
     f32 = np.float32
-    cfac = f32(winsor_consistency(wl, wh))
-    kl, kh, wl, wh, tol = f32(kl), f32(kh), f32(wl), f32(wh), f32(WINSOR_TOL)
-    xp, x, fin, w, out_shape = _prepare(stack, weights, scale, offset)
-    n = fin.sum(axis=0)
-    srt = xp.sort(xp.where(fin, x, f32(np.inf)), axis=0)
     sfin = srt <= f32(FLT_MAX)
     med = _sorted_median(xp, srt, xp.zeros_like(n), n)
     # MAD in float32 (deviations about the float32 median)
     dev = xp.sort(xp.where(sfin, xp.abs(srt - med), f32(np.inf)), axis=0)
     h = n // 2
     mad = xp.where(n % 2 == 1, _take(xp, dev, h), (_take(xp, dev, h - 1) + _take(xp, dev, h)) * f32(0.5))
-    sig = f32(MAD_TO_SIGMA) * xp.where(n > 0, mad, f32(0.0))
+    sig = f32(mad_k) * xp.where(n > 0, mad, f32(0.0))
     need = (sig == 0) & (n >= 3)
     nd = xp.maximum(n, 1).astype(xp.float64)
     meanabs = xp.where(sfin, xp.abs(srt.astype(xp.float64) - med.astype(xp.float64)), 0.0).sum(axis=0)
     sig = xp.where(need, (MEANABS_TO_SIGMA * (meanabs / nd)).astype(f32), sig)
-    # Huber iterations (float32): counts below/above and the sums of d = x - median in between
-    inv_n = xp.where(n > 0, (1.0 / nd).astype(f32), f32(0.0))
+    wl, wh = f32(wl), f32(wh)
+    wl64, wh64 = np.float64(wl), np.float64(wh)
+    c2 = np.float64(cfac) * np.float64(cfac)
+    ic2 = np.float64(1.0) / c2
+    inv_n = 1.0 / nd
     d = srt - med
+    med64 = med.astype(xp.float64)
     m = med
     act = (n >= 3) & (sig > 0)
+    prev_i = xp.full(n.shape, -1, dtype=n.dtype)
+    prev_j = xp.full(n.shape, -1, dtype=n.dtype)
     for _ in range(WINSOR_MAX_ITER):
-        if not bool(act.any()):
-            break
         lo = m - wl * sig
         hi = m + wh * sig
         below = sfin & (srt < lo)
-        above = sfin & (srt > hi)
-        mid = sfin & ~below & ~above
-        fl = below.sum(axis=0).astype(f32)
-        fh = above.sum(axis=0).astype(f32)
-        g1 = xp.where(mid, d, f32(0.0)).sum(axis=0, dtype=f32)
-        g2 = xp.where(mid, d * d, f32(0.0)).sum(axis=0, dtype=f32)
-        lo_d = lo - med
-        hi_d = hi - med
-        s1 = fl * lo_d + g1 + fh * hi_d
-        s2 = fl * (lo_d * lo_d) + g2 + fh * (hi_d * hi_d)
-        mean_d = s1 * inv_n
-        var = s2 * inv_n - mean_d * mean_d
-        mn = med + mean_d
-        sn = cfac * xp.sqrt(xp.maximum(var, f32(0.0)))
-        conv = (xp.abs(sn - sig) <= tol * sig) & (xp.abs(mn - m) <= tol * sig)
-        m = xp.where(act, mn, m)
-        sig = xp.where(act, sn, sig)
-        act = act & ~conv & (sn > 0)
+        mid = sfin & ~below & (srt <= hi)
+        i = below.sum(axis=0)
+        j = i + mid.sum(axis=0)
+        act = act & ~((i == prev_i) & (j == prev_j))
+        if not bool(act.any()):
+            break
+        g1 = xp.where(mid, d, f32(0.0)).sum(axis=0, dtype=f32).astype(xp.float64)
+        g2 = xp.where(mid, d * d, f32(0.0)).sum(axis=0, dtype=f32).astype(xp.float64)
+        r = (j - i).astype(xp.float64)
+        fi = i.astype(xp.float64)
+        fk = (n - j).astype(xp.float64)
+        # the exact solution for this split ...
+        inv_r = 1.0 / xp.maximum(r, 1.0)
+        a = g1 * inv_r
+        b = (fk * wh64 - fi * wl64) * inv_r
+        u = b - wl64
+        v = b + wh64
+        den = nd * ic2 - (fi * (u * u) + fk * (v * v) - nd * (b * b))
+        solved = (r > 0) & (den > 0)
+        # ... or, where it has none (σ grows past this split), one plain Huber step
+        lo_d = lo.astype(xp.float64) - med64
+        hi_d = hi.astype(xp.float64) - med64
+        mean_d = (fi * lo_d + g1 + fk * hi_d) * inv_n
+        var = (fi * (lo_d * lo_d) + g2 + fk * (hi_d * hi_d)) * inv_n - mean_d * mean_d
+        s64 = xp.sqrt(xp.where(solved, xp.maximum(g2 - g1 * a, 0.0) / xp.where(solved, den, 1.0),
+                               c2 * xp.maximum(var, 0.0)))
+        s_new = s64.astype(f32)
+        m_new = xp.where(solved, med64 + (a + b * s64), med64 + mean_d).astype(f32)
+        m = xp.where(act, m_new, m)
+        sig = xp.where(act, s_new, sig)
+        act = act & (s_new > 0)
+        # a split repeats only after an exact solve (a plain step may stay inside it)
+        prev_i = xp.where(solved, i, -1)
+        prev_j = xp.where(solved, j, -1)
+    return med, m, sig
+
+
+def winsorized(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0), winsor=1.5):
+    kl, kh = parse_kappa(kappa)
+    wl, wh = (kl, kh) if winsor is None else parse_kappa(winsor, "winsor")
+    f32 = np.float32
+    xp, x, fin, w, out_shape = _prepare(stack, weights, scale, offset)
+    n = fin.sum(axis=0)
+    srt = xp.sort(xp.where(fin, x, f32(np.inf)), axis=0)
+    med, m, sig = winsor_location_scale(srt, n, wl, wh, winsor_consistency(wl, wh))
+    kl, kh = f32(kl), f32(kh)
     ok = (n >= 3) & (sig > 0)
     lo = xp.where(ok, m - kl * sig, f32(-FLT_MAX))
     hi = xp.where(ok, m + kh * sig, f32(FLT_MAX))
