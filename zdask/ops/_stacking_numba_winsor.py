@@ -99,18 +99,15 @@ def _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g1, g2):
         j1[p] = 0
         g1[p] = 0.0
         g2[p] = 0.0
-    for n in range(n_frames):  # counts (two outputs per pass keeps LLVM vectorising)
+    for n in range(n_frames):  # +inf (missing) is never below / between finite bounds
         sn = s[n]
         for p in range(tw):
             v = sn[p]
-            il[p] += 1 if v < lo32[p] else 0
-            j1[p] += 1 if v <= hi32[p] else 0
-    for n in range(n_frames):  # +inf (missing) is never between finite bounds
-        sn = s[n]
-        for p in range(tw):
-            v = sn[p]
+            below = v < lo32[p]
             mid = (v >= lo32[p]) & (v <= hi32[p])
             d = v - med[p]
+            il[p] += 1 if below else 0
+            j1[p] += 1 if (below | mid) else 0
             g1[p] += d if mid else np.float32(0.0)
             g2[p] += d * d if mid else np.float32(0.0)
 
