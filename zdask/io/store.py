@@ -34,9 +34,15 @@ from zarr.codecs import BloscCodec
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
+#: Part of every fingerprint: bump it when a code change alters what a stage writes, so that
+#: stores made by older code are recomputed instead of reused.  History: 2 = winsorized
+#: clipping solves Huber's equations exactly (was 10 truncated iterations).
+RESULTS_REVISION = 2
+
+
 def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts."""
-    payload = json.dumps(parts, sort_keys=True, default=str)
+    """A short stable hash of JSON-able parts (and of :data:`RESULTS_REVISION`)."""
+    payload = json.dumps([RESULTS_REVISION, *parts], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
