@@ -37,14 +37,18 @@ _INF32 = np.float32(np.inf)
 
 
 @njit(**JIT)
-def load_tile(src, rs, t0, tw, sc, of, u, s, cnt):
-    """Normalise ``src[:, t0:t0+tw]`` (x*scale+offset) into ``u`` and ``s``; count finite.
+def load_tile(src, rs, t0, tw, sc, of, u, s, cnt, total):
+    """Normalise ``src[:, t0:t0+tw]`` (x*scale+offset) into ``u`` and ``s``; count the finite
+    samples into ``cnt`` and sum them into ``total`` (float32, frame order, like ``np.nansum``).
 
     ``src`` is the block as a flat contiguous buffer, frame ``n`` starting at ``n * rs``.
+    The sum rides along for free here (the load is bound by reading ``src``) and saves
+    kappa-sigma a pass over the tile.
     """
     n_frames = u.shape[0]
     for p in range(tw):
         cnt[p] = 0
+        total[p] = 0.0
     for n in range(n_frames):
         row = src[n * rs + t0:n * rs + t0 + tw]
         un = u[n]
@@ -57,6 +61,7 @@ def load_tile(src, rs, t0, tw, sc, of, u, s, cnt):
             un[p] = v if fin else np.float32(np.nan)
             sn[p] = v if fin else _INF32
             cnt[p] += 1 if fin else 0
+            total[p] += v if fin else np.float32(0.0)
 
 
 @njit(**JIT)
@@ -133,10 +138,10 @@ def sort_columns(s, tw, cnt):
 
 
 @njit(**JIT)
-def load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj):
+def load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, total, use_net, ci, cj):
     """Load a tile (``load_tile``), then sort each pixel's samples: the sorting network for
     shallow stacks, a per-pixel sort of the finite samples for deep ones."""
-    load_tile(src, rs, t0, tw, sc, of, u, s, cnt)
+    load_tile(src, rs, t0, tw, sc, of, u, s, cnt, total)
     if use_net:
         sort_network(s, tw, ci, cj)
     else:
@@ -188,16 +193,20 @@ def sorted_median(s, a, b, tw, out):
 
 
 @njit(**JIT)
-def weighted_mean_between(u, tw, wt, unweighted, lo, hi, img, kept):
+def weighted_mean_between(u, tw, wt, unweighted, lo, hi, img, kept, below):
     """Weighted mean of the samples of ``u`` (frame order) with ``lo <= x <= hi`` (float32 bounds).
 
     Sums in float64 (Σw·x / Σw); zero total weight falls back to the
     unweighted mean Σx / k.  Pixels keeping nothing get NaN and ``kept = 0``.
+    Also counts ``below = #(x < lo)`` (missing samples never count), so that
+    the rejection maps need no pass of their own: above = finite − kept − below.
     """
     n_frames = u.shape[0]
     sw = np.zeros(tw, np.float64)
     swx = np.zeros(tw, np.float64)
     k = np.zeros(tw, np.int32)
+    for p in range(tw):
+        below[p] = 0
     if unweighted:
         for n in range(n_frames):
             un = u[n]
@@ -206,6 +215,7 @@ def weighted_mean_between(u, tw, wt, unweighted, lo, hi, img, kept):
                 m = (v >= lo[p]) & (v <= hi[p])
                 swx[p] += np.float64(v) if m else 0.0
                 k[p] += 1 if m else 0
+                below[p] += 1 if v < lo[p] else 0
         for p in range(tw):
             kept[p] = k[p]
             img[p] = np.float32(swx[p] / k[p]) if k[p] > 0 else np.float32(np.nan)
@@ -220,6 +230,7 @@ def weighted_mean_between(u, tw, wt, unweighted, lo, hi, img, kept):
             sw[p] += w if m else 0.0
             swx[p] += w * np.float64(v) if m else 0.0
             k[p] += 1 if m else 0
+            below[p] += 1 if v < lo[p] else 0
     fallback = False
     for p in range(tw):
         kept[p] = k[p]

@@ -73,6 +73,7 @@ def linear_fit_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
     idx = np.empty((n_frames, T), np.int32)
     u = np.empty((n_frames, T), np.float32) if unweighted else s
     cnt = np.empty(T, np.int32)
+    total = np.empty(T, np.float32)
     zero = np.zeros(T, np.int32)
     med0 = np.empty(T, np.float32)
     k = np.empty(T, np.int32)
@@ -92,7 +93,7 @@ def linear_fit_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
     for t0 in range(0, m_total, T):
         tw = min(T, m_total - t0)
         if unweighted:
-            load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj)
+            load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, total, use_net, ci, cj)
         else:
             load_tile_index(src, rs, t0, tw, sc, of, s, idx, cnt)
             if use_net:
@@ -177,11 +178,12 @@ def median_block(src, rs, n_frames, m_total, sc, of, ci, cj, use_net, T, img, ke
     u = np.empty((n_frames, T), np.float32)
     s = np.empty((n_frames, T), np.float32)
     cnt = np.empty(T, np.int32)
+    total = np.empty(T, np.float32)
     zero = np.zeros(T, np.int32)
     med = np.empty(T, np.float32)
     for t0 in range(0, m_total, T):
         tw = min(T, m_total - t0)
-        load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj)
+        load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, total, use_net, ci, cj)
         sorted_median(s, zero, cnt, tw, med)
         for p in range(tw):
             img[t0 + p] = med[p]
@@ -196,12 +198,14 @@ def mean_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, T, as_sum, im
     u = np.empty((n_frames, T), np.float32)
     s = np.empty((n_frames, T), np.float32)
     cnt = np.empty(T, np.int32)
+    total = np.empty(T, np.float32)
+    below = np.empty(T, np.int32)
     img_t = np.empty(T, np.float32)
     kept_t = np.empty(T, np.int32)
     swx = np.empty(T, np.float64)
     for t0 in range(0, m_total, T):
         tw = min(T, m_total - t0)
-        load_tile(src, rs, t0, tw, sc, of, u, s, cnt)
+        load_tile(src, rs, t0, tw, sc, of, u, s, cnt, total)
         if as_sum:
             for p in range(tw):
                 swx[p] = 0.0
@@ -215,7 +219,7 @@ def mean_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, T, as_sum, im
                 img[t0 + p] = np.float32(swx[p]) if cnt[p] > 0 else np.float32(np.nan)
                 kept[t0 + p] = cnt[p]
         else:
-            weighted_mean_between(u, tw, wt, unweighted, lo, hi, img_t, kept_t)
+            weighted_mean_between(u, tw, wt, unweighted, lo, hi, img_t, kept_t, below)
             for p in range(tw):
                 img[t0 + p] = img_t[p]
                 kept[t0 + p] = kept_t[p]

@@ -29,12 +29,8 @@ _FMAX = np.float32(np.finfo(np.float32).max)
 
 
 @njit(**JIT)
-def _survivor_mean_std(u, tw, lo, hi, k, mean, sd, acc):
-    """Mean and population std (ddof 0) of ``lo <= x <= hi`` in float32, frame order.
-
-    Same operations as ``np.nanmean``/``np.nanstd`` on float32 (sequential
-    float32 sums along the frame axis, division through float64).
-    """
+def _survivor_sum(u, tw, lo, hi, k, acc):
+    """Count and float32 sum (frame order) of the samples with ``lo <= x <= hi``."""
     n_frames = u.shape[0]
     for p in range(tw):
         acc[p] = 0.0
@@ -46,6 +42,17 @@ def _survivor_mean_std(u, tw, lo, hi, k, mean, sd, acc):
             m = (v >= lo[p]) & (v <= hi[p])
             acc[p] += v if m else np.float32(0.0)
             k[p] += 1 if m else 0
+
+
+@njit(**JIT)
+def _survivor_mean_std(u, tw, lo, hi, k, acc, mean, sd):
+    """Mean and population std (ddof 0) of ``lo <= x <= hi`` from their count ``k`` and sum ``acc``.
+
+    Same operations as ``np.nanmean``/``np.nanstd`` on float32 (sequential
+    float32 sums along the frame axis, division through float64); ``acc`` is
+    reused for the sum of squared deviations.
+    """
+    n_frames = u.shape[0]
     for p in range(tw):
         mean[p] = np.float32(np.float64(acc[p]) / k[p]) if k[p] > 0 else np.float32(0.0)
         acc[p] = 0.0
@@ -86,8 +93,6 @@ def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh
     k = np.empty(T, np.int32)
     nlo = np.empty(T, np.int32)
     nhi = np.empty(T, np.int32)
-    rl = np.empty(T, np.int32)
-    rh = np.empty(T, np.int32)
     act = np.empty(T, np.bool_)
     keep_lo = np.empty(T, np.float32)
     keep_hi = np.empty(T, np.float32)
@@ -102,35 +107,41 @@ def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh
     kept_t = np.empty(T, np.int32)
     for t0 in range(0, m_total, T):
         tw = min(T, m_total - t0)
-        load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj)
+        load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, acc, use_net, ci, cj)
         any_act = False
         for p in range(tw):
             keep_lo[p] = -_FMAX
             keep_hi[p] = _FMAX
             a[p] = 0
             b[p] = cnt[p]
-            rl[p] = 0
-            rh[p] = 0
+            k[p] = cnt[p]
             act[p] = cnt[p] >= 3
             any_act |= act[p]
         sorted_median(s, a, b, tw, med0)
         for it in range(iterations):
             if not any_act:
                 break
-            _survivor_mean_std(u, tw, keep_lo, keep_hi, k, mean, sd, acc)
-            if it == 0:
+            if it == 0:  # the load summed the finite samples (``acc``) already
                 med[:tw] = med0[:tw]
             else:
+                _survivor_sum(u, tw, keep_lo, keep_hi, k, acc)
                 sorted_median(s, a, b, tw, med)
+            _survivor_mean_std(u, tw, keep_lo, keep_hi, k, acc, mean, sd)
             for p in range(tw):
                 lo[p] = med[p] - kl * sd[p]
                 hi[p] = med[p] + kh * sd[p]
+            if it == iterations - 1:
+                # Last pass: clip the kept range of every active pixel to [lo, hi]; where
+                # nothing falls outside, it keeps the same samples.  The final mean counts
+                # what lies outside, so this iteration needs no counting pass of its own.
+                for p in range(tw):
+                    keep_lo[p] = max(keep_lo[p], lo[p]) if act[p] else keep_lo[p]
+                    keep_hi[p] = min(keep_hi[p], hi[p]) if act[p] else keep_hi[p]
+                break
             _count_outside(u, tw, keep_lo, keep_hi, lo, hi, nlo, nhi)
             any_act = False
             for p in range(tw):
                 if act[p] and nlo[p] + nhi[p] > 0:
-                    rl[p] += nlo[p]
-                    rh[p] += nhi[p]
                     a[p] += nlo[p]
                     b[p] -= nhi[p]
                     keep_lo[p] = max(keep_lo[p], lo[p])
@@ -139,10 +150,12 @@ def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh
                 else:
                     act[p] = False
                 any_act |= act[p]
-        weighted_mean_between(u, tw, wt, unweighted, keep_lo, keep_hi, img_t, kept_t)
+        # The samples rejected low are exactly those below the final kept range (each pass
+        # only raises keep_lo past the samples it rejects), and likewise above.
+        weighted_mean_between(u, tw, wt, unweighted, keep_lo, keep_hi, img_t, kept_t, nlo)
         for p in range(tw):
             q = t0 + p
             img[q] = med0[p] if (kept_t[p] == 0 and cnt[p] > 0) else img_t[p]
             kept[q] = kept_t[p]
-            rlo[q] = rl[p]
-            rhi[q] = rh[p]
+            rlo[q] = nlo[p]
+            rhi[q] = cnt[p] - kept_t[p] - nlo[p]

@@ -190,6 +190,7 @@ def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
     u = np.empty((n_frames, T), np.float32)
     s = np.empty((n_frames, T), np.float32)
     cnt = np.empty(T, np.int32)
+    total = np.empty(T, np.float32)
     inv_n = np.empty(T, np.float64)
     zero = np.zeros(T, np.int32)
     med = np.empty(T, np.float32)
@@ -210,7 +211,7 @@ def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
     kept_t = np.empty(T, np.int32)
     for t0 in range(0, m_total, T):
         tw = min(T, m_total - t0)
-        load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, use_net, ci, cj)
+        load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, total, use_net, ci, cj)
         sorted_median(s, zero, cnt, tw, med)
         _mad(s, cnt, med, tw, mad, tmp)
         n_act = 0
@@ -243,26 +244,11 @@ def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
             ok = (cnt[p] >= 3) & (sig[p] > 0.0)
             lo32[p] = m[p] - kl * sig[p] if ok else -_FMAX
             hi32[p] = m[p] + kh * sig[p] if ok else _FMAX
-        weighted_mean_between(u, tw, wt, unweighted, lo32, hi32, img_t, kept_t)
-        _count_outside(u, tw, lo32, hi32, il, j1)
+        weighted_mean_between(u, tw, wt, unweighted, lo32, hi32, img_t, kept_t, il)
         for p in range(tw):
             q = t0 + p
             img[q] = med[p] if (kept_t[p] == 0 and cnt[p] > 0) else img_t[p]
             kept[q] = kept_t[p]
             rlo[q] = il[p]
-            rhi[q] = j1[p]
+            rhi[q] = cnt[p] - kept_t[p] - il[p]
 
-
-@njit(**JIT)
-def _count_outside(u, tw, lo32, hi32, nlo, nhi):
-    """``#(x < lo32)`` and ``#(x > hi32)`` over the finite samples (NaN never counts)."""
-    n_frames = u.shape[0]
-    for p in range(tw):
-        nlo[p] = 0
-        nhi[p] = 0
-    for n in range(n_frames):
-        un = u[n]
-        for p in range(tw):
-            v = un[p]
-            nlo[p] += 1 if v < lo32[p] else 0
-            nhi[p] += 1 if v > hi32[p] else 0
