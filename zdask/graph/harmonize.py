@@ -69,11 +69,12 @@ def _binned_grid_extent(shape_b: tuple[int, int]) -> tuple[float, float, float, 
 
 def _stars_of(images: list[np.ndarray]) -> np.ndarray:
     """Compact sources of the images' median (stars sit still on the sky, gradients do not)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        median = np.nanmedian(np.stack(images), axis=0)
+    # Only where some image has a sample: an all-NaN column would warn, and silencing that
+    # with warnings.catch_warnings is not thread-safe (the worker's threads share the filters).
+    stack = np.stack(images)
+    some = np.isfinite(stack).any(axis=0)
+    median = np.full(stack.shape[1:], np.nan, dtype=np.float32)
+    median[some] = np.nanmedian(stack[:, some], axis=0)
     return star_mask(np.nan_to_num(median, nan=float(np.nanmedian(median)) if np.isfinite(median).any() else 0.0))
 
 
