@@ -113,8 +113,12 @@ def _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g1, g2):
 
 
 @njit(inline="always", **JIT)
-def _split_one(s, n, med, lo, hi, p, il, j1, g1, g2):
-    """:func:`_split_all` for one pixel, walking its counts from their previous values."""
+def _split_one(s, n, med, lo, hi, p, il, j1, g1, g2, prev_i, prev_j):
+    """:func:`_split_all` for one pixel, walking its counts from their previous values.
+
+    Returns False, without summing, if the split is the one last solved exactly
+    (the pixel stops there and its sums are not needed).
+    """
     i = il[p]
     j = j1[p]
     while i > 0 and s[i - 1, p] >= lo:
@@ -127,6 +131,8 @@ def _split_one(s, n, med, lo, hi, p, il, j1, g1, g2):
         j -= 1
     il[p] = i
     j1[p] = j
+    if i == prev_i[p] and j == prev_j[p]:
+        return False
     a = np.float32(0.0)
     b = np.float32(0.0)
     for r in range(i, j):
@@ -135,52 +141,60 @@ def _split_one(s, n, med, lo, hi, p, il, j1, g1, g2):
         b += d * d
     g1[p] = a
     g2[p] = b
+    return True
 
 
-@njit(**JIT)
-def _solve_split(cnt, inv_n, il, j1, g1, g2, med, m, sig, act, prev_i, prev_j, wl, wh, cfac, tw):
-    """One step for every active pixel: stop if its split reproduces the last solved one, else
-    solve Huber's equations for this split (float64), or take one plain Huber step where this
-    split has no solution.  Returns the number of pixels still active."""
-    n_act = 0
+@njit(inline="always", **JIT)
+def _solve_pixel(p, cnt, inv_n, il, j1, g1, g2, med, m, sig, act, prev_i, prev_j, wl, wh, cfac):
+    """One step for pixel ``p``: stop if its split reproduces the last solved one, else solve
+    Huber's equations for this split (float64), or take one plain Huber step where this
+    split has no solution.  Returns 1 if the pixel is still active, else 0."""
     wl64 = np.float64(wl)
     wh64 = np.float64(wh)
     c2 = cfac * cfac
     ic2 = 1.0 / c2
+    i = il[p]
+    j = j1[p]
+    on = act[p] & ((i != prev_i[p]) | (j != prev_j[p]))
+    m0 = np.float64(med[p])
+    nd = np.float64(max(cnt[p], 1))
+    r = np.float64(j - i)
+    fi = np.float64(i)
+    fk = np.float64(cnt[p] - j)
+    h1 = np.float64(g1[p])
+    h2 = np.float64(g2[p])
+    inv_r = 1.0 / (r if r > 1.0 else 1.0)
+    a = h1 * inv_r
+    b = (fk * wh64 - fi * wl64) * inv_r
+    u = b - wl64
+    v = b + wh64
+    den = nd * ic2 - (fi * (u * u) + fk * (v * v) - nd * (b * b))
+    solved = (r > 0.0) & (den > 0.0)
+    c = h2 - h1 * a
+    lo_d = np.float64(m[p] - wl * sig[p]) - m0
+    hi_d = np.float64(m[p] + wh * sig[p]) - m0
+    mean_d = (fi * lo_d + h1 + fk * hi_d) * inv_n[p]
+    var = (fi * (lo_d * lo_d) + h2 + fk * (hi_d * hi_d)) * inv_n[p] - mean_d * mean_d
+    s2 = (c if c > 0.0 else 0.0) / den if solved else c2 * (var if var > 0.0 else 0.0)
+    s64 = np.sqrt(s2)
+    sn = np.float32(s64)
+    mn = np.float32(m0 + (a + b * s64) if solved else m0 + mean_d)
+    m[p] = mn if on else m[p]
+    sig[p] = sn if on else sig[p]
+    on = on & (sn > np.float32(0.0))
+    act[p] = on
+    prev_i[p] = i if solved else -1
+    prev_j[p] = j if solved else -1
+    return 1 if on else 0
+
+
+@njit(**JIT)
+def _solve_split(cnt, inv_n, il, j1, g1, g2, med, m, sig, act, prev_i, prev_j, wl, wh, cfac, tw):
+    """:func:`_solve_pixel` for every pixel of the tile (vectorised); returns the number of
+    pixels still active."""
+    n_act = 0
     for p in range(tw):
-        i = il[p]
-        j = j1[p]
-        on = act[p] & ((i != prev_i[p]) | (j != prev_j[p]))
-        m0 = np.float64(med[p])
-        nd = np.float64(max(cnt[p], 1))
-        r = np.float64(j - i)
-        fi = np.float64(i)
-        fk = np.float64(cnt[p] - j)
-        h1 = np.float64(g1[p])
-        h2 = np.float64(g2[p])
-        inv_r = 1.0 / (r if r > 1.0 else 1.0)
-        a = h1 * inv_r
-        b = (fk * wh64 - fi * wl64) * inv_r
-        u = b - wl64
-        v = b + wh64
-        den = nd * ic2 - (fi * (u * u) + fk * (v * v) - nd * (b * b))
-        solved = (r > 0.0) & (den > 0.0)
-        c = h2 - h1 * a
-        lo_d = np.float64(m[p] - wl * sig[p]) - m0
-        hi_d = np.float64(m[p] + wh * sig[p]) - m0
-        mean_d = (fi * lo_d + h1 + fk * hi_d) * inv_n[p]
-        var = (fi * (lo_d * lo_d) + h2 + fk * (hi_d * hi_d)) * inv_n[p] - mean_d * mean_d
-        s2 = (c if c > 0.0 else 0.0) / den if solved else c2 * (var if var > 0.0 else 0.0)
-        s64 = np.sqrt(s2)
-        sn = np.float32(s64)
-        mn = np.float32(m0 + (a + b * s64) if solved else m0 + mean_d)
-        m[p] = mn if on else m[p]
-        sig[p] = sn if on else sig[p]
-        on = on & (sn > np.float32(0.0))
-        act[p] = on
-        prev_i[p] = i if solved else -1
-        prev_j[p] = j if solved else -1
-        n_act += 1 if on else 0
+        n_act += _solve_pixel(p, cnt, inv_n, il, j1, g1, g2, med, m, sig, act, prev_i, prev_j, wl, wh, cfac)
     return n_act
 
 
@@ -214,31 +228,41 @@ def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
         load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, total, use_net, ci, cj)
         sorted_median(s, zero, cnt, tw, med)
         _mad(s, cnt, med, tw, mad, tmp)
-        n_act = 0
-        for p in range(tw):
-            n = cnt[p]
+        for p in range(tw):  # (vectorised: the rare MAD = 0 case has a loop of its own)
             m[p] = med[p]
             sig[p] = mad_k * mad[p]
+            prev_i[p] = -1
+            prev_j[p] = -1
+            inv_n[p] = 1.0 / np.float64(max(cnt[p], 1))
+        for p in range(tw):
+            n = cnt[p]
             if sig[p] == 0.0 and n >= 3:  # MAD = 0: mean absolute deviation about the median
                 sabs = 0.0
                 for r in range(n):
                     sabs += abs(np.float64(s[r, p]) - np.float64(med[p]))
                 sig[p] = np.float32(meanabs_k * (sabs / n))
-            act[p] = (n >= 3) & (sig[p] > 0.0)
+        n_act = 0
+        for p in range(tw):
+            act[p] = (cnt[p] >= 3) & (sig[p] > 0.0)
             n_act += 1 if act[p] else 0
-            prev_i[p] = -1
-            prev_j[p] = -1
-            inv_n[p] = 1.0 / np.float64(max(n, 1))
         for step in range(max_iter):
             if n_act == 0:
                 break
-            if step == 0 or n_act * 4 > tw:  # many pixels moving: one vectorised pass
+            if step == 0 or n_act * 8 > tw:  # many pixels moving: vectorised passes over the tile
                 _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g1, g2)
-            else:
+                n_act = _solve_split(cnt, inv_n, il, j1, g1, g2, med, m, sig, act, prev_i, prev_j, wl, wh, cfac, tw)
+            else:  # few: walk and solve the moving pixels only
+                n_act = 0
                 for p in range(tw):
-                    if act[p]:
-                        _split_one(s, cnt[p], med[p], m[p] - wl * sig[p], m[p] + wh * sig[p], p, il, j1, g1, g2)
-            n_act = _solve_split(cnt, inv_n, il, j1, g1, g2, med, m, sig, act, prev_i, prev_j, wl, wh, cfac, tw)
+                    if not act[p]:
+                        continue
+                    lo = m[p] - wl * sig[p]
+                    hi = m[p] + wh * sig[p]
+                    if _split_one(s, cnt[p], med[p], lo, hi, p, il, j1, g1, g2, prev_i, prev_j):
+                        n_act += _solve_pixel(p, cnt, inv_n, il, j1, g1, g2, med, m, sig, act, prev_i, prev_j,
+                                              wl, wh, cfac)
+                    else:  # the split of the last exact solve: converged
+                        act[p] = False
         # final rejection outside m − κlow·σ … m + κhigh·σ (float32)
         for p in range(tw):
             ok = (cnt[p] >= 3) & (sig[p] > 0.0)
