@@ -9,13 +9,41 @@ The stages as functions::
     report = zdask.run(["frames/"], "mosaic/", zdask.Config())
 """
 
-from zdask.config import Config, ConfigError, load_config
-from zdask.graph.plan import Plan, TileGroup, plan_master_tiles
-from zdask.graph.runner import RunError, run
-from zdask.graph.stack import stack
-from zdask.io.scan import Frame, FrameTable, scan
-from zdask.io.zarrstack import open_zarr_stack
-from zdask.ops.stacking import StackResult
+import importlib
+
+# The public names, imported on first use (PEP 562): ``import zdask`` stays light, and a
+# process that only stacks (or the CLI printing its help) does not load astropy, OpenCV,
+# distributed, xarray and SciPy.
+_EXPORTS = {
+    "Config": "zdask.config",
+    "ConfigError": "zdask.config",
+    "load_config": "zdask.config",
+    "Plan": "zdask.graph.plan",
+    "TileGroup": "zdask.graph.plan",
+    "plan_master_tiles": "zdask.graph.plan",
+    "RunError": "zdask.graph.runner",
+    "run": "zdask.graph.runner",
+    "stack": "zdask.graph.stack",
+    "Frame": "zdask.io.scan",
+    "FrameTable": "zdask.io.scan",
+    "scan": "zdask.io.scan",
+    "open_zarr_stack": "zdask.io.zarrstack",
+    "StackResult": "zdask.ops.stacking",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zdask' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 
