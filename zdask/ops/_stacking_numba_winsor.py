@@ -4,11 +4,12 @@ Per tile: sort the samples, median, MAD, then Huber's equations solved
 exactly split by split (see ``stacking_reference.winsor_location_scale``).
 On sorted samples a split is two counts (``il`` samples below the lower
 bound, ``j1`` up to the upper one) and the float32 sums of ``d = x − median``
-and ``d²`` over the samples in between.  Splits are computed by one
-vectorised pass over the tile while many pixels are still moving, and by
-walking each moving pixel's counts (the bounds move by a sample or two)
-once few are left.  The operations mirror the reference so both give the
-same masks.
+and ``d²`` over the samples in between.  While over 1/8 of the tile's
+pixels still move, each step is one vectorised split pass and one vectorised
+solve over the whole tile; after that, only the moving pixels are walked
+(their bounds move by a sample or two) and solved, one by one — a tile-wide
+solve for a handful of pixels cost more than the walks.  The operations
+mirror the reference so both give the same masks.
 """
 
 from __future__ import annotations
