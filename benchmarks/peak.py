@@ -25,26 +25,34 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def main(argv: list[str]) -> int:
-    if "--" in argv:
-        argv = argv[argv.index("--") + 1:]
-    if not argv:
-        print(__doc__)
-        return 2
+def run_measured(argv: list[str], *, quiet: bool = False) -> tuple[int, float, int]:
+    """Run ``argv``; return its exit status, wall time (s) and peak RSS of its process tree (bytes).
+
+    ``quiet`` discards the command's output.
+    """
+    out = subprocess.DEVNULL if quiet else None
     start = time.perf_counter()
-    child = subprocess.Popen(argv)
-    proc = psutil.Process(child.pid)
-    peak = 0
+    child = subprocess.Popen(argv, stdout=out, stderr=out)
+    proc, peak = psutil.Process(child.pid), 0
     while child.poll() is None:
         try:
             peak = max(peak, tree_rss(proc))
         except psutil.Error:
             pass
         time.sleep(0.1)
-    wall = time.perf_counter() - start
+    return child.returncode, time.perf_counter() - start, peak
+
+
+def main(argv: list[str]) -> int:
+    if "--" in argv:
+        argv = argv[argv.index("--") + 1:]
+    if not argv:
+        print(__doc__)
+        return 2
+    status, wall, peak = run_measured(argv)
     print(f"wall {wall:.1f} s, peak resident memory of the process tree {peak / 2**20:.0f} MiB, "
-          f"exit {child.returncode}", file=sys.stderr)
-    return child.returncode
+          f"exit {status}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -17,28 +17,17 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peak import tree_rss  # noqa: E402
+from peak import run_measured  # noqa: E402
 
 
 def measured(argv: list[str]) -> tuple[float, int]:
-    """Wall time and peak resident memory (process tree) of a command."""
-    import psutil
-
-    start = time.perf_counter()
-    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    proc, peak = psutil.Process(child.pid), 0
-    while child.poll() is None:
-        try:
-            peak = max(peak, tree_rss(proc))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    if child.returncode:
-        raise SystemExit(f"{' '.join(argv)} failed with status {child.returncode}")
-    return time.perf_counter() - start, peak
+    """Wall time and peak resident memory (process tree) of a command; its failure stops the run."""
+    status, wall, peak = run_measured(argv, quiet=True)
+    if status:
+        raise SystemExit(f"{' '.join(argv)} failed with status {status}")
+    return wall, peak
 
 
 def baseline(frames_dir: str, grid_from: str, out: str) -> None:
