@@ -23,6 +23,11 @@ Performance notes: keep each row loop to at most two or three output arrays
 (more and LLVM gives up the runtime alias checks, i.e. the vectorisation);
 per-pixel helpers called inside pixel loops are ``inline="always"`` (a
 non-inlined call pays NRT reference counting on every array argument).
+Passes that accumulate per pixel (sums, counts, minima) read two or four
+rows per visit of the accumulators: loading and storing the accumulator
+arrays for every row bound those loops (measured 15–35 % faster per pass;
+the float sums still add the rows one at a time, in row order, so results
+are unchanged).
 """
 
 from __future__ import annotations
@@ -208,7 +213,32 @@ def weighted_mean_between(u, tw, wt, unweighted, lo, hi, img, kept, below):
     for p in range(tw):
         below[p] = 0
     if unweighted:
-        for n in range(n_frames):
+        n4 = n_frames - n_frames % 4
+        for n in range(0, n4, 4):  # four rows per load/store of the sums, still added one by one
+            u0 = u[n]
+            u1 = u[n + 1]
+            u2 = u[n + 2]
+            u3 = u[n + 3]
+            for p in range(tw):
+                a = lo[p]
+                b = hi[p]
+                v0 = u0[p]
+                v1 = u1[p]
+                v2 = u2[p]
+                v3 = u3[p]
+                m0 = (v0 >= a) & (v0 <= b)
+                m1 = (v1 >= a) & (v1 <= b)
+                m2 = (v2 >= a) & (v2 <= b)
+                m3 = (v3 >= a) & (v3 <= b)
+                t = swx[p]
+                t += np.float64(v0) if m0 else 0.0
+                t += np.float64(v1) if m1 else 0.0
+                t += np.float64(v2) if m2 else 0.0
+                t += np.float64(v3) if m3 else 0.0
+                swx[p] = t
+                k[p] += (1 if m0 else 0) + (1 if m1 else 0) + (1 if m2 else 0) + (1 if m3 else 0)
+                below[p] += (1 if v0 < a else 0) + (1 if v1 < a else 0) + (1 if v2 < a else 0) + (1 if v3 < a else 0)
+        for n in range(n4, n_frames):
             un = u[n]
             for p in range(tw):
                 v = un[p]
@@ -220,7 +250,30 @@ def weighted_mean_between(u, tw, wt, unweighted, lo, hi, img, kept, below):
             kept[p] = k[p]
             img[p] = np.float32(swx[p] / k[p]) if k[p] > 0 else np.float32(np.nan)
         return
-    for n in range(n_frames):
+    n2 = n_frames - n_frames % 2
+    for n in range(0, n2, 2):  # two rows per load/store of the sums, still added one by one
+        u0 = u[n]
+        u1 = u[n + 1]
+        w0 = wt[n]
+        w1 = wt[n + 1]
+        for p in range(tw):
+            a = lo[p]
+            b = hi[p]
+            v0 = u0[p]
+            v1 = u1[p]
+            m0 = (v0 >= a) & (v0 <= b)
+            m1 = (v1 >= a) & (v1 <= b)
+            t = sw[p]
+            t += w0[p] if m0 else 0.0
+            t += w1[p] if m1 else 0.0
+            sw[p] = t
+            t = swx[p]
+            t += w0[p] * np.float64(v0) if m0 else 0.0
+            t += w1[p] * np.float64(v1) if m1 else 0.0
+            swx[p] = t
+            k[p] += (1 if m0 else 0) + (1 if m1 else 0)
+            below[p] += (1 if v0 < a else 0) + (1 if v1 < a else 0)
+    for n in range(n2, n_frames):
         un = u[n]
         wn = wt[n]
         for p in range(tw):

@@ -56,7 +56,31 @@ def _survivor_mean_std(u, tw, lo, hi, k, acc, mean, sd):
     for p in range(tw):
         mean[p] = np.float32(np.float64(acc[p]) / k[p]) if k[p] > 0 else np.float32(0.0)
         acc[p] = 0.0
-    for n in range(n_frames):
+    n4 = n_frames - n_frames % 4
+    for n in range(0, n4, 4):  # four rows per load/store of ``acc``, still summed one by one
+        u0 = u[n]
+        u1 = u[n + 1]
+        u2 = u[n + 2]
+        u3 = u[n + 3]
+        for p in range(tw):
+            a = lo[p]
+            b = hi[p]
+            c = mean[p]
+            v0 = u0[p]
+            v1 = u1[p]
+            v2 = u2[p]
+            v3 = u3[p]
+            d0 = v0 - c
+            d1 = v1 - c
+            d2 = v2 - c
+            d3 = v3 - c
+            t = acc[p]
+            t += d0 * d0 if (v0 >= a) & (v0 <= b) else np.float32(0.0)
+            t += d1 * d1 if (v1 >= a) & (v1 <= b) else np.float32(0.0)
+            t += d2 * d2 if (v2 >= a) & (v2 <= b) else np.float32(0.0)
+            t += d3 * d3 if (v3 >= a) & (v3 <= b) else np.float32(0.0)
+            acc[p] = t
+    for n in range(n4, n_frames):
         un = u[n]
         for p in range(tw):
             v = un[p]
