@@ -227,7 +227,8 @@ def _solve_pixel(p, cnt, inv_n, il, j1, g1, g2, med, m, sig, act, prev_i, prev_j
     j = j1[p]
     on = act[p] & ((i != prev_i[p]) | (j != prev_j[p]))
     m0 = np.float64(med[p])
-    nd = np.float64(max(cnt[p], 1))
+    k = cnt[p]
+    nd = np.float64(k if k > 1 else 1)  # (not max(): numba's max() keeps LLVM from vectorising the solve)
     r = np.float64(j - i)
     fi = np.float64(i)
     fk = np.float64(cnt[p] - j)
@@ -303,7 +304,7 @@ def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
             sig[p] = mad_k * mad[p]
             prev_i[p] = -1
             prev_j[p] = -1
-            inv_n[p] = 1.0 / np.float64(max(cnt[p], 1))
+            inv_n[p] = 1.0 / np.float64(cnt[p] if cnt[p] > 1 else 1)
         for p in range(tw):
             n = cnt[p]
             if sig[p] == 0.0 and n >= 3:  # MAD = 0: mean absolute deviation about the median
