@@ -146,7 +146,8 @@ def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh
             if not any_act:
                 break
             if it == 0:  # the load summed the finite samples (``acc``) already
-                med[:tw] = med0[:tw]
+                for p in range(tw):  # (a loop: numba's slice assignment costs seconds of compile)
+                    med[p] = med0[p]
             else:
                 _survivor_sum(u, tw, keep_lo, keep_hi, k, acc)
                 sorted_median(s, a, b, tw, med)
