@@ -296,3 +296,29 @@ def test_methods_table_and_result_type():
     assert isinstance(r, StackResult) and r._fields == ("image", "count", "rejected_low", "rejected_high")
     assert r.image.shape == (3, 2)
     json.dumps({"fields": list(r._fields)})
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_warm_up_compiles_the_kernel_every_call_uses(method):
+    """One compile (the warm-up's) serves stacks of every shape, layout, dtype and coefficient."""
+    from zdask.ops import _stacking_numba_fit as F
+    from zdask.ops import _stacking_numba_methods as M
+    from zdask.ops import _stacking_numba_winsor as W
+
+    kernel = {"kappa_sigma": M.kappa_sigma_block, "winsorized": W.winsorized_block,
+              "linear_fit_clip": F.linear_fit_block, "median": F.median_block,
+              "mean": F.mean_block, "sum": F.mean_block}[method]
+    S.warm_up(method)
+    assert len(kernel.signatures) == 1
+    rng = np.random.default_rng(3)
+    big = rng.normal(size=(7, 20, 30, 3)).astype(np.float32)
+    fn = METHODS[method]
+    fn(big[:, 5:15], weights=rng.random((7, 3)), offset=rng.random((7, 3)))  # strided view, per channel
+    fn(big[..., 1], weights=rng.random(7), scale=rng.random(7))  # mono, per frame
+    fn(big.astype(np.float64)[:, :4])  # converted copy
+    assert len(kernel.signatures) == 1
+
+
+def test_warm_up_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="unknown stacking method 'sigma'"):
+        S.warm_up("sigma")

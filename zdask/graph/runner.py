@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -30,6 +31,7 @@ from zdask.io.outputs import write_json, write_mosaic, write_preview
 from zdask.io.platesolve import available_solver, plate_solve
 from zdask.io.scan import Frame, FrameTable, RejectedFile, scan, with_wcs
 from zdask.ops.framestats import FrameStats
+from zdask.ops.stacking import warm_up
 
 class RunError(Exception):
     """A run cannot start or go on; the message is one line for the user (exit status 2)."""
@@ -126,6 +128,9 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, say=print, console=
     """Build the mosaic of ``inputs`` into ``out_dir``; returns the report (also report.json)."""
     timings: dict[str, float] = {}
     check_output_location(inputs, out_dir)
+    # Compile the stacking kernel while the first stages run: in a fresh environment the
+    # compile takes seconds of one core, and the tile stage would otherwise wait for it.
+    threading.Thread(target=warm_up, args=(config.reject,), name="zdask-kernel-warm-up", daemon=True).start()
     t = time.perf_counter()
     table = scan(inputs)
     frames, rejected = usable_frames(table)

@@ -90,9 +90,11 @@ __all__ = [
     "mean",
     "sum_stack",
     "METHODS",
+    "warm_up",
 ]
 
 _EMPTY = np.empty(0, dtype=np.int64)
+_EMPTY.setflags(write=False)  # read-only like batcher_network's arrays: one kernel signature for both
 
 
 class _Block:
@@ -204,6 +206,21 @@ def sum_stack(stack, *, weights=None, scale=None, offset=None) -> StackResult:
     b = _Block(stack, weights, scale, offset)
     _fit.mean_block(b.src, b.rs, b.n, b.m, b.sc, b.of, b.wt, b.unweighted, b.T, True, b.img, b.kept)
     return b.result()
+
+
+def warm_up(method: str = "kappa_sigma") -> None:
+    """Compile (or load from numba's on-disk cache) the CPU kernel of ``method``.
+
+    The first call of a kernel in a fresh environment compiles it, about 5–10 s
+    of one core; every later process loads the cached machine code in well
+    under a second.  Calling this early, in a background thread, overlaps that
+    compile with other work instead of stalling the first stacking task (the
+    kernels take the same argument types whatever the stack, so this one
+    compile serves every later call).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown stacking method {method!r}; allowed: {', '.join(METHODS)}")
+    METHODS[method](np.zeros((3, 1, 1, 3), dtype=np.float32))
 
 
 METHODS = {
