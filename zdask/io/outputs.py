@@ -90,7 +90,8 @@ def write_preview(path: str, image: np.ndarray, max_side: int = 4096) -> None:
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
+        # zlib level 1: a third of the default's time on a mosaic-sized preview, ~15 % larger
+        Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG", compress_level=1)
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -14,21 +14,22 @@ def asinh_stretch(image: np.ndarray, background_level: float = 0.12) -> np.ndarr
     """
     img = np.asarray(image, dtype=np.float32)
     planes = img[..., None] if img.ndim == 2 else img
+    # Levels come from a regular subsample of at most ~500k pixels: a display stretch needs no
+    # more, and percentiles of a whole mosaic cost seconds.
     sample = planes.reshape(-1, planes.shape[-1])[:: max(1, planes.shape[0] * planes.shape[1] // 500_000)]
-    shifted = np.empty_like(planes)
+    black = np.full(planes.shape[-1], np.nan, dtype=np.float32)
     for c in range(planes.shape[-1]):
         values = sample[:, c][np.isfinite(sample[:, c])]
-        if values.size == 0:
-            shifted[..., c] = np.nan
-            continue
-        med = np.median(values)
-        sigma = 1.4826 * np.median(np.abs(values - med))
-        shifted[..., c] = planes[..., c] - (med - 2.5 * sigma)
-    finite = shifted[np.isfinite(shifted)]
-    white = float(np.percentile(finite, 99.95)) if finite.size else 1.0
-    x = np.clip(np.nan_to_num(shifted / max(white, 1e-12), nan=0.0), 0.0, 1.0)
+        if values.size:
+            med = np.median(values)
+            black[c] = med - 2.5 * 1.4826 * np.median(np.abs(values - med))
+    shifted_sample = sample - black
+    finite = shifted_sample[np.isfinite(shifted_sample)]
+    white = max(float(np.percentile(finite, 99.95)) if finite.size else 1.0, 1e-12)
+    x_sample = np.clip(np.nan_to_num(shifted_sample / white, nan=0.0), 0.0, 1.0)
+    x = np.clip(np.nan_to_num((planes - black) / white, nan=0.0), 0.0, 1.0)
     # The sky sits near x_sky after the shift; pick beta so asinh(beta*x_sky)/asinh(beta) ≈ level.
-    sky = np.median(x[x > 0]) if np.any(x > 0) else 0.01
+    sky = np.median(x_sample[x_sample > 0]) if np.any(x_sample > 0) else 0.01
     beta = _softness_for(max(float(sky), 1e-6), background_level)
     y = np.arcsinh(beta * x) / np.arcsinh(beta)
     out = np.round(y * 255).astype(np.uint8)
