@@ -197,6 +197,14 @@ def sorted_median(s, a, b, tw, out):
             out[p] = (s[h - 1, p] + s[h, p]) * np.float32(0.5)
 
 
+@njit(inline="always", **JIT)
+def _add_between(t, k, below, v, w, lo, hi):
+    """Add sample ``v`` (weight ``w``) to a pixel's final mean: ``t + w·v`` (float64) and
+    ``k + 1`` if ``lo <= v <= hi``; ``below + 1`` if ``v < lo``."""
+    m = (v >= lo) & (v <= hi)
+    return t + (w * np.float64(v) if m else 0.0), k + (1 if m else 0), below + (1 if v < lo else 0)
+
+
 @njit(**JIT)
 def weighted_mean_between(u, tw, wt, unweighted, lo, hi, img, kept, below):
     """Weighted mean of the samples of ``u`` (frame order) with ``lo <= x <= hi`` (float32 bounds).
@@ -215,75 +223,44 @@ def weighted_mean_between(u, tw, wt, unweighted, lo, hi, img, kept, below):
     if unweighted:
         n4 = n_frames - n_frames % 4
         for n in range(0, n4, 4):  # four rows per load/store of the sums, still added one by one
-            u0 = u[n]
-            u1 = u[n + 1]
-            u2 = u[n + 2]
-            u3 = u[n + 3]
+            u0, u1, u2, u3 = u[n], u[n + 1], u[n + 2], u[n + 3]
             for p in range(tw):
                 a = lo[p]
                 b = hi[p]
-                v0 = u0[p]
-                v1 = u1[p]
-                v2 = u2[p]
-                v3 = u3[p]
-                m0 = (v0 >= a) & (v0 <= b)
-                m1 = (v1 >= a) & (v1 <= b)
-                m2 = (v2 >= a) & (v2 <= b)
-                m3 = (v3 >= a) & (v3 <= b)
-                t = swx[p]
-                t += np.float64(v0) if m0 else 0.0
-                t += np.float64(v1) if m1 else 0.0
-                t += np.float64(v2) if m2 else 0.0
-                t += np.float64(v3) if m3 else 0.0
-                swx[p] = t
-                k[p] += (1 if m0 else 0) + (1 if m1 else 0) + (1 if m2 else 0) + (1 if m3 else 0)
-                below[p] += (1 if v0 < a else 0) + (1 if v1 < a else 0) + (1 if v2 < a else 0) + (1 if v3 < a else 0)
+                t, kk, nb = _add_between(swx[p], k[p], below[p], u0[p], 1.0, a, b)
+                t, kk, nb = _add_between(t, kk, nb, u1[p], 1.0, a, b)
+                t, kk, nb = _add_between(t, kk, nb, u2[p], 1.0, a, b)
+                swx[p], k[p], below[p] = _add_between(t, kk, nb, u3[p], 1.0, a, b)
         for n in range(n4, n_frames):
             un = u[n]
             for p in range(tw):
-                v = un[p]
-                m = (v >= lo[p]) & (v <= hi[p])
-                swx[p] += np.float64(v) if m else 0.0
-                k[p] += 1 if m else 0
-                below[p] += 1 if v < lo[p] else 0
+                swx[p], k[p], below[p] = _add_between(swx[p], k[p], below[p], un[p], 1.0, lo[p], hi[p])
         for p in range(tw):
             kept[p] = k[p]
             img[p] = np.float32(swx[p] / k[p]) if k[p] > 0 else np.float32(np.nan)
         return
     n2 = n_frames - n_frames % 2
     for n in range(0, n2, 2):  # two rows per load/store of the sums, still added one by one
-        u0 = u[n]
-        u1 = u[n + 1]
-        w0 = wt[n]
-        w1 = wt[n + 1]
+        u0, u1 = u[n], u[n + 1]
+        w0, w1 = wt[n], wt[n + 1]
         for p in range(tw):
             a = lo[p]
             b = hi[p]
             v0 = u0[p]
             v1 = u1[p]
-            m0 = (v0 >= a) & (v0 <= b)
-            m1 = (v1 >= a) & (v1 <= b)
             t = sw[p]
-            t += w0[p] if m0 else 0.0
-            t += w1[p] if m1 else 0.0
+            t += w0[p] if (v0 >= a) & (v0 <= b) else 0.0
+            t += w1[p] if (v1 >= a) & (v1 <= b) else 0.0
             sw[p] = t
-            t = swx[p]
-            t += w0[p] * np.float64(v0) if m0 else 0.0
-            t += w1[p] * np.float64(v1) if m1 else 0.0
-            swx[p] = t
-            k[p] += (1 if m0 else 0) + (1 if m1 else 0)
-            below[p] += (1 if v0 < a else 0) + (1 if v1 < a else 0)
+            t, kk, nb = _add_between(swx[p], k[p], below[p], v0, w0[p], a, b)
+            swx[p], k[p], below[p] = _add_between(t, kk, nb, v1, w1[p], a, b)
     for n in range(n2, n_frames):
         un = u[n]
         wn = wt[n]
         for p in range(tw):
             v = un[p]
-            m = (v >= lo[p]) & (v <= hi[p])
-            w = wn[p]
-            sw[p] += w if m else 0.0
-            swx[p] += w * np.float64(v) if m else 0.0
-            k[p] += 1 if m else 0
-            below[p] += 1 if v < lo[p] else 0
+            sw[p] += wn[p] if (v >= lo[p]) & (v <= hi[p]) else 0.0
+            swx[p], k[p], below[p] = _add_between(swx[p], k[p], below[p], v, wn[p], lo[p], hi[p])
     fallback = False
     for p in range(tw):
         kept[p] = k[p]

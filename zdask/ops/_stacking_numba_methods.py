@@ -44,6 +44,13 @@ def _survivor_sum(u, tw, lo, hi, k, acc):
             k[p] += 1 if m else 0
 
 
+@njit(inline="always", **JIT)
+def _add_square_between(t, v, lo, hi, c):
+    """``t + (v − c)²`` if ``lo <= v <= hi``, else ``t`` (float32)."""
+    d = v - c
+    return t + (d * d if (v >= lo) & (v <= hi) else np.float32(0.0))
+
+
 @njit(**JIT)
 def _survivor_mean_std(u, tw, lo, hi, k, acc, mean, sd):
     """Mean and population std (ddof 0) of ``lo <= x <= hi`` from their count ``k`` and sum ``acc``.
@@ -58,35 +65,19 @@ def _survivor_mean_std(u, tw, lo, hi, k, acc, mean, sd):
         acc[p] = 0.0
     n4 = n_frames - n_frames % 4
     for n in range(0, n4, 4):  # four rows per load/store of ``acc``, still summed one by one
-        u0 = u[n]
-        u1 = u[n + 1]
-        u2 = u[n + 2]
-        u3 = u[n + 3]
+        u0, u1, u2, u3 = u[n], u[n + 1], u[n + 2], u[n + 3]
         for p in range(tw):
             a = lo[p]
             b = hi[p]
             c = mean[p]
-            v0 = u0[p]
-            v1 = u1[p]
-            v2 = u2[p]
-            v3 = u3[p]
-            d0 = v0 - c
-            d1 = v1 - c
-            d2 = v2 - c
-            d3 = v3 - c
-            t = acc[p]
-            t += d0 * d0 if (v0 >= a) & (v0 <= b) else np.float32(0.0)
-            t += d1 * d1 if (v1 >= a) & (v1 <= b) else np.float32(0.0)
-            t += d2 * d2 if (v2 >= a) & (v2 <= b) else np.float32(0.0)
-            t += d3 * d3 if (v3 >= a) & (v3 <= b) else np.float32(0.0)
-            acc[p] = t
+            t = _add_square_between(acc[p], u0[p], a, b, c)
+            t = _add_square_between(t, u1[p], a, b, c)
+            t = _add_square_between(t, u2[p], a, b, c)
+            acc[p] = _add_square_between(t, u3[p], a, b, c)
     for n in range(n4, n_frames):
         un = u[n]
         for p in range(tw):
-            v = un[p]
-            m = (v >= lo[p]) & (v <= hi[p])
-            d = v - mean[p]
-            acc[p] += d * d if m else np.float32(0.0)
+            acc[p] = _add_square_between(acc[p], un[p], lo[p], hi[p], mean[p])
     for p in range(tw):
         sd[p] = np.sqrt(np.float32(np.float64(acc[p]) / k[p])) if k[p] > 0 else np.float32(0.0)
 

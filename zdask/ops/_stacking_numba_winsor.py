@@ -49,6 +49,15 @@ def _mad_two_pointer(s, n, m, p):
     return d_cur if n % 2 == 1 else (d_prev + d_cur) * np.float32(0.5)
 
 
+@njit(inline="always", **JIT)
+def _window_step(o, x, y, c):
+    """``min(o, max(|x − c|, |y − c|))``: one window's share of :func:`_window_min_max`."""
+    dx = abs(x - c)
+    dy = abs(y - c)
+    mx = dx if dx > dy else dy
+    return mx if mx < o else o
+
+
 @njit(**JIT)
 def _window_min_max(s, m, k, tw, out):
     """``out = min_i max(|s_i − m|, |s_{i+k} − m|)``: the (k+1)-th smallest deviation.
@@ -62,42 +71,19 @@ def _window_min_max(s, m, k, tw, out):
     windows = n_frames - k
     w4 = windows - windows % 4
     for i in range(0, w4, 4):  # four windows per load/store of ``out``
-        a0 = s[i]
-        a1 = s[i + 1]
-        a2 = s[i + 2]
-        a3 = s[i + 3]
-        b0 = s[i + k]
-        b1 = s[i + k + 1]
-        b2 = s[i + k + 2]
-        b3 = s[i + k + 3]
+        a0, a1, a2, a3 = s[i], s[i + 1], s[i + 2], s[i + 3]
+        b0, b1, b2, b3 = s[i + k], s[i + k + 1], s[i + k + 2], s[i + k + 3]
         for p in range(tw):
             c = m[p]
-            o = out[p]
-            x = abs(a0[p] - c)
-            y = abs(b0[p] - c)
-            mx = x if x > y else y
-            o = mx if mx < o else o
-            x = abs(a1[p] - c)
-            y = abs(b1[p] - c)
-            mx = x if x > y else y
-            o = mx if mx < o else o
-            x = abs(a2[p] - c)
-            y = abs(b2[p] - c)
-            mx = x if x > y else y
-            o = mx if mx < o else o
-            x = abs(a3[p] - c)
-            y = abs(b3[p] - c)
-            mx = x if x > y else y
-            o = mx if mx < o else o
-            out[p] = o
+            o = _window_step(out[p], a0[p], b0[p], c)
+            o = _window_step(o, a1[p], b1[p], c)
+            o = _window_step(o, a2[p], b2[p], c)
+            out[p] = _window_step(o, a3[p], b3[p], c)
     for i in range(w4, windows):
         a = s[i]
         b = s[i + k]
         for p in range(tw):
-            d1 = abs(a[p] - m[p])
-            d2 = abs(b[p] - m[p])
-            mx = d1 if d1 > d2 else d2
-            out[p] = mx if mx < out[p] else out[p]
+            out[p] = _window_step(out[p], a[p], b[p], m[p])
 
 
 @njit(**JIT)
@@ -119,6 +105,16 @@ def _mad(s, cnt, med, tw, out, tmp):
             out[p] = _mad_two_pointer(s, n, med[p], p) if n > 0 else np.float32(0.0)
 
 
+@njit(inline="always", **JIT)
+def _split_step(v, lo, hi, mp, a, b, below, upto):
+    """Add sample ``v`` to a pixel's split: ``d = v − mp`` and ``d²`` to the sums ``a``, ``b``
+    when ``lo <= v <= hi``; counts ``below`` (v < lo) and ``upto`` (v <= hi)."""
+    mid = (v >= lo) & (v <= hi)
+    d = v - mp
+    return (a + (d if mid else np.float32(0.0)), b + (d * d if mid else np.float32(0.0)),
+            below + (1 if v < lo else 0), upto + (1 if v <= hi else 0))
+
+
 @njit(**JIT)
 def _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g1, g2):
     """For every pixel: ``il = #(x < lo)``, ``j1 = #(x <= hi)`` with ``lo, hi = m ∓ w·σ``
@@ -131,55 +127,31 @@ def _split_all(s, med, m, sig, wl, wh, tw, lo32, hi32, il, j1, g1, g2):
         j1[p] = 0
         g1[p] = 0.0
         g2[p] = 0.0
-    # four rows per pass over the accumulators (fewer loads/stores of them; the
-    # float32 sums still add the rows one by one, in row order)
+    # four rows per visit of the accumulators (the float32 sums still add the rows one by one,
+    # in row order)
     n4 = n_frames - n_frames % 4
     for n in range(0, n4, 4):
-        s0 = s[n]
-        s1 = s[n + 1]
-        s2 = s[n + 2]
-        s3 = s[n + 3]
+        s0, s1, s2, s3 = s[n], s[n + 1], s[n + 2], s[n + 3]
         for p in range(tw):
             lo = lo32[p]
             hi = hi32[p]
             mp = med[p]
-            a = g1[p]
-            b = g2[p]
-            v0 = s0[p]
-            v1 = s1[p]
-            v2 = s2[p]
-            v3 = s3[p]
-            m0 = (v0 >= lo) & (v0 <= hi)
-            m1 = (v1 >= lo) & (v1 <= hi)
-            m2 = (v2 >= lo) & (v2 <= hi)
-            m3 = (v3 >= lo) & (v3 <= hi)
-            d0 = v0 - mp
-            d1 = v1 - mp
-            d2 = v2 - mp
-            d3 = v3 - mp
-            a += d0 if m0 else np.float32(0.0)
-            b += d0 * d0 if m0 else np.float32(0.0)
-            a += d1 if m1 else np.float32(0.0)
-            b += d1 * d1 if m1 else np.float32(0.0)
-            a += d2 if m2 else np.float32(0.0)
-            b += d2 * d2 if m2 else np.float32(0.0)
-            a += d3 if m3 else np.float32(0.0)
-            b += d3 * d3 if m3 else np.float32(0.0)
+            a, b, below, upto = _split_step(s0[p], lo, hi, mp, g1[p], g2[p], 0, 0)
+            a, b, below, upto = _split_step(s1[p], lo, hi, mp, a, b, below, upto)
+            a, b, below, upto = _split_step(s2[p], lo, hi, mp, a, b, below, upto)
+            a, b, below, upto = _split_step(s3[p], lo, hi, mp, a, b, below, upto)
             g1[p] = a
             g2[p] = b
-            il[p] += (1 if v0 < lo else 0) + (1 if v1 < lo else 0) + (1 if v2 < lo else 0) + (1 if v3 < lo else 0)
-            j1[p] += (1 if v0 <= hi else 0) + (1 if v1 <= hi else 0) + (1 if v2 <= hi else 0) + (1 if v3 <= hi else 0)
+            il[p] += below
+            j1[p] += upto
     for n in range(n4, n_frames):
         sn = s[n]
         for p in range(tw):
-            v = sn[p]
-            below = v < lo32[p]
-            mid = (v >= lo32[p]) & (v <= hi32[p])
-            d = v - med[p]
-            il[p] += 1 if below else 0
-            j1[p] += 1 if (below | mid) else 0
-            g1[p] += d if mid else np.float32(0.0)
-            g2[p] += d * d if mid else np.float32(0.0)
+            a, b, below, upto = _split_step(sn[p], lo32[p], hi32[p], med[p], g1[p], g2[p], 0, 0)
+            g1[p] = a
+            g2[p] = b
+            il[p] += below
+            j1[p] += upto
 
 
 @njit(inline="always", **JIT)
