@@ -42,11 +42,18 @@ def debayer_bilinear(raw, pattern: str):
     edge pixel, which keeps the Bayer parity, so edges need no special case.
     """
     xp = array_module(raw)
+    if pattern not in BAYER_PATTERNS:
+        raise ValueError(f"unknown Bayer pattern {pattern!r}; allowed: {', '.join(BAYER_PATTERNS)}")
     raw = raw.astype(xp.float32, copy=False)
-    masks = channel_masks(pattern, raw.shape, xp)
-    out = xp.empty(raw.shape + (3,), dtype=xp.float32)
-    for c in range(3):
-        plane = xp.where(masks[c], raw, xp.float32(0))
-        kernel = _KERNEL_G if c == 1 else _KERNEL_RB
-        out[..., c] = convolve3x3(plane, kernel)
-    return out
+    # Each colour's samples copied onto a zero plane by strided slices (the same planes as
+    # where(channel_masks(...), raw, 0), without building and reading three masks).
+    planes = [xp.zeros(raw.shape, dtype=xp.float32) for _ in range(3)]
+    for k, letter in enumerate(pattern):
+        r, c = divmod(k, 2)
+        planes[_CHANNEL[letter]][r::2, c::2] = raw[r::2, c::2]
+    planes = [convolve3x3(planes[c], _KERNEL_G if c == 1 else _KERNEL_RB) for c in range(3)]
+    if xp is np:
+        import cv2
+
+        return cv2.merge(planes)  # interleaves in one pass (numpy: one strided pass per channel)
+    return xp.stack(planes, axis=-1)
