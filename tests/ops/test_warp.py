@@ -51,3 +51,17 @@ def test_window_read_gives_the_same_result_as_the_whole_source():
 def test_window_is_none_when_the_map_misses_the_source():
     mx, my = np.meshgrid(np.arange(10) + 500.0, np.arange(10) + 500.0)
     assert source_window(mx, my, (100, 100)) is None
+
+
+def test_remap_into_a_given_array_equals_a_fresh_result():
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:40, 0:50].astype(np.float64)
+    map_x, map_y = 0.9 * xx - 3.2, 1.1 * yy - 2.7  # partly outside the source: NaN there
+    for shape in [(30, 40, 3), (30, 40, 1), (30, 40)]:
+        src = rng.normal(size=shape).astype(np.float32)
+        fresh = remap(src, map_x, map_y, origin=(1, 2))
+        block = np.zeros((3, 40, 50) + shape[2:], dtype=np.float32)
+        got = remap(src, map_x, map_y, origin=(1, 2), out=block[1])
+        assert np.shares_memory(got, block)
+        assert np.array_equal(block[1], fresh, equal_nan=True)
+        assert np.isnan(fresh).any() and np.all(block[0] == 0) and np.all(block[2] == 0)

@@ -60,7 +60,8 @@ def warp_block(
 ) -> np.ndarray:
     """Worker task: the (N, h, w, C) block of the warped stack; NaN outside each footprint."""
     (_, _), (r0, r1), (c0, c1), _ = block_info[None]["array-location"]
-    out = np.full((len(sources), r1 - r0, c1 - c0, channels), np.nan, dtype=np.float32)
+    # np.empty, not np.full(nan): every frame's slice is written once, by remap or below
+    out = np.empty((len(sources), r1 - r0, c1 - c0, channels), dtype=np.float32)
     dst = wcs_from_header(grid_header)
     for i, src in enumerate(sources):
         map_x, map_y = pixel_map(
@@ -68,10 +69,11 @@ def warp_block(
         )
         window = source_window(map_x, map_y, src.shape)
         if window is None:
+            out[i] = np.nan
             continue
         y0, y1, x0, x1 = window
         pixels = store.open_array(src.root, f"frames/{src.key}", src.token)[y0:y1, x0:x1, :]
-        out[i] = remap(pixels, map_x, map_y, origin=(y0, x0))
+        remap(pixels, map_x, map_y, origin=(y0, x0), out=out[i])
         if src.sky is not None:
             coeffs, order, extent = src.sky
             out[i] -= Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0)).evaluate(

@@ -118,12 +118,14 @@ def remap(
     map_x: np.ndarray,
     map_y: np.ndarray,
     origin: tuple[int, int] = (0, 0),
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Bilinear resampling of ``source`` ``(h, w[, C])`` float32 at (map_x, map_y).
 
     ``origin`` = (y0, x0) is the position of ``source[0, 0]`` in the coordinates of the map (a
     window read from a larger frame). Destination pixels outside the source's footprint are NaN:
-    coverage comes from geometry, never from pixel values.
+    coverage comes from geometry, never from pixel values. ``out``, a C-contiguous float32
+    array of the result's shape, receives the result (no copy; e.g. one frame of a block).
     """
     import cv2
 
@@ -134,16 +136,19 @@ def remap(
     source = np.ascontiguousarray(source, dtype=np.float32)
     # Replicated borders: a pixel centred exactly on the last column gets its zero-weight
     # neighbour from inside rather than NaN; the footprint test below decides what is outside.
-    out = cv2.remap(source, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    res = cv2.remap(source, mx, my, dst=out, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if source.ndim == 3 and res.ndim == 2:  # one-channel colour input comes back 2-D
+        res = res[..., None]
+    if out is not None and not np.shares_memory(res, out):  # OpenCV did not take ``out``
+        out[...] = res
+        res = out
     h, w = source.shape[:2]
     outside = ~footprint(mx, my, (h, w))
-    if source.ndim == 3 and out.ndim == 2:  # one-channel colour input comes back 2-D
-        out = out[..., None]
     # One channel at a time: NumPy assigns through a 2-D mask 4-6x faster than through the
     # same mask broadcast over (h, w, C), which took as long as the remap itself.
-    for c in range(out.shape[-1]) if out.ndim == 3 else (None,):
-        (out if c is None else out[..., c])[outside] = np.nan
-    return out
+    for c in range(res.shape[-1]) if res.ndim == 3 else (None,):
+        (res if c is None else res[..., c])[outside] = np.nan
+    return res
 
 
 def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
