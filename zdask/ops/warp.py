@@ -17,6 +17,9 @@ import numpy as np
 
 PixelTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
+# Rows per cv2.remap call in :func:`remap` (each call covers the columns its strip needs).
+_REMAP_STRIP = 64
+
 
 def wcs_pixel_transform(src_wcs, dst_wcs) -> PixelTransform:
     """A function mapping destination pixel (x, y) arrays to source pixel (x, y) arrays."""
@@ -134,16 +137,25 @@ def remap(
     mx = np.subtract(map_x, x0, out=np.empty(map_x.shape, np.float32))
     my = np.subtract(map_y, y0, out=np.empty(map_y.shape, np.float32))
     source = np.ascontiguousarray(source, dtype=np.float32)
-    # Replicated borders: a pixel centred exactly on the last column gets its zero-weight
-    # neighbour from inside rather than NaN; the footprint test below decides what is outside.
-    res = cv2.remap(source, mx, my, dst=out, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    if source.ndim == 3 and res.ndim == 2:  # one-channel colour input comes back 2-D
-        res = res[..., None]
-    if out is not None and not np.shares_memory(res, out):  # OpenCV did not take ``out``
-        out[...] = res
-        res = out
     h, w = source.shape[:2]
     outside = ~footprint(mx, my, (h, w))
+    res = np.empty(mx.shape + source.shape[2:], np.float32) if out is None else out
+    # Strip by strip, only the columns the footprint reaches: a frame rotated on its tile's
+    # grid covers about half of it, and remapping the rest only to blank it cost as much
+    # again. Each pixel's value depends on its own map entry only, so strips change nothing.
+    for r0 in range(0, mx.shape[0], _REMAP_STRIP):
+        r1 = min(mx.shape[0], r0 + _REMAP_STRIP)
+        cols = np.flatnonzero(~outside[r0:r1].all(axis=0))
+        if cols.size == 0:
+            continue
+        c0, c1 = int(cols[0]), int(cols[-1]) + 1
+        dst = res[r0:r1, c0:c1]
+        # Replicated borders: a pixel centred exactly on the last column gets its zero-weight
+        # neighbour from inside rather than NaN; the footprint decides what is outside.
+        got = cv2.remap(source, mx[r0:r1, c0:c1], my[r0:r1, c0:c1], dst=dst,
+                        interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if not np.shares_memory(got, res):  # OpenCV did not take ``dst``
+            dst[...] = got.reshape(dst.shape)
     # One channel at a time: NumPy assigns through a 2-D mask 4-6x faster than through the
     # same mask broadcast over (h, w, C), which took as long as the remap itself.
     for c in range(res.shape[-1]) if res.ndim == 3 else (None,):
