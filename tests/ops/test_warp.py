@@ -65,3 +65,22 @@ def test_remap_into_a_given_array_equals_a_fresh_result():
         assert np.shares_memory(got, block)
         assert np.array_equal(block[1], fresh, equal_nan=True)
         assert np.isnan(fresh).any() and np.all(block[0] == 0) and np.all(block[2] == 0)
+
+
+def test_rotated_footprint_equals_one_whole_grid_remap():
+    """remap works strip by strip on the columns the footprint reaches; a frame rotated on a
+    grid twice its size must come out as one cv2.remap over the whole grid, blanked outside."""
+    import cv2
+
+    rng = np.random.default_rng(9)
+    src = rng.normal(size=(90, 160, 3)).astype(np.float32)
+    yy, xx = np.mgrid[0:230, 0:210].astype(np.float64)
+    ang = 0.6
+    map_x = np.cos(ang) * (xx - 100) - np.sin(ang) * (yy - 120) + 80
+    map_y = np.sin(ang) * (xx - 100) + np.cos(ang) * (yy - 120) + 45
+    mx, my = map_x.astype(np.float32), map_y.astype(np.float32)
+    expected = cv2.remap(src, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    expected[~footprint(mx, my, src.shape[:2])] = np.nan
+    got = remap(src, map_x, map_y)
+    assert 0.2 < np.isfinite(got[..., 0]).mean() < 0.5
+    assert np.array_equal(got, expected, equal_nan=True)
