@@ -11,11 +11,13 @@ import dataclasses
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import zarr
+from astropy.utils.exceptions import AstropyWarning
 
 from zdask.cluster import open_client, wait_with_progress
 from zdask.config import Config
@@ -126,6 +128,16 @@ def check_output_location(inputs: Sequence[str], out_dir: str) -> None:
 
 def run(inputs: Sequence[str], out_dir: str, config: Config, say=print, console=None) -> dict:
     """Build the mosaic of ``inputs`` into ``out_dir``; returns the report (also report.json)."""
+    # zdask silences astropy's header-fix notices where it reads headers, with catch_warnings
+    # blocks; those are not thread-safe: one closing in another thread (a worker, numba's
+    # compile in the warm-up thread) restores the filters while another block is still open,
+    # and the notice leaks. One filter for the whole run, set before any thread starts, holds.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        return _run(inputs, out_dir, config, say, console)
+
+
+def _run(inputs: Sequence[str], out_dir: str, config: Config, say, console) -> dict:
     timings: dict[str, float] = {}
     check_output_location(inputs, out_dir)
     # Compile the stacking kernel while the first stages run: in a fresh environment the
