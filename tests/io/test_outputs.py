@@ -33,3 +33,20 @@ def test_mosaic_layout_colour_and_mono(tmp_path):
     write_mosaic(str(tmp_path / "m.fits"), image[..., :1], coverage, wcs)
     with fits.open(tmp_path / "m.fits") as hdul:
         assert hdul[0].data.shape == (4, 5)
+
+
+def test_colour_mosaic_wcs_reads_without_astropy_fixing_it(tmp_path):
+    import warnings
+
+    from astropy.wcs import WCS
+
+    wcs = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": 41.0,
+           "CRPIX1": 3.0, "CRPIX2": 2.0, "CD1_1": -1e-3, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 1e-3}
+    image = np.zeros((4, 5, 3), dtype=np.float32)
+    write_mosaic(str(tmp_path / "c.fits"), image, np.ones((4, 5), np.float32), wcs)
+    with fits.open(tmp_path / "c.fits") as hdul, warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. FITSFixedWarning: 'cdfix' made the change
+        w = WCS(hdul[0].header)
+    assert w.naxis == 3 and w.celestial.naxis == 2  # the colour axis is the cube's third
+    ra, dec = w.celestial.all_pix2world([2.0], [1.0], 0)  # CRPIX is 1-based
+    np.testing.assert_allclose([ra[0], dec[0]], [10.0, 41.0])

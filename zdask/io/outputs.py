@@ -56,10 +56,15 @@ def write_image_fits(
     cards: dict | None = None,
 ) -> None:
     """A float32 image (FITS order) with celestial WCS and named image extensions."""
+    data = _image_hdu_data(image)
     header = _wcs_cards(wcs_header)
+    if data.ndim == 3 and any(k.startswith("CD1_") for k in wcs_header):
+        # Readers give a colour cube a third WCS axis; with a CD matrix that lacks CD3_3, astropy
+        # fills it in and warns ("'cdfix' made the change") on every open of the file.
+        header["CD3_3"] = (1.0, "axis 3: colour channel number")
     for key, value in (cards or {}).items():
         header[key] = value
-    hdus = [fits.PrimaryHDU(_image_hdu_data(image), header=header)]
+    hdus = [fits.PrimaryHDU(data, header=header)]
     for name, data in extensions.items():
         hdus.append(fits.ImageHDU(np.ascontiguousarray(data), header=_wcs_cards(wcs_header), name=name))
     with atomic_path(path) as tmp:
