@@ -6,7 +6,7 @@ LLVM's tuning for most AVX-512 CPUs (Skylake-SP to Sapphire Rapids) prefers
 across a tile's pixels, bound by the vector units: with 512-bit vectors the
 sorting network and the accumulating passes do twice the pixels per
 instruction.  Measured on an AVX-512 Xeon (2 vCPUs), one core, 135-row bands
-of 1920 × 3 float32: kappa-sigma 10–25 % and winsorized 10–20 % faster, with
+of 1920 × 3 float32, N = 30 and 50: the kernels 8–21 % faster, with
 bit-identical results (each pixel's arithmetic is the same; only the number
 of pixels per instruction changes).
 
