@@ -122,6 +122,11 @@ def _fixed_mmap():
 _MAP_FIXED = 0x10  # the same value on every Linux architecture
 
 
+def _chunk_bytes(z: zarr.Array) -> int:
+    """Size of one raw chunk file of ``z`` (edge chunks are stored whole)."""
+    return int(np.prod(z.chunks)) * np.dtype(z.dtype).itemsize
+
+
 def _mappable(z: zarr.Array, raw_dir: str | None, block: tuple[slice, ...]) -> bool:
     """Whether ``block`` can be built by mapping chunk files (see the module doc)."""
     if raw_dir is None or _fixed_mmap() is None or z.chunks[0] != 1 or tuple(z.chunks[2:]) != tuple(z.shape[2:]):
@@ -132,8 +137,7 @@ def _mappable(z: zarr.Array, raw_dir: str | None, block: tuple[slice, ...]) -> b
     if any(s.start != 0 or s.stop != n for s, n in zip(block[2:], z.shape[2:])):
         return False
     chunk_rows = -(-rows.stop // crow) - rows.start // crow
-    chunk_bytes = int(np.prod(z.chunks)) * np.dtype(z.dtype).itemsize
-    return chunk_rows == 1 or chunk_bytes % mmap.PAGESIZE == 0  # the files of a frame must abut
+    return chunk_rows == 1 or _chunk_bytes(z) % mmap.PAGESIZE == 0  # the files of a frame must abut
 
 
 def _map_block(z: zarr.Array, raw_dir: str, block: tuple[slice, ...]) -> np.ndarray | None:
@@ -146,7 +150,7 @@ def _map_block(z: zarr.Array, raw_dir: str, block: tuple[slice, ...]) -> np.ndar
     shape = tuple(s.stop - s.start for s in block)
     itemsize = np.dtype(z.dtype).itemsize
     crow = z.chunks[1]
-    chunk_bytes = int(np.prod(z.chunks)) * itemsize
+    chunk_bytes = _chunk_bytes(z)
     chunk_rows = range(block[1].start // crow, -(-block[1].stop // crow))
     stride = -(-len(chunk_rows) * chunk_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
     try:

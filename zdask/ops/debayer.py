@@ -20,17 +20,21 @@ _KERNEL_G = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], dtype=np.float32) / 4
 _KERNEL_RB = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float32) / 4
 
 
-def channel_masks(pattern: str, shape: tuple[int, int], xp=np) -> list:
-    """Boolean masks (R, G, B) of shape ``shape`` saying which pixels carry which colour."""
+def _bayer_sites(pattern: str) -> list[tuple[int, int, int]]:
+    """(channel, row parity, column parity) of the four pixels of ``pattern``'s 2 × 2 cell."""
     if pattern not in BAYER_PATTERNS:
         raise ValueError(f"unknown Bayer pattern {pattern!r}; allowed: {', '.join(BAYER_PATTERNS)}")
+    return [(_CHANNEL[letter],) + divmod(k, 2) for k, letter in enumerate(pattern)]
+
+
+def channel_masks(pattern: str, shape: tuple[int, int], xp=np) -> list:
+    """Boolean masks (R, G, B) of shape ``shape`` saying which pixels carry which colour."""
     h, w = shape
     rows = (xp.arange(h) % 2)[:, None]
     cols = (xp.arange(w) % 2)[None, :]
     masks = [xp.zeros((h, w), dtype=bool) for _ in range(3)]
-    for k, letter in enumerate(pattern):
-        r, c = divmod(k, 2)
-        masks[_CHANNEL[letter]] |= (rows == r) & (cols == c)
+    for channel, r, c in _bayer_sites(pattern):
+        masks[channel] |= (rows == r) & (cols == c)
     return masks
 
 
@@ -42,15 +46,13 @@ def debayer_bilinear(raw, pattern: str):
     edge pixel, which keeps the Bayer parity, so edges need no special case.
     """
     xp = array_module(raw)
-    if pattern not in BAYER_PATTERNS:
-        raise ValueError(f"unknown Bayer pattern {pattern!r}; allowed: {', '.join(BAYER_PATTERNS)}")
+    sites = _bayer_sites(pattern)
     raw = raw.astype(xp.float32, copy=False)
     # Each colour's samples copied onto a zero plane by strided slices (the same planes as
     # where(channel_masks(...), raw, 0), without building and reading three masks).
     planes = [xp.zeros(raw.shape, dtype=xp.float32) for _ in range(3)]
-    for k, letter in enumerate(pattern):
-        r, c = divmod(k, 2)
-        planes[_CHANNEL[letter]][r::2, c::2] = raw[r::2, c::2]
+    for channel, r, c in sites:
+        planes[channel][r::2, c::2] = raw[r::2, c::2]
     planes = [convolve3x3(planes[c], _KERNEL_G if c == 1 else _KERNEL_RB) for c in range(3)]
     if xp is np:
         import cv2

@@ -26,8 +26,12 @@ def asinh_stretch(image: np.ndarray, background_level: float = 0.12) -> np.ndarr
     shifted_sample = sample - black
     finite = shifted_sample[np.isfinite(shifted_sample)]
     white = max(float(np.percentile(finite, 99.95)) if finite.size else 1.0, 1e-12)
-    x_sample = np.clip(np.nan_to_num(shifted_sample / white, nan=0.0), 0.0, 1.0)
-    x = np.clip(np.nan_to_num((planes - black) / white, nan=0.0), 0.0, 1.0)
+
+    def unit(shifted):  # values above the black point: white → 1, clipped to [0, 1], NaN → 0
+        return np.clip(np.nan_to_num(shifted / white, nan=0.0), 0.0, 1.0)
+
+    x_sample = unit(shifted_sample)
+    x = unit(planes - black)
     # The sky sits near x_sky after the shift; pick beta so asinh(beta*x_sky)/asinh(beta) ≈ level.
     sky = np.median(x_sample[x_sample > 0]) if np.any(x_sample > 0) else 0.01
     beta = _softness_for(max(float(sky), 1e-6), background_level)
