@@ -32,3 +32,15 @@ def test_import_loads_no_pipeline_dependency():
             "print(','.join(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_importing_the_kernels_changes_no_numba_setting():
+    # zdask must not retarget every other numba user of the process: numba's CPU target
+    # settings are the same before and after its kernels are imported (on any CPU).
+    code = ("import numba\n"
+            "def settings(): return {k: repr(v) for k, v in vars(numba.config).items() if k.isupper()}\n"
+            "before = settings()\n"
+            "import zdask.ops.stacking, zdask.ops._stacking_numba, zdask.ops.warp\n"
+            "print(before == settings() and 'CPU_FEATURES' in before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

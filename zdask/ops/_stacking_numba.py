@@ -35,11 +35,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from zdask.ops._numba_target import prefer_512_bit_vectors
-
-# Before any kernel compiles: 512-bit vectors on AVX-512 CPUs (see ``_numba_target``).
-prefer_512_bit_vectors()
-
 JIT = dict(cache=True, nogil=True, fastmath=False, boundscheck=False, error_model="numpy")
 
 _FMAX = np.float32(np.finfo(np.float32).max)
