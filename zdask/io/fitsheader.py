@@ -1,13 +1,17 @@
 """Header-only FITS parsing helpers used by :mod:`zdask.io.scan`.
 
 Everything here works on an :class:`astropy.io.fits.Header` (or any mapping
-with the same keys) and never touches pixel data.
+with the same keys) and never touches pixel data, except :func:`fits_stream`, which
+says what to hand ``fits.open`` for a plain or a gzip-compressed FITS file.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
 import re
+import zlib
 import warnings
 from collections.abc import Mapping
 from datetime import date
@@ -29,6 +33,7 @@ MIN_SCALE_ARCSEC = 1e-3
 MAX_SCALE_ARCSEC = 36000.0
 
 FITS_SIGNATURE = b"SIMPLE  ="
+GZIP_SIGNATURE = b"\x1f\x8b"
 
 _BITPIX_DTYPE = {8: "uint8", 16: "int16", 32: "int32", 64: "int64", -32: "float32", -64: "float64"}
 _MJD_EPOCH = date(1858, 11, 17)
@@ -47,10 +52,32 @@ class HeaderError(ValueError):
         self.detail = detail
 
 
-def has_fits_signature(path: str) -> bool:
-    """True if the file starts with the 9 bytes ``SIMPLE  =`` (raises OSError)."""
+def fits_stream(path: str) -> tuple[str | io.BytesIO, int] | None:
+    """What to give ``fits.open`` for ``path``, and the length of its FITS byte stream.
+
+    A plain FITS file (tile-compressed ``.fz`` ones included): ``(path, file size)``. A
+    gzip-compressed one (``.fits.gz``; recognised by its content, whatever its name): its
+    decompressed bytes and their length. The whole gzip stream is decompressed here, once,
+    because only that checks it is complete (end marker, CRC) and tells the size a header's
+    data needs; astropy itself would inflate the file to find its HDUs anyway. None when
+    the file (or the gzip content) does not start with ``SIMPLE  =``. Raises OSError, with a
+    message saying what is wrong for truncated or corrupt gzip data.
+    """
     with open(path, "rb") as fh:
-        return fh.read(len(FITS_SIGNATURE)) == FITS_SIGNATURE
+        head = fh.read(len(FITS_SIGNATURE))
+        if head == FITS_SIGNATURE:
+            return path, fh.seek(0, io.SEEK_END)
+        if not head.startswith(GZIP_SIGNATURE):
+            return None
+        fh.seek(0)
+        packed = fh.read()
+    try:
+        raw = gzip.decompress(packed)
+    except EOFError:
+        raise OSError("gzip data ends early (truncated file)") from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise OSError(f"corrupt gzip data: {exc}") from None
+    return (io.BytesIO(raw), len(raw)) if raw.startswith(FITS_SIGNATURE) else None
 
 
 # --------------------------------------------------------------------- pixels

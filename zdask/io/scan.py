@@ -1,16 +1,20 @@
 """Header scan: turn input files and folders into a :class:`FrameTable`.
 
 Only headers are read (``fits.open(..., memmap=True, lazy_load_hdus=True)``,
-never ``.data``).  Every file either becomes a :class:`Frame` or a
-:class:`RejectedFile` whose reason starts with one of the ``REASON_*`` texts.
+never ``.data``).  Every input file and folder entry either becomes a :class:`Frame`
+or a :class:`RejectedFile` whose reason starts with one of the ``REASON_*`` texts.
 
 Files rejected only for having no celestial WCS are also kept, as :class:`Frame` objects with
 an empty ``wcs_header`` and NaN sky fields, in :attr:`FrameTable.unsolved`: alignment can
 register them to solved frames by their stars (:func:`with_wcs` then gives them a WCS).
 
-Folders are scanned NON-recursively; hidden files (name starting with ".",
-e.g. macOS "._x.fits" resource forks) are skipped there.  A file named
-explicitly is always tried, whatever its extension.
+Folders are scanned NON-recursively (:mod:`zdask.io.listing`): entries named like FITS files
+(``.fit``/``.fits``/``.fts``, gzip-compressed ``.gz`` ones, tile-compressed ``.fz``) are tried;
+every other entry (hidden name, subfolder, other file, broken link, link loop, FIFO) is
+rejected with the reason it was skipped.  A file named explicitly is always tried, whatever
+its extension.  Gzip-compressed files are recognised by their content and decompressed once
+to check they are complete (:func:`zdask.io.fitsheader.fits_stream`); a tile-compressed
+image (CompImageHDU) is read from the extension that holds it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from zdask.io.fitsheader import (
     HeaderError,
     bayer_pattern,
     celestial_wcs,
-    has_fits_signature,
+    fits_stream,
     image_axes,
     parse_exptime,
     parse_mount_mode,
@@ -43,18 +47,22 @@ from zdask.io.fitsheader import (
     stored_dtype,
     wcs_from_json,
 )
+from zdask.io.listing import (
+    FITS_EXTENSIONS,
+    FRAME_SUFFIXES,
+    REASON_DUPLICATE,
+    REASON_NOT_FITS,
+    REASON_UNREADABLE,
+    expand_inputs,
+)
 
 __all__ = [
-    "MOUNT_EQ", "MOUNT_ALTAZ", "MOUNT_UNKNOWN", "FITS_EXTENSIONS",
-    "REASON_NOT_FITS", "REASON_UNREADABLE", "REASON_NO_IMAGE", "REASON_BAD_DIMENSIONS",
+    "MOUNT_EQ", "MOUNT_ALTAZ", "MOUNT_UNKNOWN", "FITS_EXTENSIONS", "FRAME_SUFFIXES",
+    "REASON_NOT_FITS", "REASON_UNREADABLE", "REASON_DUPLICATE", "REASON_NO_IMAGE", "REASON_BAD_DIMENSIONS",
     "REASON_NO_WCS", "REASON_BAD_WCS", "REASON_BAD_BAYER", "MIN_IMAGE_SIDE",
     "Frame", "RejectedFile", "FrameTable", "scan", "scan_file", "parse_mount_mode", "with_wcs",
 ]
 
-FITS_EXTENSIONS = (".fit", ".fits", ".fts")
-
-REASON_NOT_FITS = "not FITS"
-REASON_UNREADABLE = "unreadable"
 REASON_NO_IMAGE = "no image data"
 REASON_BAD_DIMENSIONS = "wrong dimensions"
 REASON_BAD_BAYER = "unknown Bayer pattern"
@@ -207,47 +215,6 @@ class FrameTable:
 
 
 # ----------------------------------------------------------------- scanning
-def _is_fits_name(name: str) -> bool:
-    return name.lower().endswith(FITS_EXTENSIONS)
-
-
-def _expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[str], list[RejectedFile]]:
-    """Files to try (absolute, deduplicated, in input order) and rejected inputs."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    files: list[str] = []
-    missing: list[RejectedFile] = []
-    seen: set[str] = set()
-
-    def add(path: str) -> None:
-        key = os.path.normcase(os.path.realpath(path))
-        if key not in seen:
-            seen.add(key)
-            files.append(path)
-
-    for item in inputs:
-        path = os.path.abspath(os.fspath(item))
-        if os.path.isfile(path):
-            add(path)
-            continue
-        problem = None
-        if os.path.isdir(path):
-            try:
-                names = sorted(os.listdir(path))
-            except OSError as exc:
-                names, problem = [], f"cannot list folder: {exc.strerror or exc}"
-            for name in names:
-                full = os.path.join(path, name)
-                if not name.startswith(".") and _is_fits_name(name) and os.path.isfile(full):
-                    add(full)
-        else:  # never open a FIFO or a device
-            problem = "not a regular file" if os.path.exists(path) else "no such file"
-        if problem and os.path.normcase(path) not in seen:
-            seen.add(os.path.normcase(path))
-            missing.append(RejectedFile(path, f"{REASON_UNREADABLE}: {problem}"))
-    return files, missing
-
-
 def _required_bytes(hdul: fits.HDUList, index: int, hdu, axes: tuple[int, ...]) -> int:
     info = hdul.fileinfo(index)
     if isinstance(hdu, fits.CompImageHDU):  # on-disk size is the table's; allow for padding
@@ -263,7 +230,8 @@ class _NoWCS(HeaderError):
         self.frame = frame
 
 
-def _frame_from_hdu(path, st, hdul, index, hdu) -> Frame:
+def _frame_from_hdu(path, st, stream_size, hdul, index, hdu) -> Frame:
+    """``stream_size``: length of the FITS bytes (the decompressed length for gzip)."""
     header = hdu.header
     axes = image_axes(header)  # FITS order: (W, H[, 3])
     if len(axes) not in (2, 3) or (len(axes) == 3 and axes[2] != 3):
@@ -272,8 +240,8 @@ def _frame_from_hdu(path, st, hdul, index, hdu) -> Frame:
     if min(width, height) < MIN_IMAGE_SIDE:
         raise HeaderError(REASON_BAD_DIMENSIONS, f"{width}x{height} px is smaller than {MIN_IMAGE_SIDE} px")
     need = _required_bytes(hdul, index, hdu, axes)
-    if st.st_size < need:
-        raise HeaderError(REASON_UNREADABLE, f"truncated data ({st.st_size} bytes, header needs {need})")
+    if stream_size < need:
+        raise HeaderError(REASON_UNREADABLE, f"truncated data ({stream_size} bytes, header needs {need})")
     try:
         dtype = stored_dtype(header)
     except (KeyError, ValueError, TypeError) as exc:
@@ -322,8 +290,10 @@ def _scan_file(path: str) -> Frame | RejectedFile | _NoWCS:
     path = os.path.abspath(os.fspath(path))
     try:
         st = os.stat(path)
-        if not has_fits_signature(path):
-            return RejectedFile(path, f"{REASON_NOT_FITS}: does not start with 'SIMPLE  ='")
+        stream = fits_stream(path)
+        if stream is None:
+            return RejectedFile(path, f"{REASON_NOT_FITS}: does not start with 'SIMPLE  =' (nor does its gzip content)")
+        source, stream_size = stream
     except FileNotFoundError:
         return RejectedFile(path, f"{REASON_UNREADABLE}: no such file")
     except OSError as exc:
@@ -331,7 +301,7 @@ def _scan_file(path: str) -> Frame | RejectedFile | _NoWCS:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
-            with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+            with fits.open(source, memmap=isinstance(source, str), lazy_load_hdus=True) as hdul:
                 index = 0
                 while True:
                     try:
@@ -341,7 +311,7 @@ def _scan_file(path: str) -> Frame | RejectedFile | _NoWCS:
                         return RejectedFile(path, f"{REASON_NO_IMAGE}: {detail}")
                     axes = image_axes(hdu.header) if isinstance(hdu, _IMAGE_HDU_TYPES) else ()
                     if axes and all(axes):
-                        return _frame_from_hdu(path, st, hdul, index, hdu)
+                        return _frame_from_hdu(path, st, stream_size, hdul, index, hdu)
                     index += 1
     except _NoWCS as exc:
         return exc
@@ -363,7 +333,8 @@ def scan(inputs: Sequence[str | os.PathLike]) -> FrameTable:
     ``frames`` or ``rejected``; an unsolved frame is in both ``rejected`` and
     ``unsolved``.
     """
-    files, rejected = _expand_inputs(inputs)
+    files, skipped = expand_inputs(inputs)
+    rejected = [RejectedFile(path, reason) for path, reason in skipped]
     frames: list[Frame] = []
     unsolved: list[Frame] = []
     for path in files:
