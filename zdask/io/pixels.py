@@ -9,7 +9,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
 from zdask.io.errors import FrameReadError
-from zdask.io.fitsheader import image_axes
+from zdask.io.fitsheader import fits_stream, image_axes
 from zdask.io.scan import LAYOUT_RGB, Frame
 
 __all__ = ["read_frame", "FrameReadError"]
@@ -26,7 +26,9 @@ def read_frame(frame: Frame) -> np.ndarray:
     """Read one frame's pixels as float32 in its stored layout.
 
     bayer/mono -> (H, W); rgb -> (H, W, 3) (channel last, transposed from the
-    FITS (3, H, W) order).  BZERO/BSCALE/BLANK are applied by astropy.  Raises
+    FITS (3, H, W) order).  BZERO/BSCALE/BLANK are applied by astropy.  A gzip-compressed
+    file is decompressed in memory (its end and CRC checked, as the scan did); a
+    tile-compressed image (``.fz``) is decompressed by astropy from its HDU.  Raises
     :class:`FrameReadError` naming the file when it cannot be read or no longer
     has the scanned shape.
     """
@@ -35,7 +37,10 @@ def read_frame(frame: Frame) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            stream = fits_stream(path)
+            if stream is None:
+                raise FrameReadError(path, "no longer a FITS file (file changed?)")
+            with fits.open(stream[0], memmap=False, lazy_load_hdus=True) as hdul:
                 try:
                     hdu = hdul[frame.hdu]
                 except IndexError:
