@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -27,13 +28,15 @@ def _unsolved_fits(path):
 
 
 def _fake_solver(bin_dir, name, *, write_wcs=True, sleep_s=0.0):
-    """An executable that records its arguments and writes solved.wcs like the real tool."""
+    """An executable that records its arguments (and a copy of the image it was given as
+    ``<name>.input``) and writes solved.wcs like the real tool."""
     log = bin_dir / f"{name}.argv.json"
     script = f"""#!{sys.executable}
-import json, os, sys, time
+import json, os, shutil, sys, time
 from astropy.io import fits
 args = sys.argv[1:]
 json.dump({{"argv": args, "cwd": os.getcwd()}}, open({str(log)!r}, "w"))
+shutil.copyfile(args[-1] if "--dir" in args else args[args.index("-f") + 1], {str(bin_dir / name)!r} + ".input")
 time.sleep({sleep_s})
 if {write_wcs!r}:
     if "--dir" in args:
@@ -101,6 +104,28 @@ def test_solve_runs_in_a_temporary_directory_and_parses_the_wcs(empty_path, tmp_
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before  # nothing written beside it
     run = json.loads(log.read_text())
     assert str(data) not in " ".join(run["argv"]) and not os.path.exists(run["cwd"])  # temp dir gone
+
+
+@pytest.mark.parametrize("compression", ["gzip", "tiles"])
+def test_compressed_frame_reaches_the_solver_as_plain_fits(empty_path, tmp_path, compression):
+    _fake_solver(empty_path, "astap")
+    plain = _unsolved_fits(tmp_path / "a.fits")
+    data = np.random.default_rng(2).integers(0, 65535, (480, 270)).astype(np.uint16)
+    header = fits.getheader(plain)
+    if compression == "gzip":
+        image = tmp_path / "a.fits.gz"
+        with gzip.open(image, "wb") as fh:
+            fits.PrimaryHDU(data, header).writeto(fh)
+    else:
+        image = tmp_path / "a.fits.fz"
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header)]).writeto(image)
+    cards = plate_solve(str(image), scale_arcsec_hint=2.4, timeout_s=20)
+    assert cards is not None and cards["CRVAL2"] == pytest.approx(41.27)
+    given = empty_path / "astap.input"
+    with fits.open(given) as hdul:  # one plain primary HDU with the frame's exact pixels
+        assert open(given, "rb").read(9) == b"SIMPLE  =" and len(hdul) == 1
+        assert hdul[0].data.dtype == np.uint16 and np.array_equal(hdul[0].data, data)
+        assert hdul[0].header["RA"] == 10.7
 
 
 def test_failed_or_slow_solves_return_none(empty_path, tmp_path):

@@ -20,13 +20,14 @@ import warnings
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
-from zdask.io.fitsheader import HeaderError, celestial_wcs, image_axes
+from zdask.io.fitsheader import HeaderError, celestial_wcs, fits_stream, image_axes
 
 __all__ = ["SOLVERS", "available_solver", "solver_command", "read_wcs_file", "plate_solve"]
 
 #: solvers in order of preference (executable names looked up on PATH)
 SOLVERS = ("solve-field", "astap")
 _OUT_BASE = "solved"
+_IMAGE_HDU_TYPES = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
 
 
 def available_solver() -> str | None:
@@ -119,6 +120,30 @@ def _run(cmd: list[str], cwd: str, timeout_s: float) -> bool:
     return True
 
 
+def _solver_input(path: str, tmp: str) -> tuple[str, fits.Header]:
+    """Write the file the solver reads into ``tmp``: ``(its path, the image header)``.
+
+    A plain FITS file with its image in the primary HDU is copied byte for byte; a
+    gzip-compressed one, a tile-compressed image (``.fz``) or an image in an extension is
+    written as a plain single-HDU FITS file, which every solver reads. Raises on any problem.
+    """
+    stream = fits_stream(path)
+    if stream is None:
+        raise ValueError(f"{path}: not FITS")
+    source = stream[0]
+    with fits.open(source, memmap=False, lazy_load_hdus=True) as hdul:
+        index, hdu = next((i, h) for i, h in enumerate(hdul)
+                          if isinstance(h, _IMAGE_HDU_TYPES) and len(image_axes(h.header)) >= 2)
+        header = hdu.header.copy()
+        if index == 0 and isinstance(source, str):
+            image = os.path.join(tmp, "frame" + (os.path.splitext(path)[1].lower() or ".fits"))
+            shutil.copyfile(path, image)
+        else:
+            image = os.path.join(tmp, "frame.fits")
+            fits.PrimaryHDU(hdu.data, header).writeto(image)
+    return image, header
+
+
 def plate_solve(
     path: str, *, scale_arcsec_hint: float | None = None, timeout_s: float = 60,
     solver: str | None = None,
@@ -126,28 +151,23 @@ def plate_solve(
     """Plate-solve one FITS file: its celestial WCS cards, or None (no solver, no solution).
 
     ``solver`` forces one of :data:`SOLVERS` (default: :func:`available_solver`). The file is
-    copied into a temporary directory, the solver runs there with a ``timeout_s`` limit, and the
+    copied (its image decompressed, see :func:`_solver_input`) into a temporary directory, the solver runs there with a ``timeout_s`` limit, and the
     directory is removed afterwards.
     """
     name = solver or available_solver()
     exe = shutil.which(name) if name else None
     if not exe:
         return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AstropyWarning)
-            header = fits.getheader(path)
-        axes = image_axes(header)
-        width, height = int(axes[0]), int(axes[1])
-    except Exception:
-        return None
-    ra, dec = _finite(header.get("RA")), _finite(header.get("DEC"))
     with tempfile.TemporaryDirectory(prefix="zdask-solve-") as tmp:
-        image = os.path.join(tmp, "frame" + (os.path.splitext(path)[1].lower() or ".fits"))
         try:
-            shutil.copyfile(path, image)
-        except OSError:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AstropyWarning)
+                image, header = _solver_input(path, tmp)
+            axes = image_axes(header)
+            width, height = int(axes[0]), int(axes[1])
+        except Exception:
             return None
+        ra, dec = _finite(header.get("RA")), _finite(header.get("DEC"))
         cmd = solver_command(name, image, tmp, executable=exe, scale_arcsec_hint=scale_arcsec_hint,
                              height_px=height, ra_deg=ra, dec_deg=dec, timeout_s=timeout_s)
         if not _run(cmd, tmp, 1.25 * timeout_s + 1):
