@@ -111,3 +111,27 @@ def test_frame_read_error_pickles():
     err = pickle.loads(pickle.dumps(FrameReadError("/data/x.fits", "boom")))
     assert isinstance(err, FrameReadError) and (err.path, err.reason) == ("/data/x.fits", "boom")
     assert str(err) == "cannot read frame /data/x.fits: boom"
+
+
+def test_compressed_frames_read_exactly_like_the_plain_one(mixed_frame_folder):
+    folder, paths = mixed_frame_folder
+    table = scan([folder])
+    frames = {f.path: f for f in table.frames}
+    plain = read_frame(frames[paths["plain"]])
+    raw = fits.getdata(paths["plain"]).astype(np.float32)
+    np.testing.assert_array_equal(plain, raw)
+    assert len(np.unique(plain)) > 100  # real sky and noise, not a constant that would hide a mix-up
+    for kind in ("gz", "fz"):  # gzip and Rice are lossless on integers: bit-identical pixels
+        out = read_frame(frames[paths[kind]])
+        assert out.dtype == np.float32 and out.shape == plain.shape
+        np.testing.assert_array_equal(out, plain, err_msg=kind)
+
+
+def test_gzip_damaged_after_scan_raises_naming_the_file(mixed_frame_folder):
+    folder, paths = mixed_frame_folder
+    (frame,) = scan([paths["gz"]]).frames
+    packed = open(paths["gz"], "rb").read()
+    open(paths["gz"], "wb").write(packed[:-8] + bytes([packed[-8] ^ 0xFF]) + packed[-7:])
+    with pytest.raises(FrameReadError) as err:  # astropy alone would not check the CRC
+        read_frame(frame)
+    assert err.value.path == paths["gz"] and "corrupt gzip data: CRC check failed" in err.value.reason

@@ -33,6 +33,8 @@ from zdask.io.scan import (
     scan,
 )
 
+NOT_A_FITS_NAME = "not FITS: not a FITS file name (.fit, .fits, .fts, each also .gz; .fz)"
+
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Keyword name:astropy.io.fits.verify.VerifyWarning",  # HIERARCH MOUNT_MODE
     "ignore::astropy.wcs.FITSFixedWarning",
@@ -233,12 +235,17 @@ def test_extension_case_folder_filter_explicit_files_and_duplicates(tmp_path):
     (tmp_path / "._a.FIT").write_bytes(b"\0\0\0 mac resource fork")
     table = scan([tmp_path])
     assert sorted(os.path.basename(f.path) for f in table.frames) == ["a.FIT", "b.Fts", "c.fits"]
-    assert table.rejected == []
+    # a folder's other entries are listed with the reason they were not tried
+    assert [(os.path.basename(r.path), r.reason) for r in table.rejected] == [
+        ("._a.FIT", "not FITS: hidden name (starts with '.')"),
+        ("d.dat", NOT_A_FITS_NAME), ("notes.txt", NOT_A_FITS_NAME)]
     # explicitly named files are tried whatever their extension; duplicates listed once
     table = scan([tmp_path / "d.dat", tmp_path / "notes.txt", tmp_path, str(tmp_path / "c.fits"),
                   tmp_path / "sub" / ".." / "c.fits"])
     assert sorted(os.path.basename(f.path) for f in table.frames) == ["a.FIT", "b.Fts", "c.fits", "d.dat"]
-    assert [(os.path.basename(r.path), r.kind) for r in table.rejected] == [("notes.txt", REASON_NOT_FITS)]
+    assert [(os.path.basename(r.path), r.kind) for r in table.rejected] == [
+        ("._a.FIT", REASON_NOT_FITS), ("notes.txt", REASON_NOT_FITS)]
+    assert table.rejected[1].reason.startswith("not FITS: does not start with 'SIMPLE  ='")
     assert scan([tmp_path / "nowhere"]).rejected[0].reason == "unreadable: no such file"
 
 
@@ -383,4 +390,78 @@ def test_named_fifo_is_rejected_without_blocking(tmp_path):
     os.mkfifo(fifo)
     (rejected,) = scan([fifo]).rejected
     assert rejected.reason == "unreadable: not a regular file"
-    assert scan([tmp_path]).rejected == []  # a folder scan skips it silently
+    assert scan([tmp_path]).rejected == [rejected]  # a folder scan names it too, unopened
+
+
+# ------------------------------------------- compressed frames, entries skipped
+#: Frame fields that come from the header (identical for every copy of one frame)
+HEADER_FIELDS = ("height", "width", "layout", "bayer", "dtype", "wcs_header", "scale_arcsec",
+                 "ra_deg", "dec_deg", "fov_deg", "time_mjd", "exptime_s", "mount")
+SKIPPED_IN_MIXED_FOLDER = {
+    "._plain.fits": "not FITS: hidden name (starts with '.')",
+    "broken.fits": "unreadable: broken symbolic link",
+    "loop.fits": "unreadable: symbolic link loop",
+    "notes.txt": NOT_A_FITS_NAME,
+    "x.fits": "not FITS: a directory, not a file (subfolders are not scanned)",
+}
+
+
+def test_compressed_frames_are_read_and_every_other_entry_is_named(mixed_frame_folder):
+    folder, paths = mixed_frame_folder
+    frames, rejected = by_name(scan([folder]))
+    assert set(frames) == {"plain.fits", "gz.fits.gz", "rice.fits.fz"}
+    plain = frames["plain.fits"]
+    assert (plain.layout, plain.dtype, plain.hdu) == ("bayer", "uint16", 0)
+    for name in ("gz.fits.gz", "rice.fits.fz"):
+        assert {k: getattr(frames[name], k) for k in HEADER_FIELDS} == {
+            k: getattr(plain, k) for k in HEADER_FIELDS}, name
+    assert frames["gz.fits.gz"].hdu == 0 and frames["rice.fits.fz"].hdu == 1  # the image HDU
+    assert frames["gz.fits.gz"].size_bytes == os.path.getsize(paths["gz"])  # the file on disk
+    assert {name: r.reason for name, r in rejected.items()} == SKIPPED_IN_MIXED_FOLDER
+
+
+def test_gzip_is_recognised_by_content_and_checked_whole(mixed_frame_folder, tmp_path):
+    import gzip
+
+    folder, paths = mixed_frame_folder
+    (frame,) = scan([paths["gz"]]).frames  # named on the command line
+    assert frame.path == paths["gz"]
+    packed = open(paths["gz"], "rb").read()
+    raw = gzip.decompress(packed)
+    (tmp_path / "renamed.fits").write_bytes(packed)  # gzip under a plain FITS name
+    (tmp_path / "cut.fits.gz").write_bytes(packed[: len(packed) // 2])
+    (tmp_path / "bad_crc.fits.gz").write_bytes(packed[:-8] + bytes([packed[-8] ^ 0xFF]) + packed[-7:])
+    (tmp_path / "short.fits.gz").write_bytes(gzip.compress(raw[:-6000]))  # complete gzip, short FITS
+    (tmp_path / "notes.fits.gz").write_bytes(gzip.compress(b"observing log\n" * 50))
+    os.symlink(paths["plain"], tmp_path / "alias.fits")
+    frames, rejected = by_name(scan([tmp_path / "renamed.fits", paths["plain"], tmp_path]))
+    assert set(frames) == {"renamed.fits", "plain.fits"}
+    assert {k: getattr(frames["renamed.fits"], k) for k in HEADER_FIELDS} == {
+        k: getattr(frames["plain.fits"], k) for k in HEADER_FIELDS}
+    reasons = {name: r.reason for name, r in rejected.items()}
+    assert reasons["cut.fits.gz"] == "unreadable: gzip data ends early (truncated file)"
+    assert reasons["bad_crc.fits.gz"].startswith("unreadable: corrupt gzip data: CRC check failed")
+    assert reasons["short.fits.gz"].startswith("unreadable: truncated data (")
+    assert reasons["notes.fits.gz"].startswith("not FITS: does not start with 'SIMPLE  ='")
+    assert reasons["frames"] == "not FITS: a directory, not a file (subfolders are not scanned)"
+    # the same file under a second name is tried once, the other name listed
+    assert reasons["alias.fits"] == f"duplicate: same file as {paths['plain']}"
+    # named directly, broken links and link loops say what they are
+    bad = {os.path.basename(r.path): r.reason
+           for r in scan([folder / "broken.fits", folder / "loop.fits"]).rejected}
+    assert bad == {k: SKIPPED_IN_MIXED_FOLDER[k] for k in ("broken.fits", "loop.fits")}
+
+
+def test_cli_scan_lists_frames_and_skipped_entries(mixed_frame_folder):
+    from typer.testing import CliRunner
+
+    from zdask.cli import app
+
+    folder, paths = mixed_frame_folder
+    result = CliRunner().invoke(app, ["scan", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "3 frame(s) usable, 5 rejected" in result.output
+    for kind in ("plain", "gz", "fz"):
+        assert f"{paths[kind]}  bayer" in result.output
+    for name, reason in SKIPPED_IN_MIXED_FOLDER.items():
+        assert f"rejected {folder / name}: {reason}" in result.output
