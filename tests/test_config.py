@@ -19,6 +19,9 @@ def test_defaults_are_valid_and_every_field_is_documented():
         ("budget", "lots", "byte size"),
         ("max_group_size", 0, ">= 1"),
         ("hot_pixel_min_fraction", 1.5, "(0, 1]"),
+        ("max_saturated_fraction", 1.5, "[0, 1]"),
+        ("min_frame_stars", -1, ">= 0"),
+        ("max_canvas_pixels", 0, ">= 1"),
     ],
 )
 def test_bad_values_name_the_field_and_the_allowed_values(field, value, words):

@@ -58,6 +58,19 @@ class Config:
         default=0.5,
     )
 
+    max_saturated_fraction: float = _doc(
+        "A frame with more than this fraction of its pixels at or above the saturation level of "
+        "its data type (65535 for unsigned 16-bit; none for float data) is excluded before "
+        "alignment, with that reason (fraction in [0, 1]).",
+        default=0.25,
+    )
+    min_frame_stars: int = _doc(
+        "A frame in which fewer stars are detected (green channel) is excluded before "
+        "alignment, with that reason: clouds, a closed cap, a lost focus (stars, >= 0; 0 "
+        "disables). Frames with no finite pixel or a constant image are always excluded.",
+        default=5,
+    )
+
     # --- stacking -------------------------------------------------------------------------------
     reject: str = _doc(
         "Combination along the frame axis: one of " + ", ".join(REJECT_METHODS) + ".",
@@ -175,6 +188,12 @@ class Config:
         "Side of the square canvas blocks that the mosaic is assembled in (pixels, 256..8192).",
         default=2048,
     )
+    max_canvas_pixels: int = _doc(
+        "Largest mosaic canvas a run may plan (pixels, height × width, >= 1); a larger one is "
+        "refused before any frame is read. The final write holds the canvas in memory, about "
+        "16 bytes per pixel (8 GB at the default of 500 million).",
+        default=500_000_000,
+    )
     tile_margin: int = _doc(
         "Margin added around each master tile's footprint (pixels, >= 0).",
         default=8,
@@ -218,6 +237,10 @@ class Config:
             raise bad("hot_pixel_sigma", "must be a number > 0")
         if not (0 < self.hot_pixel_min_fraction <= 1):
             raise bad("hot_pixel_min_fraction", "must be in (0, 1]")
+        if not (isinstance(self.max_saturated_fraction, (int, float)) and 0 <= self.max_saturated_fraction <= 1):
+            raise bad("max_saturated_fraction", "must be in [0, 1]")
+        if not (isinstance(self.min_frame_stars, int) and self.min_frame_stars >= 0):
+            raise bad("min_frame_stars", "must be an integer >= 0 (0 disables)")
         if self.reject not in REJECT_METHODS:
             raise bad("reject", "allowed values are " + ", ".join(REJECT_METHODS))
         if (
@@ -260,6 +283,8 @@ class Config:
             raise bad("match_bin", "must be an integer in 1..64")
         if not (isinstance(self.canvas_block, int) and 256 <= self.canvas_block <= 8192):
             raise bad("canvas_block", "must be an integer in 256..8192")
+        if not (isinstance(self.max_canvas_pixels, int) and self.max_canvas_pixels >= 1):
+            raise bad("max_canvas_pixels", "must be an integer >= 1 (pixels)")
         if not (isinstance(self.tile_margin, int) and self.tile_margin >= 0):
             raise bad("tile_margin", "must be an integer >= 0")
         for name in ("workers", "threads_per_worker"):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from zdask.graph.geometry import Grid, covering_grid, footprint_outline, grid_bbox_of, tan_header
 
@@ -25,3 +26,15 @@ def test_disjoint_grid_has_no_bbox():
     a = Grid(tan_header(10.0, 41.0, 2.4, (10.5, 10.5)), (20, 20))
     b = Grid(tan_header(11.0, 41.0, 2.4, (10.5, 10.5)), (20, 20))
     assert grid_bbox_of(a, b) is None
+
+
+def test_footprints_beyond_a_hemisphere_are_refused_not_sized_by_nan():
+    """A footprint 90° or more from the grid's centre has no TAN pixel: it used to make the
+    canvas size NaN ("cannot convert float NaN to integer")."""
+    near = [Grid(tan_header(10.0 + 0.1 * i, 41.0, 2.4, (60.5, 40.5)), (80, 120)) for i in range(2)]
+    south = Grid(tan_header(200.0, -30.0, 2.4, (60.5, 40.5)), (80, 120))
+    outlines = [footprint_outline(g.wcs(), g.shape) for g in [*near, south]]
+    with pytest.raises(ValueError, match="90° or more from the grid centre"):
+        covering_grid(outlines, 2.4)
+    cover = covering_grid(outlines[:2], 2.4)
+    assert grid_bbox_of(south, cover) is None

@@ -151,6 +151,71 @@ def test_existing_tiles_assemble_into_the_same_mosaic(first_run, tmp_path):
         assert np.nanmedian(np.abs(a[0].data - b[0].data)[both]) < 1.0
 
 
+def _write_bad_frames(template, folder) -> dict[str, str]:
+    """Five bad frames made from a good frame's file (its header, other data): name → the start
+    of the reason the run must give for it."""
+    with fits.open(template) as hdul:
+        header, data = hdul[0].header.copy(), hdul[0].data
+    off = "does not overlap the main field"
+    cases = {
+        "blank.fits": (np.zeros_like(data), {}, "no signal: every pixel is 0"),
+        "saturated.fits": (np.full_like(data, 65535), {}, "saturated: 100.0% of the pixels"),
+        "empty.fits": (np.full(data.shape, np.nan, np.float32), {}, "no finite pixels"),
+        # a mislabelled file 30° away (sized a 34904 × 4432 canvas), and one on the far side of
+        # the sky (its footprint has no place on the field's TAN grid: NaN, then a crash)
+        "ra_plus_30.fits": (data, {"CRVAL1": header["CRVAL1"] + 30.0}, off),
+        "south.fits": (data, {"CRVAL1": 200.0, "CRVAL2": -30.0}, off),
+    }
+    for name, (pixels, cards, _) in cases.items():
+        out = header.copy()
+        if pixels.dtype.kind == "f":
+            for key in ("BZERO", "BSCALE"):
+                out.remove(key, ignore_missing=True)
+        for key, value in cards.items():
+            out[key] = value
+        out["RA"], out["DEC"] = out["CRVAL1"], out["CRVAL2"]
+        fits.PrimaryHDU(pixels, out).writeto(folder / name)
+    return {name: reason for name, (_, _, reason) in cases.items()}
+
+
+def test_bad_frames_are_named_and_leave_the_mosaic_of_the_good_ones(first_run, tmp_path):
+    """Blank, saturated and all-NaN frames among one panel's frames, and two frames of other
+    skies: each is named with its reason, and the mosaic is the one of the good frames alone
+    (first_run: the same frames and options without them)."""
+    _, _, frames, out, _, _ = first_run
+    folder = tmp_path / "frames"
+    shutil.copytree(frames, folder)
+    expected = _write_bad_frames(folder / "Light_p00_f003.fits", folder)
+    result = CliRunner().invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), *RUN_OPTIONS])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for name, reason in expected.items():
+        assert any(line.startswith(f"excluded {folder / name}: {reason}") for line in lines), (name, result.output)
+    assert "RuntimeWarning" not in result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    named = {os.path.basename(e["path"]): e["reason"] for e in report["frames_excluded"]}
+    assert sorted(named) == sorted(expected)  # and no good frame
+    assert all(named[name].startswith(reason) for name, reason in expected.items())
+    in_tiles = {os.path.basename(e["path"]) for t in report["tiles"] for e in t["frames_excluded"]}
+    assert in_tiles == {"blank.fits", "saturated.fits", "empty.fits"}
+    with fits.open(out / "mosaic.fits") as good, fits.open(tmp_path / "o" / "mosaic.fits") as mixed:
+        assert mixed[0].data.shape == good[0].data.shape
+        np.testing.assert_allclose(mixed[0].data, good[0].data, rtol=1e-6, atol=1e-3)  # NaN where NaN
+        np.testing.assert_allclose(mixed["COVERAGE"].data, good["COVERAGE"].data, rtol=1e-6)
+
+
+def test_a_canvas_above_the_configured_limit_is_refused_before_any_work(small_survey, tmp_path):
+    survey, _ = small_survey
+    config = tmp_path / "zdask.toml"
+    config.write_text("max_canvas_pixels = 100000\n")
+    result = CliRunner().invoke(app, ["run", str(survey / "frames"), "--out", str(tmp_path / "o"),
+                                      "--config", str(config), *CLUSTER])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "max_canvas_pixels = 100,000" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o" / "mosaic.fits").exists()
+
+
 def test_second_run_reuses_every_tile_and_gives_the_same_mosaic(first_run):
     _, _, frames, out, _, _ = first_run
     first = fits.getdata(out / "mosaic.fits")

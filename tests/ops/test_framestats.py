@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from zdask.ops.framestats import MAX_SAMPLES, FrameStats, frame_statistics
+from zdask.ops.framestats import MAX_SAMPLES, FrameStats, frame_defect, frame_statistics
 
 
 def frame(h=540, w=960, c=3, seed=0, level=(1000.0, 800.0, 600.0), noise=(12.0, 10.0, 8.0)):
@@ -83,3 +83,68 @@ def _timed(fn, *a):
 def test_bad_shape():
     with pytest.raises(ValueError):
         frame_statistics(np.zeros((2, 3, 4, 5), np.float32))
+
+
+# ------------------------------------------------------------------ saturation, stars, validity
+def _star_field(n_stars=20, h=270, w=480, seed=5, flux=4000.0):
+    """An RGB frame of sky noise with ``n_stars`` well separated Gaussian stars (FWHM 3 px)."""
+    f = frame(h, w, seed=seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(seed)
+    cols, rows = 8, -(-n_stars // 8)
+    for k in range(n_stars):
+        x = 30 + (k % cols) * (w - 60) / (cols - 1) + rng.uniform(-3, 3)
+        y = 30 + (k // cols) * (h - 60) / max(rows - 1, 1) + rng.uniform(-3, 3)
+        f += (flux * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.27 ** 2)))[..., None].astype(np.float32)
+    return f
+
+
+def test_saturated_pixels_pixel_and_star_counts():
+    f = _star_field(20)
+    f[:10, :50] = 65535.0  # 500 saturated pixels in every channel
+    st = frame_statistics(f, saturation=65535.0, count_stars=True)
+    np.testing.assert_array_equal(st.n_saturated, [500, 500, 500])
+    assert st.n_pixels == 270 * 480 and st.saturation == 65535.0
+    assert st.n_stars == 20
+    plain = frame_statistics(f)
+    assert plain.n_stars == -1 and np.isnan(plain.saturation) and not plain.n_saturated.any()
+    back = FrameStats.from_dict(json.loads(json.dumps(st.to_dict())))
+    assert back == st and back.n_stars == 20 and back.n_pixels == 270 * 480
+    # statistics stored before these counts existed read back as "unknown"
+    old = {k: v for k, v in plain.to_dict().items() if k in ("background", "noise", "p25", "p90", "n_valid")}
+    restored = FrameStats.from_dict(old)
+    np.testing.assert_array_equal(restored.noise, plain.noise)
+    assert restored.n_pixels == 0 and restored.n_stars == -1 and not restored.n_saturated.any()
+
+
+def _defect(image, **limits):
+    limits = {"max_saturated_fraction": 0.25, "min_stars": 5} | limits
+    return frame_defect(frame_statistics(image, saturation=65535.0, count_stars=True), **limits)
+
+
+def test_frame_defect_names_each_frame_without_usable_signal():
+    good = _star_field(20)
+    assert _defect(good) is None
+    assert _defect(np.zeros_like(good)) == "no signal: every pixel is 0"
+    assert _defect(np.full_like(good, np.nan)) == "no finite pixels"
+    one = good.copy()
+    one[..., 1] = np.nan
+    assert _defect(one) == "no finite pixels in channel 1"
+    # saturation is told before "constant": an all-65535 frame is saturated, not blank
+    assert _defect(np.full_like(good, 65535.0)).startswith("saturated: 100.0% of the pixels at or above 65535")
+    part = good.copy()
+    part[:81] = 65535.0  # 30 % of the rows
+    assert _defect(part).startswith("saturated: 30.0%")
+    assert _defect(part, max_saturated_fraction=0.5) is None
+    noise_only = frame(270, 480, seed=9)
+    assert _defect(noise_only).startswith("no stars: ")
+    assert _defect(noise_only, min_stars=0) is None
+    flat_red = good.copy()
+    flat_red[..., 0] = 100.0
+    assert _defect(flat_red).startswith("no signal: constant image")
+
+
+def test_frame_defect_passes_what_it_cannot_know():
+    """Statistics without counts (no saturation level, stars not counted) fail no count test."""
+    st = FrameStats(background=[500.0], noise=[10.0], p25=[490.0], p90=[515.0], n_valid=[100])
+    assert frame_defect(st, max_saturated_fraction=0.0, min_stars=100) is None

@@ -44,7 +44,11 @@ def run_align_stage(ctx, client, plan) -> None:
     results: dict[str, AlignResult] = {}
     pending = []
     for group in plan.groups:
-        frames = [ctx.frames[i] for i in group.frames]
+        # Frames already excluded (no usable signal) are neither aligned nor candidates for
+        # the reference: one such frame chosen as reference would fail the whole group.
+        frames = [ctx.frames[i] for i in group.frames if ctx.frames[i].path not in ctx.excluded]
+        if not frames:
+            continue
         sources = [AlignSource(f.path, ctx.root, *ctx.calibrated[f.path], f.wcs_header or None,
                                (f.height, f.width)) for f in frames]
         if not any(s.wcs_header for s in sources):
@@ -52,8 +56,11 @@ def run_align_stage(ctx, client, plan) -> None:
                 results[s.path] = AlignResult(s.path, STATUS_EXCLUDED, None, None, 0,
                                               "no frame of its group has a celestial WCS")
             continue
-        noise = [float(np.nanmean(ctx.stats[f.path].noise)) for f in frames]
-        ref = sources[reference_index(sources, noise)]
+        stats = [ctx.stats[f.path] for f in frames]
+        n_stars = [st.n_stars for st in stats]
+        ref = sources[reference_index(sources, [_mean_finite(st.noise) for st in stats],
+                                      n_stars if min(n_stars) >= 0 else None,
+                                      background=[_mean_finite(st.background) for st in stats])]
         todo = []
         for src in sources:
             fp = store.fingerprint(src.token, ref.token, config.align_threshold_px, ALIGN_VERSION)
@@ -85,6 +92,13 @@ def run_align_stage(ctx, client, plan) -> None:
         "frames": [r.to_json() for r in results.values() if r.status not in ("wcs", "reference")],
     }
     ctx.say("alignment: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+
+
+def _mean_finite(values) -> float:
+    """Mean of the finite per-channel values; NaN (no warning) when there are none."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def _frame(ctx, path: str):

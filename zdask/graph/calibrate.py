@@ -16,7 +16,7 @@ from zdask.io import store
 from zdask.io.pixels import read_frame
 from zdask.io.scan import Frame
 from zdask.ops.debayer import debayer_bilinear
-from zdask.ops.framestats import frame_statistics
+from zdask.ops.framestats import FrameStats, frame_defect, frame_statistics
 from zdask.ops.hotpixels import correct_hot_pixels, hot_pixel_candidates, hot_pixel_map
 
 # Calibrated frames are stored in full-width strips of this many rows: a tile block's warp
@@ -85,7 +85,15 @@ def calibration_fingerprint(frame: Frame, hot_indices: np.ndarray, channels: int
     """Depends on the file and on the hot-pixel map's content (not on which frames made it)."""
     hot = np.ascontiguousarray(hot_indices, dtype=np.int64)
     hot_digest = hashlib.sha256(hot.tobytes()).hexdigest()[:16]
-    return store.fingerprint(frame.fingerprint(), hot_digest, channels, "bilinear-v1")
+    # "stats-v2": the stored statistics gained saturated pixels, pixel and star counts.
+    return store.fingerprint(frame.fingerprint(), hot_digest, channels, "bilinear-v1", "stats-v2")
+
+
+def saturation_level(dtype: str) -> float | None:
+    """The value a saturated pixel of raw data of this type reads: the largest integer of the
+    type (65535 for uint16); None for float data, whose scale says nothing of saturation."""
+    kind = np.dtype(dtype)
+    return float(np.iinfo(kind).max) if kind.kind in "iu" else None
 
 
 def calibrate_to_rgb(raw: np.ndarray, frame: Frame, hot_indices: np.ndarray, channels: int) -> np.ndarray:
@@ -101,7 +109,7 @@ def calibrate_to_rgb(raw: np.ndarray, frame: Frame, hot_indices: np.ndarray, cha
 def calibrate_frame(job: CalibrationJob) -> dict:
     """Worker task: read, calibrate, store one frame; returns its statistics (JSON-able)."""
     image = calibrate_to_rgb(read_frame(job.frame), job.frame, job.hot_indices, job.channels)
-    stats = frame_statistics(image).to_dict()
+    stats = frame_statistics(image, saturation=saturation_level(job.frame.dtype), count_stars=True).to_dict()
     name = f"frames/{job.key}"
     group = store.open_store(job.root)
     h, w, c = image.shape
@@ -115,3 +123,15 @@ def stored_stats(root: str, key: str) -> dict:
     import zarr
 
     return dict(zarr.open(root, path=f"frames/{key}", mode="r").attrs["stats"])
+
+
+def unusable_frames(stats: dict[str, FrameStats], config: Config) -> dict[str, str]:
+    """Path → why the frame has no usable signal (see :func:`zdask.ops.framestats.frame_defect`),
+    for the frames that must not reach alignment (nor be chosen as a reference). Pure."""
+    found = {}
+    for path, st in stats.items():
+        reason = frame_defect(st, max_saturated_fraction=config.max_saturated_fraction,
+                              min_stars=config.min_frame_stars)
+        if reason is not None:
+            found[path] = reason
+    return found

@@ -78,12 +78,20 @@ def covering_grid(
     outlines: list[tuple[np.ndarray, np.ndarray]], scale_arcsec: float, margin: int = 0,
     centre: tuple[float, float] | None = None,
 ) -> Grid:
-    """The smallest north-up TAN grid at ``scale_arcsec`` containing every outline (+ margin px)."""
+    """The smallest north-up TAN grid at ``scale_arcsec`` containing every outline (+ margin px).
+
+    Raises ValueError when an outline point lies 90° or more from the centre: it has no place
+    on any TAN grid about that centre."""
     ra = np.concatenate([o[0] for o in outlines])
     dec = np.concatenate([o[1] for o in outlines])
     ra0, dec0 = centre if centre is not None else mean_direction(ra, dec)
     probe = wcs_from_header(tan_header(ra0, dec0, scale_arcsec, (0.0, 0.0)))
     x, y = probe.all_world2pix(ra, dec, 0)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        # A gnomonic projection holds less than a hemisphere: a point 90° or more from the
+        # centre has no pixel (astropy gives NaN), and the grid's size would be NaN.
+        raise ValueError(f"footprints reach 90° or more from the grid centre (RA {ra0:.4f}, "
+                         f"Dec {dec0:.4f}): no TAN grid holds them")
     # Outlines run along pixel edges; keep every grid pixel whose centre lies on or inside
     # them (the 1e-6 absorbs round-off that would otherwise add a spurious row or column).
     x0 = np.floor(np.min(x) + 0.5 + 1e-6) - margin
@@ -101,6 +109,8 @@ def grid_bbox_of(grid_src: Grid, grid_dst: Grid) -> tuple[int, int, int, int] | 
     """(y0, y1, x0, x1) of ``grid_src``'s footprint in ``grid_dst`` pixels, clipped; None if apart."""
     ra, dec = footprint_outline(grid_src.wcs(), grid_src.shape)
     x, y = grid_dst.wcs().all_world2pix(ra, dec, 0)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return None  # the footprint reaches beyond the destination's hemisphere: not on it
     h, w = grid_dst.shape
     x0, x1 = max(0, int(np.floor(x.min()))), min(w, int(np.ceil(x.max())) + 1)
     y0, y1 = max(0, int(np.floor(y.min()))), min(h, int(np.ceil(y.max())) + 1)

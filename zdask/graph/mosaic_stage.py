@@ -13,6 +13,7 @@ import zarr
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from zdask.cluster import wait_with_progress
+from zdask.graph.field import canvas_size_problem
 from zdask.graph.geometry import grid_bbox_of
 from zdask.graph.harmonize import binned_shape, plan_tile_photometry, tile_cutout
 from zdask.graph.mosaic import PlacedTile, canvas_grid, crop_grid, mosaic_arrays
@@ -25,16 +26,23 @@ MOSAIC_FIELDS = ("harmonize", "sky_surface_order", "match_bin", "autocrop", "can
 def run_mosaic_stage(ctx, client, plan) -> None:
     """Plan the tile photometry, crop the canvas, coadd into Zarr (or reuse a finished canvas)."""
     config = ctx.config
+    from zdask.graph.runner import RunError
+
     tiles = [(e, g, fp) for e, g, fp in ctx.tiles if g is not None and e.get("healthy", True)]
     if not tiles:
-        from zdask.graph.runner import RunError
-
         raise RunError("no usable master tile: every tile was empty or could not be aligned")
-    if ctx.frames:
-        scale = float(np.nanmedian([f.scale_arcsec for f in ctx.frames]))
+    used = [f for f in ctx.frames if f.path not in ctx.excluded]
+    if used:  # the frames that are in the mosaic: an excluded one must not move its scale
+        scale = float(np.nanmedian([f.scale_arcsec for f in used]))
     else:  # existing tiles: their own pixel scale
         scale = float(np.median([proj_plane_pixel_scales(g.wcs()).mean() * 3600 for _, g, _ in tiles]))
-    canvas = canvas_grid([g for _, g, _ in tiles], scale)
+    try:
+        canvas = canvas_grid([g for _, g, _ in tiles], scale)
+    except ValueError as exc:  # tiles given with --tiles from opposite sides of the sky
+        raise RunError(f"the tiles cannot share one mosaic canvas: {exc}") from None
+    problem = canvas_size_problem(canvas.shape, config.max_canvas_pixels)
+    if problem:
+        raise RunError(problem)
     fp = store.fingerprint([fp for _, _, fp in tiles], canvas.to_json(), config.digest(*MOSAIC_FIELDS))
     if store.is_complete(ctx.root, "mosaic", fp):
         attrs = dict(zarr.open_group(ctx.root, path="mosaic", mode="r").attrs)

@@ -25,6 +25,7 @@ from zdask.graph import calibrate as cal
 from zdask.graph.geometry import Grid
 from zdask.graph.align import attach_unsolved
 from zdask.graph.align_stage import run_align_stage
+from zdask.graph.field import OFF_FIELD_REASON, field_canvas_problem, main_field
 from zdask.graph.mosaic_stage import run_mosaic_stage
 from zdask.graph.plan import Plan, plan_master_tiles
 from zdask.graph.tile_stage import run_tile_stage
@@ -152,8 +153,6 @@ def _run(inputs: Sequence[str], out_dir: str, config: Config, say, console) -> d
             say(f"skipped {bad.path}: {bad.reason}")
         raise RunError(f"no usable frame among {len(rejected)} input file(s); see the reasons above")
     t = time.perf_counter()
-    plan = plan_master_tiles(frames, link_fov_fraction=config.link_fov_fraction,
-                             max_group_size=config.max_group_size)
     unsolved = list(table.unsolved)
     if unsolved and available_solver():
         solved, unsolved = plate_solve_frames(unsolved, frames, say)
@@ -161,13 +160,22 @@ def _run(inputs: Sequence[str], out_dir: str, config: Config, say, console) -> d
             frames = frames + solved
             done = {f.path for f in solved}
             rejected = [r for r in rejected if r.path not in done]
-            plan = plan_master_tiles(frames, link_fov_fraction=config.link_fov_fraction,
-                                     max_group_size=config.max_group_size)
+    # A frame from another part of the sky must neither size the canvas nor get a tile.
+    in_field = main_field(frames)
+    off_field = [f for f, keep in zip(frames, in_field) if not keep]
+    frames = [f for f, keep in zip(frames, in_field) if keep]
+    problem = field_canvas_problem(frames, config.tile_margin, config.max_canvas_pixels)
+    if problem:
+        raise RunError(problem)
+    plan = plan_master_tiles(frames, link_fov_fraction=config.link_fov_fraction,
+                             max_group_size=config.max_group_size)
     if config.align and unsolved:
         frames, rejected, plan = attach_unsolved_frames(frames, rejected, unsolved, plan, say)
     timings["plan"] = time.perf_counter() - t
     for bad in rejected:
         say(f"skipped {bad.path}: {bad.reason}")
+    for far in off_field:
+        say(f"excluded {far.path}: {OFF_FIELD_REASON}")
     say(f"{len(frames)} frame(s) in {len(plan.groups)} master-tile group(s); {len(rejected)} file(s) skipped")
     os.makedirs(out_dir, exist_ok=True)
     ctx = RunContext(frames, config, out_dir, say, console)
@@ -190,6 +198,10 @@ def _run(inputs: Sequence[str], out_dir: str, config: Config, say, console) -> d
     stage_write(ctx)
     timings["write"] = time.perf_counter() - t
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
+    # Every accepted frame that is not in the mosaic, with its reason (main field, no usable
+    # signal, alignment); the tiles list their own group's exclusions as well.
+    ctx.report["frames_excluded"] = ([{"path": f.path, "reason": OFF_FIELD_REASON} for f in off_field]
+                                     + [{"path": p, "reason": r} for p, r in ctx.excluded.items()])
     write_json(os.path.join(out_dir, "report.json"), ctx.report)
     return ctx.report
 
@@ -228,6 +240,10 @@ def stage_calibrate(ctx: RunContext, client, plan: Plan) -> None:
     wait_with_progress(futures, "calibrate", ctx.console)
     ctx.stats = {f.path: FrameStats.from_dict(cal.stored_stats(ctx.root, ctx.calibrated[f.path][0]))
                  for f in ctx.frames}
+    # Before alignment: a frame without signal must never become a group's reference.
+    for path, reason in cal.unusable_frames(ctx.stats, ctx.config).items():
+        ctx.excluded[path] = reason
+        ctx.say(f"excluded {path}: {reason}")
     ctx.report["frames_calibrated"] = len(jobs)
 
 

@@ -61,7 +61,7 @@ def run_tile_stage(ctx, client, plan) -> None:
                  "frames": [f.path for f in frames], "frames_excluded": excluded,
                  "n_frames": len(frames), "file": os.path.join("tiles", f"tile_{group.id:03d}.fits")}
         if not frames:
-            entry.update(healthy=False, health_reason="no frame could be aligned", reused=False)
+            entry.update(healthy=False, health_reason="no usable frame (see frames_excluded)", reused=False)
             ctx.tiles.append((entry, None, None))
             continue
         wcs = [ctx.wcs_of(f) for f in frames]

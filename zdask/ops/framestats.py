@@ -6,7 +6,15 @@
 * ``background``: sigma-clipped median,
 * ``noise``: sigma-clipped population standard deviation,
 * ``p25``/``p90``: 25th/90th percentiles of the finite pixels,
-* ``n_valid``: number of finite pixels (exact, all pixels).
+* ``n_valid``: number of finite pixels (exact, all pixels),
+* ``n_saturated``: number of pixels at or above ``saturation`` (exact; 0 when no level is given),
+
+and for the whole frame ``n_pixels`` (H·W), ``saturation`` (the level used, NaN for none) and
+``n_stars``: stars :func:`zdask.ops.stars.detect_stars` finds in the green channel (or the only
+one), at most :data:`STAR_COUNT_LIMIT`; -1 when not counted. Counting costs about 45 ms on a
+1080×1920 frame; a channel without signal (no finite pixel, zero noise) is not searched.
+
+:func:`frame_defect` tells from these numbers alone whether a frame has no usable signal.
 
 Subsampling (deterministic, documented): background, noise, P25 and P90 are
 computed on the finite pixels among every ``k``-th pixel of the raster
@@ -26,28 +34,42 @@ import numpy as np
 
 from zdask.ops._stacking_common import array_namespace
 
-__all__ = ["FrameStats", "frame_statistics", "MAX_SAMPLES"]
+__all__ = ["FrameStats", "frame_statistics", "frame_defect", "MAX_SAMPLES", "STAR_COUNT_LIMIT"]
 
 #: at most this many finite pixels per channel enter the statistics
 MAX_SAMPLES = 131_072
+#: stars are counted up to this many (the thresholds that read the count are far below it)
+STAR_COUNT_LIMIT = 500
+_PER_CHANNEL = ("background", "noise", "p25", "p90", "n_valid", "n_saturated")
+_PER_FRAME = {"n_pixels": int, "n_stars": int, "saturation": float}
 
 
 @dataclass(frozen=True, eq=False)
 class FrameStats:
-    """Per-channel statistics of one frame: 1-D float64 arrays of length C (C = 1 for mono)."""
+    """Statistics of one frame: per channel, 1-D float64 arrays of length C (C = 1 for mono);
+    for the whole frame, ``n_pixels``, ``n_stars`` and ``saturation`` (see the module doc).
+    Frame fields left out mean unknown (0 pixels, -1 stars, NaN level: no test reads them)."""
 
     background: np.ndarray
     noise: np.ndarray
     p25: np.ndarray
     p90: np.ndarray
     n_valid: np.ndarray
+    n_saturated: np.ndarray | None = None  # None: zeros
+    n_pixels: int = 0
+    n_stars: int = -1
+    saturation: float = float("nan")
 
     def __post_init__(self):
-        for f in fields(self):
-            a = np.array(getattr(self, f.name), dtype=np.float64).reshape(-1)
+        if self.n_saturated is None:
+            object.__setattr__(self, "n_saturated", np.zeros(np.size(self.background)))
+        for name in _PER_CHANNEL:
+            a = np.array(getattr(self, name), dtype=np.float64).reshape(-1)
             a.setflags(write=False)
-            object.__setattr__(self, f.name, a)
-        sizes = {getattr(self, f.name).size for f in fields(self)}
+            object.__setattr__(self, name, a)
+        for name, kind in _PER_FRAME.items():
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        sizes = {getattr(self, name).size for name in _PER_CHANNEL}
         if len(sizes) != 1:
             raise ValueError("FrameStats fields must all have the same length (one value per channel)")
 
@@ -57,10 +79,10 @@ class FrameStats:
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (lists of floats; non-finite values as None)."""
-        return {
-            f.name: [float(v) if np.isfinite(v) else None for v in getattr(self, f.name)]
-            for f in fields(self)
-        }
+        out = {name: [float(v) if np.isfinite(v) else None for v in getattr(self, name)] for name in _PER_CHANNEL}
+        out.update({name: getattr(self, name) for name in _PER_FRAME})
+        out["saturation"] = self.saturation if np.isfinite(self.saturation) else None
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> FrameStats:
@@ -68,7 +90,8 @@ class FrameStats:
             v = v if isinstance(v, (list, tuple, np.ndarray)) else [v]
             return np.array([np.nan if x is None else float(x) for x in v], dtype=np.float64)
 
-        return cls(**{f.name: arr(d[f.name]) for f in fields(cls)})
+        frame = {name: d[name] for name in _PER_FRAME if d.get(name) is not None}
+        return cls(**{name: arr(d[name]) for name in _PER_CHANNEL if name in d}, **frame)
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, FrameStats):
@@ -94,8 +117,12 @@ def _clipped(x: np.ndarray, kappa: float, iterations: int) -> tuple[float, float
     return float(np.median(x)), float(x.std())
 
 
-def frame_statistics(image, *, kappa: float = 3.0, iterations: int = 5) -> FrameStats:
-    """Background, noise, P25, P90 and number of valid pixels per channel (see module doc)."""
+def frame_statistics(
+    image, *, kappa: float = 3.0, iterations: int = 5, saturation: float | None = None,
+    count_stars: bool = False,
+) -> FrameStats:
+    """Background, noise, P25, P90, valid and saturated pixels per channel; with
+    ``count_stars`` the stars of the green (or only) channel (see module doc)."""
     xp = array_namespace(image)
     img = image.get() if xp is not np else np.asarray(image)
     if img.ndim == 2:
@@ -120,4 +147,45 @@ def frame_statistics(image, *, kappa: float = 3.0, iterations: int = 5) -> Frame
         p25, p90 = np.percentile(sample, [25.0, 90.0])
         out["p25"][ch], out["p90"][ch] = p25, p90
         out["background"][ch], out["noise"][ch] = _clipped(sample, kappa, iterations)
-    return FrameStats(n_valid=n_valid, **out)
+    n_saturated = np.zeros(c)
+    if saturation is not None:
+        n_saturated = np.array([np.count_nonzero(flat[:, ch] >= saturation) for ch in range(c)], dtype=np.float64)
+    n_stars = -1
+    if count_stars:
+        ch = 1 if c >= 3 else 0
+        n_stars = 0
+        if n_valid[ch] > 0 and out["noise"][ch] > 0:  # a flat or empty channel holds no star
+            from zdask.ops.stars import detect_stars
+
+            n_stars = len(detect_stars(img[:, :, ch], max_stars=STAR_COUNT_LIMIT))
+    return FrameStats(n_valid=n_valid, n_saturated=n_saturated, n_pixels=h * w, n_stars=n_stars,
+                      saturation=np.nan if saturation is None else float(saturation), **out)
+
+
+def frame_defect(stats: FrameStats, *, max_saturated_fraction: float = 1.0, min_stars: int = 0) -> str | None:
+    """Why a frame has no usable signal, from its statistics alone; None when it has.
+
+    In this order: a channel without finite pixels ("no finite pixels"); more than
+    ``max_saturated_fraction`` of the pixels of a channel at or above the saturation level; a
+    channel whose clipped noise is zero (a constant image: a dead readout, a zero-filled
+    file); fewer than ``min_stars`` stars (clouds, a closed cap; 0 disables). Unknown counts
+    (see :class:`FrameStats`) pass their tests. A frame that passes could still be chosen as
+    its group's alignment reference without ruining the group.
+    """
+    empty = np.flatnonzero(stats.n_valid == 0)
+    if empty.size:
+        where = "" if empty.size == stats.channels else f" in channel {', '.join(str(int(c)) for c in empty)}"
+        return f"no finite pixels{where}"
+    if stats.n_pixels > 0 and np.isfinite(stats.saturation):
+        fraction = float(stats.n_saturated.max()) / stats.n_pixels
+        if fraction > max_saturated_fraction:
+            return (f"saturated: {100 * fraction:.1f}% of the pixels at or above {stats.saturation:g} "
+                    f"(limit {100 * max_saturated_fraction:g}%, max_saturated_fraction)")
+    if np.any(stats.noise == 0):
+        levels = sorted({float(v) for v in stats.background})
+        if len(levels) == 1 and np.all(stats.p25 == stats.p90):
+            return f"no signal: every pixel is {levels[0]:g}"
+        return f"no signal: constant image (background {', '.join(f'{v:g}' for v in stats.background)}, noise 0)"
+    if 0 <= stats.n_stars < min_stars:
+        return f"no stars: {stats.n_stars} detected (at least {min_stars} needed, min_frame_stars)"
+    return None
