@@ -252,6 +252,9 @@ def stage_write(ctx: RunContext) -> None:
     coverage = np.asarray(group["coverage"][:])
     covered = np.isfinite(image).all(axis=-1) & (coverage > 0)
     ctx.report["mosaic"]["covered_fraction"] = float(covered.mean())
+    # What went into the mosaic: its healthy tiles and their frames, excluded frames not counted.
+    assembled = [entry for entry, grid, _ in ctx.tiles if grid is not None and entry.get("healthy", True)]
+    ctx.report["frames_used"] = sum(entry["n_frames"] for entry in assembled)
     write_mosaic(os.path.join(ctx.out_dir, "mosaic.fits"), image, coverage, ctx.canvas_header,
-                 {"NTILES": len(ctx.tiles), "NFRAMES": len(ctx.frames)})
+                 {"NTILES": len(assembled), "NFRAMES": ctx.report["frames_used"]})
     write_preview(os.path.join(ctx.out_dir, "preview.png"), image)
