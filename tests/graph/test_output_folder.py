@@ -22,7 +22,7 @@ from astropy.io import fits
 from typer.testing import CliRunner
 
 from zdask.cli import app
-from zdask.io.folderlock import LOCK_NAME
+from zdask.io.folderlock import LOCK_NAME, FolderLock
 
 CLUSTER = ["--workers", "1", "--threads-per-worker", "2"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -149,3 +149,17 @@ def test_nframes_counts_the_frames_in_the_mosaic(fewer_groups_rerun):
     header = fits.getheader(out / "mosaic.fits")
     assert header["NFRAMES"] == n_good == report["frames_used"]
     assert header["NTILES"] == 1
+
+
+@pytest.mark.parametrize("mode", ["frames", "tiles"])
+def test_both_run_modes_refuse_a_held_folder_before_writing(small_survey, tmp_path, mode):
+    survey, _ = small_survey
+    out = tmp_path / "held"
+    (tmp_path / "tiles_in").mkdir()
+    inputs = [str(survey / "frames")] if mode == "frames" else ["--tiles", str(tmp_path / "tiles_in")]
+    with FolderLock.acquire(str(out)):
+        result = CliRunner().invoke(app, ["run", *inputs, "--out", str(out), *CLUSTER])
+        assert result.exit_code == 2
+        assert result.output.strip() == (f"error: output folder {out} is in use by another zdask run "
+                                          f"(pid {os.getpid()}); wait for it or choose another --out")
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
