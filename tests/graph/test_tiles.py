@@ -2,6 +2,7 @@
 
 import dask
 import numpy as np
+import pytest
 
 from zdask.config import Config
 from zdask.graph.geometry import Grid, tan_header
@@ -55,7 +56,7 @@ def test_finish_tile_masks_alt_az_corners_without_emptying_and_reports_health(tm
     sky = (50.0 + 0.1 * xx)[..., None] * np.array([1.0, 1.02, 0.97])
     image = np.where(coverage[..., None] > 0, sky, np.nan).astype(np.float32)
     group = store.open_store(root)
-    for key, value in {"image": image, "coverage": coverage}.items():
+    for key, value in {"stacked": image, "coverage": coverage}.items():
         store.create_array(group, f"tiles/t/{key}", value.shape, "float32", (80, 100) + value.shape[2:])[:] = value
     summary = finish_tile(root, "tiles/t", "ALT_AZ", 10, True, Config())
     alpha = np.asarray(group["tiles/t/alpha"][:])
@@ -70,7 +71,29 @@ def test_finish_tile_masks_alt_az_corners_without_emptying_and_reports_health(tm
 def test_finish_tile_reports_an_empty_tile(tmp_path):
     root = str(tmp_path / "work.zarr")
     group = store.open_store(root)
-    store.create_array(group, "tiles/e/image", (20, 20, 3), "float32", (20, 20, 3))[:] = np.nan
+    store.create_array(group, "tiles/e/stacked", (20, 20, 3), "float32", (20, 20, 3))[:] = np.nan
     store.create_array(group, "tiles/e/coverage", (20, 20), "float32", (20, 20))[:] = 0
     summary = finish_tile(root, "tiles/e", "EQ", 4, False, Config())
     assert not summary["healthy"] and summary["health_reason"]
+
+
+def test_finish_tile_twice_finishes_the_tile_once(tmp_path):
+    """A finishing task run again (retried after its worker died, or a second run on the same
+    store) gives the same tile: renormalisation and colour gains are applied to the stack once."""
+    root = str(tmp_path / "work.zarr")
+    coverage = np.full((40, 50), 8.0, dtype=np.float32)
+    coverage[:, :10] = 4.0  # renormalisation scales these columns
+    sky = 100.0 + np.random.default_rng(0).normal(0.0, 2.0, (40, 50, 1))  # a flat tile is unhealthy
+    stacked = (sky * np.array([1.03, 1.0, 0.96])).astype(np.float32)
+    group = store.open_store(root)
+    for key, value in {"stacked": stacked, "coverage": coverage}.items():
+        store.create_array(group, f"tiles/t/{key}", value.shape, "float32", (40, 50) + value.shape[2:])[:] = value
+    config = Config().replace(coverage_renorm=True, rgb_equalize=True)
+    first = finish_tile(root, "tiles/t", "EQ", 8, False, config)
+    once = np.asarray(group["tiles/t/image"][:])
+    second = finish_tile(root, "tiles/t", "EQ", 8, False, config)
+    np.testing.assert_array_equal(np.asarray(group["tiles/t/image"][:]), once)
+    np.testing.assert_array_equal(np.asarray(group["tiles/t/stacked"][:]), stacked)
+    assert second == first
+    # The planted colour cast is removed once (within the gain clip), not twice.
+    assert first["healthy"] and first["rgb_gains"] == pytest.approx([1 / 1.03, 1.0, 1 / 0.96], rel=1e-4)

@@ -1,8 +1,11 @@
+import os
+import stat
+
 import numpy as np
 import pytest
 from astropy.io import fits
 
-from zdask.io.outputs import atomic_path, write_mosaic
+from zdask.io.outputs import atomic_path, write_image_fits, write_json, write_mosaic, write_preview
 
 
 def test_failed_write_leaves_the_previous_file_untouched(tmp_path):
@@ -50,3 +53,32 @@ def test_colour_mosaic_wcs_reads_without_astropy_fixing_it(tmp_path):
     assert w.naxis == 3 and w.celestial.naxis == 2  # the colour axis is the cube's third
     ra, dec = w.celestial.all_pix2world([2.0], [1.0], 0)  # CRPIX is 1-based
     np.testing.assert_allclose([ra[0], dec[0]], [10.0, 41.0])
+
+
+@pytest.fixture
+def umask(request):
+    """Run the test under the umask it is parametrised with; restore the previous one after."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002], indirect=True)
+def test_output_files_follow_the_umask(tmp_path, umask):
+    """Every output (mosaic, tile FITS, preview, report) is readable as the umask allows, like
+    the Zarr store: 0644 under 022, 0664 under 002 (the temporary file's 0600 was kept)."""
+    wcs = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": 41.0,
+           "CRPIX1": 3.0, "CRPIX2": 2.0, "CD1_1": -1e-3, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 1e-3}
+    image = np.ones((4, 5, 3), dtype=np.float32)
+    coverage = np.ones((4, 5), dtype=np.float32)
+    write_mosaic(str(tmp_path / "mosaic.fits"), image, coverage, wcs)
+    write_image_fits(str(tmp_path / "tiles" / "tile_000.fits"), image, wcs, {"COVERAGE": coverage})
+    write_preview(str(tmp_path / "preview.png"), image)
+    write_json(str(tmp_path / "report.json"), {"a": 1})
+    (tmp_path / "report.json").chmod(0o600)  # a file left by an older zdask: replaced, mode too
+    write_json(str(tmp_path / "report.json"), {"a": 2})
+    expected = 0o666 & ~umask
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in tmp_path.rglob("*") if p.is_file()}
+    assert modes == {name: expected for name in
+                     ("mosaic.fits", "tiles/tile_000.fits", "preview.png", "report.json")}

@@ -49,6 +49,7 @@ def hotmap_fingerprint(frames: list[Frame], config: Config) -> str:
 
 
 def save_hot_map(root: str, sensor: str, indices: np.ndarray, fp: str) -> None:
+    store.begin_entry(root, f"hotpixels/{sensor}")
     group = store.open_store(root)
     arr = store.create_array(
         group, f"hotpixels/{sensor}", (int(indices.size),), "int64", (max(1, int(indices.size)),)
@@ -111,6 +112,7 @@ def calibrate_frame(job: CalibrationJob) -> dict:
     image = calibrate_to_rgb(read_frame(job.frame), job.frame, job.hot_indices, job.channels)
     stats = frame_statistics(image, saturation=saturation_level(job.frame.dtype), count_stars=True).to_dict()
     name = f"frames/{job.key}"
+    store.begin_entry(job.root, name)  # made from another hot-pixel map before
     group = store.open_store(job.root)
     h, w, c = image.shape
     arr = store.create_array(group, name, (h, w, c), "float32", (FRAME_CHUNK_ROWS, w, c))

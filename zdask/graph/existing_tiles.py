@@ -17,7 +17,7 @@ from zdask.cluster import open_client
 from zdask.config import Config
 from zdask.graph.geometry import Grid
 from zdask.graph.mosaic_stage import run_mosaic_stage
-from zdask.graph.runner import RunContext, RunError, stage_write
+from zdask.graph.runner import RunContext, RunError, claim_output_folder, stage_write
 from zdask.io import store
 from zdask.io.fitsheader import celestial_cards
 from zdask.io.outputs import write_json
@@ -95,7 +95,11 @@ def run_existing_tiles(folder: str, out_dir: str, config: Config, say=print, con
     out = os.path.realpath(out_dir)
     if out == os.path.realpath(folder) or out.startswith(os.path.realpath(folder) + os.sep):
         raise RunError(f"output folder {out_dir} is inside the tiles folder {folder}; choose another --out")
-    os.makedirs(out_dir, exist_ok=True)
+    with claim_output_folder(out_dir):
+        return _assemble(folder, out_dir, config, say, console)
+
+
+def _assemble(folder: str, out_dir: str, config: Config, say, console) -> dict:
     timings: dict[str, float] = {}
     ctx = RunContext([], config, out_dir, say, console)
     ctx.report = {"inputs": [os.path.abspath(folder)], "config": config.to_dict(), "frames_used": 0,

@@ -88,6 +88,9 @@ def run_mosaic_stage(ctx, client, plan) -> None:
                                 photometry["surfaces"][k]))
     arrays = mosaic_arrays(final, cropped, ctx.channels, config.canvas_block, config.warp_grid_step,
                            origin=(box[0], box[2]))
+    # The canvas of other tiles or settings is replaced under the same name: unmark it first,
+    # or a crash while writing would leave it marked complete for the old fingerprint.
+    store.begin_entry(ctx.root, "mosaic")
     group = store.open_store(ctx.root)
     targets = [store.create_array(group, f"mosaic/{key}", arrays[key].shape, arrays[key].dtype,
                                   tuple(c[0] for c in arrays[key].chunks)) for key in ("image", "coverage")]

@@ -30,6 +30,7 @@ from zdask.graph.mosaic_stage import run_mosaic_stage
 from zdask.graph.plan import Plan, plan_master_tiles
 from zdask.graph.tile_stage import run_tile_stage
 from zdask.io import store
+from zdask.io.folderlock import FolderInUse, FolderLock
 from zdask.io.outputs import write_json, write_mosaic, write_preview
 from zdask.io.platesolve import available_solver, plate_solve
 from zdask.io.scan import Frame, FrameTable, RejectedFile, scan, with_wcs
@@ -127,6 +128,18 @@ def check_output_location(inputs: Sequence[str], out_dir: str) -> None:
             raise RunError(f"output folder {out_dir} is inside input folder {item}; choose another --out")
 
 
+def claim_output_folder(out_dir: str) -> FolderLock:
+    """Lock ``out_dir`` (creating it) for the whole run: a second run into it is refused."""
+    try:
+        return FolderLock.acquire(out_dir)
+    except FolderInUse as exc:
+        holder = f" (pid {exc.pid})" if exc.pid else ""
+        raise RunError(f"output folder {out_dir} is in use by another zdask run{holder}; "
+                       f"wait for it or choose another --out") from None
+    except OSError as exc:
+        raise RunError(f"output folder {out_dir}: {exc.strerror or exc}") from None
+
+
 def run(inputs: Sequence[str], out_dir: str, config: Config, say=print, console=None) -> dict:
     """Build the mosaic of ``inputs`` into ``out_dir``; returns the report (also report.json)."""
     # zdask silences astropy's header-fix notices where it reads headers, with catch_warnings
@@ -135,12 +148,13 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, say=print, console=
     # and the notice leaks. One filter for the whole run, set before any thread starts, holds.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
-        return _run(inputs, out_dir, config, say, console)
+        check_output_location(inputs, out_dir)
+        with claim_output_folder(out_dir):
+            return _run(inputs, out_dir, config, say, console)
 
 
 def _run(inputs: Sequence[str], out_dir: str, config: Config, say, console) -> dict:
     timings: dict[str, float] = {}
-    check_output_location(inputs, out_dir)
     # Compile the stacking kernel while the first stages run: in a fresh environment the
     # compile takes seconds of one core, and the tile stage would otherwise wait for it.
     threading.Thread(target=warm_up, args=(config.reject,), name="zdask-kernel-warm-up", daemon=True).start()
@@ -254,6 +268,9 @@ def stage_write(ctx: RunContext) -> None:
     coverage = np.asarray(group["coverage"][:])
     covered = np.isfinite(image).all(axis=-1) & (coverage > 0)
     ctx.report["mosaic"]["covered_fraction"] = float(covered.mean())
+    # What went into the mosaic: its healthy tiles and their frames, excluded frames not counted.
+    assembled = [entry for entry, grid, _ in ctx.tiles if grid is not None and entry.get("healthy", True)]
+    ctx.report["frames_used"] = sum(entry["n_frames"] for entry in assembled)
     write_mosaic(os.path.join(ctx.out_dir, "mosaic.fits"), image, coverage, ctx.canvas_header,
-                 {"NTILES": len(ctx.tiles), "NFRAMES": len(ctx.frames)})
+                 {"NTILES": len(assembled), "NFRAMES": ctx.report["frames_used"]})
     write_preview(os.path.join(ctx.out_dir, "preview.png"), image)

@@ -8,6 +8,7 @@ give it is reused as it is.
 from __future__ import annotations
 
 import os
+import re
 
 import dask
 import numpy as np
@@ -27,6 +28,31 @@ TILE_FIELDS = (
     "rgb_gain_range", "sky_surface_order", "match_bin", "coverage_renorm", "feather_px",
 )
 MODE_ALTAZ = "ALT_AZ"
+TILES_FOLDER = "tiles"
+# What this stage writes in TILES_FOLDER: tile_NNN.fits, and while writing one of them a
+# temporary .tile_NNN.fits.RANDOM.part (zdask.io.outputs.atomic_path), left behind by a killed run.
+_TILE_FILE = re.compile(r"tile_\d{3,}\.fits|\.tile_\d{3,}\.fits\.[^/]*\.part")
+
+
+def tile_file_name(tile_id: int) -> str:
+    return f"tile_{tile_id:03d}.fits"
+
+
+def remove_stale_tile_files(folder: str, written: set[str]) -> list[str]:
+    """Delete zdask's tile files in ``folder`` that are not among ``written`` (names): the
+    folder then holds exactly this run's tiles. Files zdask does not name so are left alone.
+
+    Called with the output folder's lock held, so no other run is writing there.
+    """
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    stale = [n for n in names if n not in written and _TILE_FILE.fullmatch(n)
+             and os.path.isfile(os.path.join(folder, n)) and not os.path.islink(os.path.join(folder, n))]
+    for name in stale:
+        os.unlink(os.path.join(folder, name))
+    return stale
 
 
 def cleanup_decisions(modes: list[str], requested: bool) -> tuple[list[bool], list[str]]:
@@ -59,7 +85,7 @@ def run_tile_stage(ctx, client, plan) -> None:
                 f"tile={'on' if cleanup else 'off'}")
         entry = {"id": group.id, "mode": group.mode, "altaz_cleanup": cleanup,
                  "frames": [f.path for f in frames], "frames_excluded": excluded,
-                 "n_frames": len(frames), "file": os.path.join("tiles", f"tile_{group.id:03d}.fits")}
+                 "n_frames": len(frames), "file": os.path.join(TILES_FOLDER, tile_file_name(group.id))}
         if not frames:
             entry.update(healthy=False, health_reason="no usable frame (see frames_excluded)", reused=False)
             ctx.tiles.append((entry, None, None))
@@ -103,6 +129,11 @@ def run_tile_stage(ctx, client, plan) -> None:
             text = f"tile {entry['id']}: alt-az mask not applied: {entry.get('alpha_note')}"
             ctx.say(f"warning: {text}")
             ctx.report["warnings"].append(text)
+    # After the new files are in place: a crash before this point leaves old tiles, not none.
+    written = {os.path.basename(entry["file"]) for entry, grid, _ in ctx.tiles if grid is not None}
+    stale = remove_stale_tile_files(os.path.join(ctx.out_dir, TILES_FOLDER), written)
+    if stale:
+        ctx.say(f"removed {len(stale)} tile file(s) of an earlier run: {', '.join(stale)}")
     ctx.report["tiles"] = [entry for entry, _, _ in ctx.tiles]
     ctx.report["tiles_reused"] = [e["id"] for e, _, _ in ctx.tiles if e.get("reused")]
     ctx.report["tiles_computed"] = [e["id"] for e, _, _ in ctx.tiles if e.get("reused") is False and "zarr" in e]

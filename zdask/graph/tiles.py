@@ -25,9 +25,14 @@ from zdask.ops.masks import altaz_alpha, coverage_renormalisation_gain, feather_
 from zdask.ops.normalize import frame_weights, normalization_coefficients
 from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
 
-TILE_ARRAYS = ("image", "coverage", "count", "rejected_low", "rejected_high")
-# Written by finish_tile: alpha (the alt-az cleanup mask, 1 elsewhere) and the coadd weight.
-FINISHED_ARRAYS = ("alpha", "weight")
+# The stack's arrays (master_tile's keys) and the names store_tile writes them under. The
+# stacked image is kept apart from the finished ``image``: finish_tile reads one and writes the
+# other, so running it twice (a task retried after its worker died) finishes the tile once.
+TILE_ARRAYS = {"image": "stacked", "coverage": "coverage", "count": "count",
+               "rejected_low": "rejected_low", "rejected_high": "rejected_high"}
+# Written by finish_tile: the finished image, alpha (the alt-az cleanup mask, 1 elsewhere) and
+# the coadd weight.
+FINISHED_ARRAYS = ("image", "alpha", "weight")
 
 
 @dataclass(frozen=True)
@@ -132,10 +137,10 @@ def store_tile(arrays: dict[str, da.Array], root: str, name: str):
     """Delayed writes of a tile's arrays to ``root/name/*`` (Zarr chunks = dask blocks)."""
     group = store.open_store(root)
     targets, sources = [], []
-    for key in TILE_ARRAYS:
+    for key, stored in TILE_ARRAYS.items():
         arr = arrays[key]
         chunks = tuple(c[0] for c in arr.chunks)
-        targets.append(store.create_array(group, f"{name}/{key}", arr.shape, arr.dtype, chunks))
+        targets.append(store.create_array(group, f"{name}/{stored}", arr.shape, arr.dtype, chunks))
         sources.append(arr)
     return da.store(sources, targets, lock=False, compute=False)
 
@@ -143,11 +148,12 @@ def store_tile(arrays: dict[str, da.Array], root: str, name: str):
 def finish_tile(root: str, name: str, mode: str, n_frames: int, cleanup: bool, config: Config) -> dict:
     """Worker task after the stack: health check, alt-az alpha, colour equalisation, weights.
 
-    Rewrites the tile's image (equalised, renormalised) and writes ``alpha`` and ``weight``
-    (coverage × alpha × edge feather) beside it. Returns the tile's summary for the report.
+    Reads the stacked image, writes the finished ``image`` (renormalised, equalised), ``alpha``
+    and ``weight`` (coverage × alpha × edge feather) beside it; the stack's own arrays are left as
+    they are, so a second call gives the same result. Returns the tile's summary for the report.
     """
     group = store.open_store(root)
-    image = np.asarray(group[f"{name}/image"][:])
+    image = np.asarray(group[f"{name}/{TILE_ARRAYS['image']}"][:])
     coverage = np.nan_to_num(np.asarray(group[f"{name}/coverage"][:]))
     health = tile_health(image, coverage)
     summary = {"healthy": bool(health.ok), "health_reason": health.reason, "alpha_applied": False,
@@ -168,7 +174,7 @@ def finish_tile(root: str, name: str, mode: str, n_frames: int, cleanup: bool, c
     feather = feather_weights(coverage, ramp_px=config.feather_px) if config.feather_px > 0 else 1.0
     weight = (coverage * alpha * feather).astype(np.float32)
     chunks = group[f"{name}/coverage"].chunks
-    group[f"{name}/image"][:] = image
+    store.create_array(group, f"{name}/image", image.shape, "float32", chunks + image.shape[2:])[:] = image
     store.create_array(group, f"{name}/alpha", alpha.shape, "float32", chunks)[:] = alpha
     store.create_array(group, f"{name}/weight", weight.shape, "float32", chunks)[:] = weight
     return summary

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from typing import Iterator
 
 import numpy as np
@@ -18,13 +18,32 @@ from astropy.io import fits
 from zdask.ops.stretch import asinh_stretch
 
 
+def _create_temporary(folder: str, name: str) -> str:
+    """Create an empty ``.NAME.RANDOM.part`` in ``folder`` with mode 0o666 less the umask.
+
+    Not ``tempfile.mkstemp``: its file is 0600, writers that reuse an existing empty file keep
+    that mode, and the rename carries it onto the final file (no one else could read it).
+    """
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name for {name} in {folder}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    The file is created like any other the user's programs create: its mode follows the umask.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part", dir=folder)
-    os.close(fd)
+    tmp = _create_temporary(folder, os.path.basename(path))
     try:
         yield tmp
         os.replace(tmp, path)

@@ -4,15 +4,22 @@
 work.zarr/
   hotpixels/<sensor>        int64 flat indices of the sensor's hot pixels       attrs: fingerprint
   frames/<frame key>        float32 (H, W, C) calibrated frame                  attrs: fingerprint, stats
-  tiles/<tile id>/image     float32 (h, w, C) master tile                       attrs (group): fingerprint,
-  tiles/<tile id>/coverage  float32 (h, w) frames whose footprint covers a pixel       wcs, summary
-  tiles/<tile id>/count     int32 (h, w, C) samples kept by the rejection
+  tiles/<tile id>/stacked   float32 (h, w, C) the stack's output                attrs (group): fingerprint,
+  tiles/<tile id>/coverage  float32 (h, w) frames whose footprint covers a pixel       summary
+  tiles/<tile id>/count     int32 (h, w, C) samples kept by the rejection (and rejected_low, _high)
+  tiles/<tile id>/image     float32 (h, w, C) finished master tile (renormalised, colour-equalised)
+  tiles/<tile id>/alpha, weight   float32 (h, w) alt-az mask, coadd weight
   mosaic/image, mosaic/coverage                                                 attrs: fingerprint, wcs
 ```
 
 A stage writes its arrays first and its ``fingerprint`` attribute last: an entry whose stored
 fingerprint matches what the stage would compute now is complete and is reused; anything else
 (missing, half-written by a crash, made from other inputs or settings) is recomputed.
+
+A complete entry is never written again: :func:`create_array` refuses to write into one
+(:class:`CompleteEntryError`). A stage that recomputes an entry under the same name first calls
+:func:`begin_entry`, which removes the mark, so that a crash while it rewrites the arrays leaves
+an incomplete entry and not a complete-looking mix of old and new.
 """
 
 from __future__ import annotations
@@ -76,11 +83,42 @@ def is_complete(root: str, name: str, expected: str) -> bool:
     return node.attrs.get("fingerprint") == expected
 
 
+class CompleteEntryError(RuntimeError):
+    """A stage tried to write into an entry already marked complete (a bug: see the module doc)."""
+
+
+def complete_entry_of(group: zarr.Group, name: str) -> str | None:
+    """The path (``name`` or a parent of it, relative to ``group``) that carries a completion
+    mark, or None."""
+    parts = name.strip("/").split("/")
+    for k in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:k])
+        if prefix not in group:
+            return None
+        if "fingerprint" in group[prefix].attrs:
+            return prefix
+    return None
+
+
+def begin_entry(root: str, name: str) -> None:
+    """About to (re)write entry ``name``: remove its completion mark first, if it has one."""
+    try:
+        node = zarr.open(root, path=name, mode="r+")
+    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
+        return
+    if "fingerprint" in node.attrs:
+        del node.attrs["fingerprint"]
+
+
 def create_array(
     group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...],
     fill_value: Any = None,
 ) -> zarr.Array:
-    """Create (replacing any previous) an array with zdask's codec."""
+    """Create (replacing any previous) an array with zdask's codec, inside an incomplete entry."""
+    complete = complete_entry_of(group, name)
+    if complete is not None:
+        raise CompleteEntryError(f"{name}: {complete} is marked complete and is never rewritten; "
+                                 f"call begin_entry({complete!r}) before recomputing it")
     if fill_value is None:
         fill_value = np.nan if np.dtype(dtype).kind == "f" else 0
     return group.create_array(
