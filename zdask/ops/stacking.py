@@ -18,9 +18,10 @@ scale, offset : ``(N,)`` or ``(N, C)``
 
 Edge cases (all methods): a pixel with no sample gives NaN and count 0; with
 one or two samples (or fewer than 3 survivors) nothing is rejected and their
-mean is returned.  N identical samples are all kept (their spread is 0).  If a rejection would reject every sample of a pixel
-(possible only with tiny kappa), the pixel falls back to the median of its
-samples with ``count = 0`` — never NaN where a sample exists.
+mean is returned; N identical samples are all kept (their spread is 0,
+whatever κ).  If a rejection would reject every sample of a pixel (possible
+only with tiny kappa), the pixel falls back to the median of its samples
+with ``count = 0`` — never NaN where a sample exists.
 
 Methods
 -------
