@@ -7,9 +7,9 @@ import pytest
 from zdask.sim import SurveySpec, simulate_survey
 
 # Small enough to simulate in about two seconds, large enough for 4 tiles with overlaps,
-# alt-az rotation, trails and hot pixels. 16 frames per panel: with the population σ of
-# single-pass kappa-sigma, one outlier among N frames reaches at most √(N−1) σ, so at κ = 3
-# fewer than 10 frames cannot reject a trail at all (real panels hold tens to hundreds).
+# alt-az rotation, trails and hot pixels. 16 frames per panel, so that the trails' faint wings
+# are rejected too (the Student-t bound of kappa-sigma is ~20σ at 4 frames, ~4σ at 16; real
+# panels hold tens to hundreds).
 # Transparency 0.6-1.0 gives the panels photometric differences that harmonisation must remove.
 SMALL_SURVEY = SurveySpec(panels=(2, 2), frames_per_panel=16, frame_size=(270, 480),
                           altaz_panels=(1,), seed=3, transparency_range=(0.6, 1.0))

@@ -1,13 +1,13 @@
-"""Stacking kernels: numba CPU kernels vs the plain reference, the ancestor, planted truths."""
+"""Stacking kernels: numba CPU kernels vs the plain reference, the statistics they implement, planted truths."""
 
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 
+from zdask.config import Config, describe_fields
 from zdask.ops import stacking as S
 from zdask.ops import stacking_reference as R
 from zdask.ops.stacking import METHODS, StackResult, kappa_sigma, linear_fit_clip, mean, median, sum_stack, winsorized
@@ -32,18 +32,34 @@ def assert_same(a: StackResult, b: StackResult):
     np.testing.assert_array_equal(a.image, b.image)
 
 
-def ancestor(s, w, kl=3.0, kh=3.0):
-    """The ancestor's single pass (nanmedian / nanstd over the frame axis)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(s, 0)
-        sd = np.nanstd(s, 0)
-        keep = (s >= med - kl * sd) & (s <= med + kh * sd)
-        wb = w.reshape((-1,) + (1,) * (s.ndim - 1)) if w.ndim == 1 else w[:, None, None, :]
-        image = np.nansum(wb * s * keep, 0) / np.nansum(wb * keep, 0)
-        low = (s < med - kl * sd).sum(0)
-        high = (s > med + kh * sd).sum(0)
-    return image, keep.sum(0), low, high
+def studentized_rejections(x, kl, kh):
+    """Per pixel (rejected low, rejected high, near a bound) of the externally studentized
+    leave-one-out test, from scratch in float64: sample i of k finite ones is rejected when
+    t = (x_i − m') / (s'·sqrt(1 + 1/(k − 1))) — m', s' the mean and sample std of the others —
+    lies beyond the Student-t (k − 2 dof) quantile at the Gaussian tail of kappa."""
+    from scipy import stats
+
+    x = x.reshape(x.shape[0], -1).astype(np.float64)
+    fin = np.isfinite(x)
+    k = fin.sum(0)
+    xz = np.where(fin, x, 0.0)
+    low = np.zeros(x.shape[1], int)
+    high = np.zeros(x.shape[1], int)
+    near = np.zeros(x.shape[1], bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q_lo = stats.t.isf(stats.norm.sf(kl), k - 2)
+        q_hi = stats.t.isf(stats.norm.sf(kh), k - 2)
+        for i in range(x.shape[0]):
+            others = fin.copy()
+            others[i] = False
+            m = (xz * others).sum(0) / (k - 1)
+            s = np.sqrt(np.where(others, (x - m) ** 2, 0.0).sum(0) / (k - 2))
+            t = (x[i] - m) / (s * np.sqrt(1 + 1 / (k - 1)))
+            ok = fin[i] & (k >= 3)
+            low += ok & (t < -q_lo)
+            high += ok & (t > q_hi)
+            near |= ok & ((np.abs(np.abs(t) / q_lo - 1) < 1e-4) | (np.abs(np.abs(t) / q_hi - 1) < 1e-4))
+    return low, high, near
 
 
 # --------------------------------------------------------------------------- vs the reference
@@ -136,48 +152,129 @@ def test_strided_and_float64_inputs():
     assert_same(winsorized(base[:, ::2]), winsorized(np.ascontiguousarray(base[:, ::2])))
 
 
-# --------------------------------------------------------------------------- the ancestor
+# --------------------------------------------------------------------------- the statistics
 
 
-@pytest.mark.parametrize("n", [5, 10, 30, 64])
+@pytest.mark.parametrize("n", [3, 4, 5, 10, 30, 64])
 @pytest.mark.parametrize("kappa", [(3.0, 3.0), (2.0, 2.5), (1.3, 1.7)])
-def test_kappa_sigma_one_iteration_is_the_ancestor(n, kappa):
-    """Masks (kept / low / high) equal exactly; the image to float32 rounding (rtol 1e-6, and an
-    absolute 1e-5 of the data scale where outliers cancel): the ancestor sums in float32, the
-    kernel in float64."""
+def test_kappa_sigma_one_iteration_is_the_studentized_leave_one_out_test(n, kappa):
+    """One pass rejects exactly the samples whose externally studentized residual exceeds the
+    Student-t quantile of kappa's Gaussian tail (computed here from scratch, sample by sample);
+    only samples within 1e-4 of a bound may differ (float32 statistics in the kernel).  The image
+    is the weighted mean of the kept samples."""
     rng = np.random.default_rng(n)
     x = make_stack(n, (40, 30, 3), seed=n, nan=0.05, outliers=0.05)
     x[:, :3, :3] = np.nan
     w = rng.uniform(0.5, 2.0, (n, 3)).astype(np.float32)
-    image, kept, low, high = ancestor(x, w, *kappa)
+    low, high, near = studentized_rejections(x, *kappa)
     r = kappa_sigma(x, weights=w, kappa=kappa, iterations=1)
-    n_fin = np.isfinite(x).sum(0)
-    sel = n_fin >= 3  # below 3 samples nothing is rejected (documented edge case)
-    np.testing.assert_array_equal(r.count[sel], kept[sel])
-    np.testing.assert_array_equal(r.rejected_low[sel], low[sel])
-    np.testing.assert_array_equal(r.rejected_high[sel], high[sel])
-    ok = sel & (kept > 0)
-    np.testing.assert_allclose(r.image[ok], image[ok], rtol=1e-6, atol=1e-5 * np.nanmax(np.abs(x)))
-    w1 = w[:, 0]
-    image1, kept1, _, _ = ancestor(x[..., 0], w1, *kappa)
-    r1 = kappa_sigma(x[..., 0], weights=w1, kappa=kappa)
-    np.testing.assert_array_equal(r1.count[sel[..., 0]], kept1[sel[..., 0]])
+    sel = ~near
+    assert sel.mean() > 0.98
+    np.testing.assert_array_equal(r.rejected_low.ravel()[sel], low[sel])
+    np.testing.assert_array_equal(r.rejected_high.ravel()[sel], high[sel])
+    assert (low + high).sum() > 0
+    np.testing.assert_array_equal(r.count + r.rejected_low + r.rejected_high, np.isfinite(x).sum(0))
+    # the kept samples are an interval of the sorted ones (after the low rejections): their
+    # weighted mean
+    srt = np.sort(np.where(np.isfinite(x), x, np.inf), axis=0)
+    first = np.take_along_axis(srt, r.rejected_low[None].astype(np.int64), 0)[0]
+    last = np.take_along_axis(srt, np.maximum(r.rejected_low + r.count - 1, 0)[None].astype(np.int64), 0)[0]
+    keep = np.isfinite(x) & (x >= first) & (x <= last)
+    wb = np.broadcast_to(w[:, None, None, :], x.shape).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        image = np.where(keep, wb * x, 0.0).sum(0) / np.where(keep, wb, 0.0).sum(0)
+    ok = r.count > 0
+    np.testing.assert_allclose(r.image[ok], image[ok], rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 8, 30])
+def test_kappa_sigma_rejects_clean_noise_at_the_gaussian_rate(n):
+    """Clean frames lose nothing beyond the Gaussian rate: on pure Gaussian noise a sample is
+    rejected with probability 1 − Φ(κ) per side at EVERY N (0.135 % each at κ = 3), as with a
+    known σ.  (With the sample std about the median, nothing at all could be rejected up to
+    N = 10; with 1.4826·MAD, 11 % of clean samples at N = 3, 3.5 % at N = 8.)"""
+    rng = np.random.default_rng(100 + n)
+    pixels = 2_400_000 // n
+    x = rng.normal(500.0, 3.0, (n, pixels)).astype(np.float32)
+    r = kappa_sigma(x)
+    samples = x.size
+    per_side = 0.0013499  # 1 − Φ(3)
+    tol = 5 * np.sqrt(per_side / samples)  # five binomial sigmas (≈ 1.2e-4)
+    assert abs(r.rejected_low.sum() / samples - per_side) < tol, r.rejected_low.sum() / samples
+    assert abs(r.rejected_high.sum() / samples - per_side) < tol, r.rejected_high.sum() / samples
+
+
+def trail_stack(n, rng, level=500.0, noise=3.0, peak=3000.0, frame=1):
+    """``n`` RGB frames of Gaussian noise, a +``peak`` satellite trail (two pixels wide) in ``frame``."""
+    x = rng.normal(level, noise, (n, 64, 64, 3)).astype(np.float32)
+    trail = np.zeros((64, 64), bool)
+    rr = np.arange(64)
+    trail[rr, rr] = True
+    trail[rr[1:], rr[:-1]] = True
+    x[frame][trail] += np.float32(peak)
+    return x, trail
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 8])
+def test_default_method_rejects_a_trail_in_small_stacks(n):
+    """A 1000σ trail in one of N = 3…8 frames is rejected at the defaults, and the clean frames
+    lose nothing there: the trail pixels keep exactly the other N − 1 samples, and their image
+    IS the mean of the frames without the trail (bit for bit).  At N = 3 the test is against
+    the spread of just two other samples (Student's t with one degree of freedom), so a 1000σ
+    sample is rejected unless those two differ by more than 4.9σ: 99.95 % of pixels."""
+    x, trail = trail_stack(n, np.random.default_rng(n))
+    method = Config().reject
+    r = METHODS[method](x)
+    hit = r.rejected_high[trail] == 1
+    assert hit.mean() >= (0.99 if n == 3 else 1.0), hit.mean()
+    np.testing.assert_array_equal(r.count[trail][hit], n - 1)
+    np.testing.assert_array_equal(r.rejected_low[trail][hit], 0)
+    clean = mean(np.delete(x, 1, axis=0)).image
+    np.testing.assert_array_equal(r.image[trail][hit], clean[trail][hit])
+
+
+@pytest.mark.parametrize("method", REJECTING)
+@pytest.mark.parametrize("n", [8, 10, 16])
+def test_every_rejecting_method_rejects_one_extreme_outlier_at_its_defaults(method, n):
+    """N >= 8: each rejecting method at its own defaults (those of the config) rejects a 1000σ
+    trail in one frame (linear_fit_clip with κ in units of the mean absolute residual about a
+    least-squares line that the outlier pulls kept it at N = 10)."""
+    x, trail = trail_stack(n, np.random.default_rng(20 + n), frame=n // 2)
+    r = METHODS[method](x)
+    assert (r.rejected_high[trail] >= 1).all()
+    # kept, the trail would add 3000 / N >= 187 ADU; rejected, the result is the clean frames'
+    # mean give or take a clean sample rejected (noise σ = 3: a few ADU)
+    clean = mean(np.delete(x, n // 2, axis=0)).image
+    assert np.abs(r.image[trail] - clean[trail]).max() < 20.0
+
+
+def test_kernel_defaults_are_the_config_defaults():
+    """One kappa, one meaning per method, one default: the kernels' own defaults are the config's."""
+    import inspect
+
+    for method in REJECTING:
+        default = inspect.signature(METHODS[method]).parameters["kappa"].default
+        assert tuple(default) == Config().kappa, method
+        assert method in dict((f[0], f[2]) for f in describe_fields())["kappa"]
 
 
 # --------------------------------------------------------------------------- planted truths
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_identical_frames(method):
+@pytest.mark.parametrize("n", [3, 4, 12])
+def test_identical_frames(method, n):
+    """N identical frames give that frame, every sample kept (also at a tiny kappa: zero spread)."""
     frame = make_stack(1, (15, 13, 3), seed=2, nan=0.0, outliers=0.0)[0]
-    x = np.repeat(frame[None], 12, axis=0)
-    r = METHODS[method](x)
-    expected = frame * 12 if method == "sum" else frame
-    np.testing.assert_allclose(r.image, expected, rtol=1e-6)
-    if method != "sum":
-        np.testing.assert_array_equal(r.image, frame)
-    assert (r.count == 12).all()
-    assert (r.rejected_low == 0).all() and (r.rejected_high == 0).all()
+    x = np.repeat(frame[None], n, axis=0)
+    for kw in ({}, {"kappa": 0.01}) if method in REJECTING else ({},):
+        r = METHODS[method](x, **kw)
+        expected = frame * n if method == "sum" else frame
+        np.testing.assert_allclose(r.image, expected, rtol=1e-6)
+        if method != "sum":
+            np.testing.assert_array_equal(r.image, frame)
+        assert (r.count == n).all()
+        assert (r.rejected_low == 0).all() and (r.rejected_high == 0).all()
 
 
 @pytest.mark.parametrize("method", REJECTING)
@@ -189,7 +286,7 @@ def test_satellite_trail_rejected(method):
     trail[rr, rr] = True
     trail[rr[1:], rr[:-1]] = True
     x[3][trail] += 2000.0
-    r = METHODS[method](x, kappa=3.0)  # LS linear fit: one outlier of 10 pulls the line (needs κ < 3.5)
+    r = METHODS[method](x)  # the defaults
     assert (r.rejected_high[trail] >= 1).all()
     clean = np.delete(x, 3, axis=0).mean(0)
     assert np.abs(r.image[trail] - clean[trail]).max() < 30.0

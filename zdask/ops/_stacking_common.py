@@ -38,6 +38,33 @@ MEANABS_TO_SIGMA = math.sqrt(math.pi / 2.0)
 WINSOR_MAX_ITER = 10
 
 
+@functools.lru_cache(maxsize=64)
+def student_kappa_table(n_max: int, kappa: float) -> np.ndarray:
+    """Kappa-sigma bounds ``K[n]`` (float64, ``n = 0 … n_max``) in units of the population std.
+
+    A sample ``x`` of ``n`` finite samples is rejected when its externally studentized residual
+    ``t = (x − m') / (s'·sqrt(1 + 1/(n−1)))`` — ``m'``, ``s'`` the mean and sample std (ddof 1)
+    of the OTHER ``n − 1`` samples — exceeds ``q``, the quantile of Student's t with ``n − 2``
+    degrees of freedom at the Gaussian tail probability of ``kappa``: ``P(T > q) = P(Z > kappa)``.
+    For Gaussian samples ``t`` follows exactly that t distribution, so a clean sample is rejected
+    with the Gaussian probability ``1 − Φ(kappa)`` per side at every ``n >= 3`` (0.135 % at 3).
+    ``t`` grows with ``|x − mean|``, so the test is the interval
+    ``|x − mean| <= K[n]·std`` (mean and population std of all ``n``), with
+    ``K[n] = q·sqrt((n − 1) / (n − 2 + q²))``: below ``sqrt(n − 1)`` (the farthest any sample can
+    sit), ``kappa`` as ``n → ∞``.  Entries for ``n < 3`` (never used: no rejection) are 0.
+    """
+    from scipy import stats  # noqa: PLC0415  (host-side table, computed once per (n_max, kappa))
+
+    table = np.zeros(n_max + 1, dtype=np.float64)
+    if n_max >= 3:
+        n = np.arange(3, n_max + 1, dtype=np.float64)
+        q = stats.t.isf(stats.norm.sf(kappa), n - 2.0)  # isf: exact far in the tails
+        with np.errstate(divide="ignore"):
+            table[3:] = np.sqrt((n - 1.0) / (1.0 + (n - 2.0) / (q * q)))  # = q·sqrt((n−1)/(n−2+q²))
+    table.setflags(write=False)
+    return table
+
+
 def array_namespace(x: Any):
     """NumPy or CuPy module for ``x`` (CuPy is imported only for CuPy arrays)."""
     mod = type(x).__module__

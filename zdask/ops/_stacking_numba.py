@@ -70,6 +70,27 @@ def load_tile(src, rs, t0, tw, sc, of, u, s, cnt, total):
 
 
 @njit(**JIT)
+def load_frames(src, rs, t0, tw, sc, of, u, cnt, total):
+    """:func:`load_tile` without the sort buffer (kernels that need no sorted copy), the sum of
+    the finite samples in float64 (frame order)."""
+    n_frames = u.shape[0]
+    for p in range(tw):
+        cnt[p] = 0
+        total[p] = 0.0
+    for n in range(n_frames):
+        row = src[n * rs + t0:n * rs + t0 + tw]
+        un = u[n]
+        scn = sc[n]
+        ofn = of[n]
+        for p in range(tw):
+            v = row[p] * scn[p] + ofn[p]
+            fin = abs(v) <= _FMAX
+            un[p] = v if fin else np.float32(np.nan)
+            cnt[p] += 1 if fin else 0
+            total[p] += np.float64(v) if fin else 0.0
+
+
+@njit(**JIT)
 def load_tile_index(src, rs, t0, tw, sc, of, s, idx, cnt):
     """Like :func:`load_tile` but only the sort buffer, with the frame index payload."""
     n_frames = s.shape[0]
@@ -195,6 +216,85 @@ def sorted_median(s, a, b, tw, out):
             out[p] = s[h, p]
         else:
             out[p] = (s[h - 1, p] + s[h, p]) * np.float32(0.5)
+
+
+@njit(inline="always", **JIT)
+def sorted_mad(s, n, m, p):
+    """MAD of pixel ``p`` (float32) about its median ``m`` from its sorted samples ``s[:n, p]``:
+    merge the deviations left and right of the median, smallest first."""
+    i = n // 2 - 1
+    r = n // 2
+    steps = (n - 1) // 2 + 1 if n % 2 == 1 else n // 2 + 1
+    d_prev = np.float32(0.0)
+    d_cur = np.float32(0.0)
+    for _ in range(steps):
+        dl = abs(s[i, p] - m) if i >= 0 else _INF32
+        dr = abs(s[r, p] - m) if r < n else _INF32
+        d_prev = d_cur
+        if dl <= dr:
+            d_cur = dl
+            i -= 1
+        else:
+            d_cur = dr
+            r += 1
+    return d_cur if n % 2 == 1 else (d_prev + d_cur) * np.float32(0.5)
+
+
+@njit(inline="always", **JIT)
+def _window_step(o, x, y, c):
+    """``min(o, max(|x − c|, |y − c|))``: one window's share of :func:`_window_min_max`."""
+    dx = abs(x - c)
+    dy = abs(y - c)
+    mx = dx if dx > dy else dy
+    return mx if mx < o else o
+
+
+@njit(**JIT)
+def _window_min_max(s, m, k, tw, out):
+    """``out = min_i max(|s_i − m|, |s_{i+k} − m|)``: the (k+1)-th smallest deviation.
+
+    The k+1 smallest deviations about the median are k+1 consecutive sorted
+    samples, and the largest deviation of a window is at one of its ends.
+    """
+    n_frames = s.shape[0]
+    for p in range(tw):
+        out[p] = _INF32
+    windows = n_frames - k
+    w4 = windows - windows % 4
+    for i in range(0, w4, 4):  # four windows per load/store of ``out``
+        a0, a1, a2, a3 = s[i], s[i + 1], s[i + 2], s[i + 3]
+        b0, b1, b2, b3 = s[i + k], s[i + k + 1], s[i + k + 2], s[i + k + 3]
+        for p in range(tw):
+            c = m[p]
+            o = _window_step(out[p], a0[p], b0[p], c)
+            o = _window_step(o, a1[p], b1[p], c)
+            o = _window_step(o, a2[p], b2[p], c)
+            out[p] = _window_step(o, a3[p], b3[p], c)
+    for i in range(w4, windows):
+        a = s[i]
+        b = s[i + k]
+        for p in range(tw):
+            out[p] = _window_step(out[p], a[p], b[p], m[p])
+
+
+@njit(**JIT)
+def sorted_mad_tile(s, cnt, med, tw, out, tmp, need):
+    """Median absolute deviation (float32) about ``med`` of the sorted samples ``s[:cnt[p], p]``.
+
+    Vectorised for the pixels that have all N samples; per pixel (:func:`sorted_mad`) for the
+    others where ``need[p] != 0`` (elsewhere ``out`` is left undefined).
+    """
+    n_frames = s.shape[0]
+    k = (n_frames - 1) // 2
+    _window_min_max(s, med, k, tw, out)
+    if n_frames % 2 == 0:
+        _window_min_max(s, med, k + 1, tw, tmp)
+        for p in range(tw):
+            out[p] = (out[p] + tmp[p]) * np.float32(0.5)
+    for p in range(tw):
+        n = cnt[p]
+        if n != n_frames and need[p] != 0:
+            out[p] = sorted_mad(s, n, med[p], p) if n > 0 else np.float32(0.0)
 
 
 @njit(inline="always", **JIT)

@@ -7,10 +7,11 @@ float32 and ``kept/rlo/rhi (M,)`` int32.  ``sc``/``of`` (float32) and ``wt``
 The floating-point operations mirror ``stacking_reference`` operation for
 operation, so both give the same rejection masks (tests assert it).
 
-Kappa-sigma statistics are the ancestor's exactly: float32 sums in frame
-order (``u``), divided through float64 like ``np.nanmean``/``np.nanstd``;
-the median comes from the sorted copy (``s``), where the survivors of every
-iteration are a contiguous range.
+Kappa-sigma statistics are float64 sums in frame order (``u``): the mean,
+then the squared deviations about it.  float32 statistics would not do: at
+N = 3 the Student bound ``K`` sits within 1e-5 of the farthest any sample
+can be from the mean (sqrt(2) stds), closer than float32 resolves a mean of
+500 ± 3.  The kernel needs no sorted copy.
 """
 
 from __future__ import annotations
@@ -20,17 +21,13 @@ from numba import njit
 
 from zdask.ops._stacking_numba import (
     JIT,
-    load_sorted_tile,
-    sorted_median,
+    load_frames,
     weighted_mean_between,
 )
 
-_FMAX = np.float32(np.finfo(np.float32).max)
-
-
 @njit(**JIT)
 def _survivor_sum(u, tw, lo, hi, k, acc):
-    """Count and float32 sum (frame order) of the samples with ``lo <= x <= hi``."""
+    """Count and float64 sum (frame order) of the samples with ``lo <= x <= hi``."""
     n_frames = u.shape[0]
     for p in range(tw):
         acc[p] = 0.0
@@ -40,28 +37,24 @@ def _survivor_sum(u, tw, lo, hi, k, acc):
         for p in range(tw):
             v = un[p]
             m = (v >= lo[p]) & (v <= hi[p])
-            acc[p] += v if m else np.float32(0.0)
+            acc[p] += np.float64(v) if m else 0.0
             k[p] += 1 if m else 0
 
 
 @njit(inline="always", **JIT)
 def _add_square_between(t, v, lo, hi, c):
-    """``t + (v − c)²`` if ``lo <= v <= hi``, else ``t`` (float32)."""
-    d = v - c
-    return t + (d * d if (v >= lo) & (v <= hi) else np.float32(0.0))
+    """``t + (v − c)²`` (float64) if ``lo <= v <= hi``, else ``t``."""
+    d = np.float64(v) - c
+    return t + (d * d if (v >= lo) & (v <= hi) else 0.0)
 
 
 @njit(**JIT)
 def _survivor_mean_std(u, tw, lo, hi, k, acc, mean, sd):
-    """Mean and population std (ddof 0) of ``lo <= x <= hi`` from their count ``k`` and sum ``acc``.
-
-    Same operations as ``np.nanmean``/``np.nanstd`` on float32 (sequential
-    float32 sums along the frame axis, division through float64); ``acc`` is
-    reused for the sum of squared deviations.
-    """
+    """Mean and population std (ddof 0, float64) of ``lo <= x <= hi`` from their count ``k`` and
+    sum ``acc``: two passes, the squared deviations about the mean summed in frame order."""
     n_frames = u.shape[0]
     for p in range(tw):
-        mean[p] = np.float32(np.float64(acc[p]) / k[p]) if k[p] > 0 else np.float32(0.0)
+        mean[p] = acc[p] / k[p] if k[p] > 0 else 0.0
         acc[p] = 0.0
     n4 = n_frames - n_frames % 4
     for n in range(0, n4, 4):  # four rows per load/store of ``acc``, still summed one by one
@@ -79,7 +72,7 @@ def _survivor_mean_std(u, tw, lo, hi, k, acc, mean, sd):
         for p in range(tw):
             acc[p] = _add_square_between(acc[p], un[p], lo[p], hi[p], mean[p])
     for p in range(tw):
-        sd[p] = np.sqrt(np.float32(np.float64(acc[p]) / k[p])) if k[p] > 0 else np.float32(0.0)
+        sd[p] = np.sqrt(acc[p] / k[p]) if k[p] > 0 else 0.0
 
 
 @njit(**JIT)
@@ -99,53 +92,63 @@ def _count_outside(u, tw, keep_lo, keep_hi, lo, hi, nlo, nhi):
 
 
 @njit(**JIT)
-def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh, iterations, ci, cj, use_net, T, img, kept, rlo, rhi):
+def _column_median(u, p):
+    """Median of the finite samples of pixel ``p`` (float32, like NumPy); NaN if none."""
+    n_frames = u.shape[0]
+    col = np.empty(n_frames, np.float32)
+    k = 0
+    for n in range(n_frames):
+        v = u[n, p]
+        if v == v:
+            col[k] = v
+            k += 1
+    if k == 0:
+        return np.float32(np.nan)
+    c = np.sort(col[:k])
+    h = k // 2
+    return c[h] if k % 2 == 1 else (c[h - 1] + c[h]) * np.float32(0.5)
+
+
+@njit(**JIT)
+def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, k_lo, k_hi, iterations, T,
+                      img, kept, rlo, rhi):
+    """Kappa-sigma about the mean, bounds ``mean ± K[k]·std`` from the Student tables ``k_lo``/``k_hi``
+    (indexed by the survivor count ``k``; see ``_stacking_common.student_kappa_table``).  Needs no
+    sort: the survivors of every pass are the samples inside the kept range."""
     u = np.empty((n_frames, T), np.float32)
-    s = np.empty((n_frames, T), np.float32)
     cnt = np.empty(T, np.int32)
-    a = np.empty(T, np.int32)
-    b = np.empty(T, np.int32)
     k = np.empty(T, np.int32)
     nlo = np.empty(T, np.int32)
     nhi = np.empty(T, np.int32)
     act = np.empty(T, np.bool_)
-    keep_lo = np.empty(T, np.float32)
-    keep_hi = np.empty(T, np.float32)
-    lo = np.empty(T, np.float32)
-    hi = np.empty(T, np.float32)
-    med0 = np.empty(T, np.float32)
-    med = np.empty(T, np.float32)
-    mean = np.empty(T, np.float32)
-    sd = np.empty(T, np.float32)
-    acc = np.empty(T, np.float32)
+    keep_lo = np.empty(T, np.float64)
+    keep_hi = np.empty(T, np.float64)
+    lo = np.empty(T, np.float64)
+    hi = np.empty(T, np.float64)
+    mean = np.empty(T, np.float64)
+    sd = np.empty(T, np.float64)
+    acc = np.empty(T, np.float64)
     img_t = np.empty(T, np.float32)
     kept_t = np.empty(T, np.int32)
     for t0 in range(0, m_total, T):
         tw = min(T, m_total - t0)
-        load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, acc, use_net, ci, cj)
+        load_frames(src, rs, t0, tw, sc, of, u, cnt, acc)
         any_act = False
         for p in range(tw):
-            keep_lo[p] = -_FMAX
-            keep_hi[p] = _FMAX
-            a[p] = 0
-            b[p] = cnt[p]
+            keep_lo[p] = -np.inf
+            keep_hi[p] = np.inf
             k[p] = cnt[p]
             act[p] = cnt[p] >= 3
             any_act |= act[p]
-        sorted_median(s, a, b, tw, med0)
         for it in range(iterations):
             if not any_act:
                 break
-            if it == 0:  # the load summed the finite samples (``acc``) already
-                for p in range(tw):  # (a loop: numba's slice assignment costs seconds of compile)
-                    med[p] = med0[p]
-            else:
+            if it > 0:  # the load counted and summed the finite samples (``cnt``, ``acc``) already
                 _survivor_sum(u, tw, keep_lo, keep_hi, k, acc)
-                sorted_median(s, a, b, tw, med)
             _survivor_mean_std(u, tw, keep_lo, keep_hi, k, acc, mean, sd)
             for p in range(tw):
-                lo[p] = med[p] - kl * sd[p]
-                hi[p] = med[p] + kh * sd[p]
+                lo[p] = mean[p] - k_lo[k[p]] * sd[p]
+                hi[p] = mean[p] + k_hi[k[p]] * sd[p]
             if it == iterations - 1:
                 # Last pass: clip the kept range of every active pixel to [lo, hi]; where
                 # nothing falls outside, it keeps the same samples.  The final mean counts
@@ -158,11 +161,9 @@ def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh
             any_act = False
             for p in range(tw):
                 if act[p] and nlo[p] + nhi[p] > 0:
-                    a[p] += nlo[p]
-                    b[p] -= nhi[p]
                     keep_lo[p] = max(keep_lo[p], lo[p])
                     keep_hi[p] = min(keep_hi[p], hi[p])
-                    act[p] = b[p] - a[p] >= 3
+                    act[p] = k[p] - nlo[p] - nhi[p] >= 3
                 else:
                     act[p] = False
                 any_act |= act[p]
@@ -171,7 +172,8 @@ def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh
         weighted_mean_between(u, tw, wt, unweighted, keep_lo, keep_hi, img_t, kept_t, nlo)
         for p in range(tw):
             q = t0 + p
-            img[q] = med0[p] if (kept_t[p] == 0 and cnt[p] > 0) else img_t[p]
+            # every sample rejected (possible only with a tiny kappa): the median
+            img[q] = _column_median(u, p) if (kept_t[p] == 0 and cnt[p] > 0) else img_t[p]
             kept[q] = kept_t[p]
             rlo[q] = nlo[p]
             rhi[q] = cnt[p] - kept_t[p] - nlo[p]

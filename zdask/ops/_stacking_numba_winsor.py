@@ -20,89 +20,13 @@ from numba import njit
 from zdask.ops._stacking_numba import (
     JIT,
     load_sorted_tile,
+    sorted_mad_tile,
     sorted_median,
     weighted_mean_between,
 )
 
 _FMAX = np.float32(np.finfo(np.float32).max)
 _INF32 = np.float32(np.inf)
-
-
-@njit(inline="always", **JIT)
-def _mad_two_pointer(s, n, m, p):
-    """MAD of one pixel (float32): merge the deviations left/right of the median."""
-    i = n // 2 - 1
-    r = n // 2
-    steps = (n - 1) // 2 + 1 if n % 2 == 1 else n // 2 + 1
-    d_prev = np.float32(0.0)
-    d_cur = np.float32(0.0)
-    for _ in range(steps):
-        dl = abs(s[i, p] - m) if i >= 0 else _INF32
-        dr = abs(s[r, p] - m) if r < n else _INF32
-        d_prev = d_cur
-        if dl <= dr:
-            d_cur = dl
-            i -= 1
-        else:
-            d_cur = dr
-            r += 1
-    return d_cur if n % 2 == 1 else (d_prev + d_cur) * np.float32(0.5)
-
-
-@njit(inline="always", **JIT)
-def _window_step(o, x, y, c):
-    """``min(o, max(|x − c|, |y − c|))``: one window's share of :func:`_window_min_max`."""
-    dx = abs(x - c)
-    dy = abs(y - c)
-    mx = dx if dx > dy else dy
-    return mx if mx < o else o
-
-
-@njit(**JIT)
-def _window_min_max(s, m, k, tw, out):
-    """``out = min_i max(|s_i − m|, |s_{i+k} − m|)``: the (k+1)-th smallest deviation.
-
-    The k+1 smallest deviations about the median are k+1 consecutive sorted
-    samples, and the largest deviation of a window is at one of its ends.
-    """
-    n_frames = s.shape[0]
-    for p in range(tw):
-        out[p] = _INF32
-    windows = n_frames - k
-    w4 = windows - windows % 4
-    for i in range(0, w4, 4):  # four windows per load/store of ``out``
-        a0, a1, a2, a3 = s[i], s[i + 1], s[i + 2], s[i + 3]
-        b0, b1, b2, b3 = s[i + k], s[i + k + 1], s[i + k + 2], s[i + k + 3]
-        for p in range(tw):
-            c = m[p]
-            o = _window_step(out[p], a0[p], b0[p], c)
-            o = _window_step(o, a1[p], b1[p], c)
-            o = _window_step(o, a2[p], b2[p], c)
-            out[p] = _window_step(o, a3[p], b3[p], c)
-    for i in range(w4, windows):
-        a = s[i]
-        b = s[i + k]
-        for p in range(tw):
-            out[p] = _window_step(out[p], a[p], b[p], m[p])
-
-
-@njit(**JIT)
-def _mad(s, cnt, med, tw, out, tmp):
-    """Median absolute deviation (float32) about ``med`` of the sorted samples.
-
-    Vectorised for the pixels that have all N samples, per pixel otherwise.
-    """
-    n_frames = s.shape[0]
-    k = (n_frames - 1) // 2
-    _window_min_max(s, med, k, tw, out)
-    if n_frames % 2 == 0:
-        _window_min_max(s, med, k + 1, tw, tmp)
-        for p in range(tw):
-            out[p] = (out[p] + tmp[p]) * np.float32(0.5)
-    for p in range(tw):
-        n = cnt[p]
-        if n != n_frames:
-            out[p] = _mad_two_pointer(s, n, med[p], p) if n > 0 else np.float32(0.0)
 
 
 @njit(inline="always", **JIT)
@@ -250,6 +174,7 @@ def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
     total = np.empty(T, np.float32)
     inv_n = np.empty(T, np.float64)
     zero = np.zeros(T, np.int32)
+    every = np.ones(T, np.int32)
     med = np.empty(T, np.float32)
     mad = np.empty(T, np.float32)
     tmp = np.empty(T, np.float32)
@@ -270,7 +195,7 @@ def winsorized_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, kl, kh,
         tw = min(T, m_total - t0)
         load_sorted_tile(src, rs, t0, tw, sc, of, u, s, cnt, total, use_net, ci, cj)
         sorted_median(s, zero, cnt, tw, med)
-        _mad(s, cnt, med, tw, mad, tmp)
+        sorted_mad_tile(s, cnt, med, tw, mad, tmp, every)
         for p in range(tw):  # (vectorised: the rare MAD = 0 case has a loop of its own)
             m[p] = med[p]
             sig[p] = mad_k * mad[p]

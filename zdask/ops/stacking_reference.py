@@ -6,10 +6,18 @@ against, and it is the CuPy path.  Memory: several float64 temporaries of
 the stack's size, so keep inputs small (tests) or tiled (``_stacking_cupy``).
 
 Every function has the signature and semantics of its counterpart in
-:mod:`zdask.ops.stacking`, and performs the same floating-point operations in
-the same order as the numba kernels (frame-order float32 statistics for
-kappa-sigma, float64 row-order sums elsewhere), so on NumPy both give the
-same rejection masks.
+:mod:`zdask.ops.stacking` (documented there), and performs the same
+floating-point operations in the same order as the numba kernels
+(frame-order float64 statistics for kappa-sigma, float32 sorted-order sums
+for the winsorized split, float64 row-order sums elsewhere), so on NumPy
+both give the same rejection masks, bit for bit.
+
+Kappa-sigma here deliberately differs from the ancestor's reference
+semantics (centre = median, scale = std of all finite samples): the bounds
+are ``mean ± K(k, κ)·std`` with the Student-t calibrated ``K`` of
+``_stacking_common.student_kappa_table``, the leave-one-out studentized
+test, which rejects at the Gaussian rate of κ at every N >= 3 where the
+ancestor's rule at κ = 3 rejects nothing below N = 8.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from zdask.ops._stacking_common import (
     parse_kappa,
     prepare_coefficients,
     stack_geometry,
+    student_kappa_table,
     winsor_consistency,
 )
 
@@ -86,48 +95,44 @@ def _weighted_mean(xp, x, w, keep):
 
 
 def kappa_sigma(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0), iterations=1):
-    kl, kh = (np.float32(v) for v in parse_kappa(kappa))
+    kl, kh = parse_kappa(kappa)
     iterations = parse_iterations(iterations)
     xp, x, fin, w, out_shape = _prepare(stack, weights, scale, offset)
     n = fin.sum(axis=0)
-    srt = xp.sort(xp.where(fin, x, xp.float32(np.inf)), axis=0)
+    k_lo = xp.asarray(student_kappa_table(x.shape[0], kl))
+    k_hi = xp.asarray(student_kappa_table(x.shape[0], kh))
     f32 = xp.float32
-    keep_lo = xp.full(n.shape, -FLT_MAX, dtype=f32)
-    keep_hi = xp.full(n.shape, FLT_MAX, dtype=f32)
-    a = xp.zeros_like(n)
-    b = n.copy()
+    keep_lo = xp.full(n.shape, -np.inf)
+    keep_hi = xp.full(n.shape, np.inf)
     rl = xp.zeros_like(n)
     rh = xp.zeros_like(n)
     act = n >= 3
-    med0 = _sorted_median(xp, srt, a, b)
+    xd = x.astype(xp.float64)
     for it in range(iterations):
         if not bool(act.any()):
             break
         surv = (x >= keep_lo) & (x <= keep_hi)
         k = surv.sum(axis=0)
         kd = xp.maximum(k, 1).astype(xp.float64)
-        acc = xp.where(surv, x, f32(0)).sum(axis=0, dtype=f32)
-        mu = xp.where(k > 0, (acc.astype(xp.float64) / kd).astype(f32), f32(0))
-        d = x - mu
-        acc2 = xp.where(surv, d * d, f32(0)).sum(axis=0, dtype=f32)
-        sd = xp.sqrt((acc2.astype(xp.float64) / kd).astype(f32))
-        med = med0 if it == 0 else _sorted_median(xp, srt, a, b)
-        lo = med - kl * sd
-        hi = med + kh * sd
+        mu = xp.where(surv, xd, 0.0).sum(axis=0) / kd
+        d = xd - mu
+        sd = xp.sqrt(xp.where(surv, d * d, 0.0).sum(axis=0) / kd)
+        lo = mu - k_lo[k] * sd
+        hi = mu + k_hi[k] * sd
         nlo = (surv & (x < lo)).sum(axis=0)
         nhi = (surv & (x > hi)).sum(axis=0)
         upd = act & (nlo + nhi > 0)
         rl = rl + xp.where(upd, nlo, 0)
         rh = rh + xp.where(upd, nhi, 0)
-        a = a + xp.where(upd, nlo, 0)
-        b = b - xp.where(upd, nhi, 0)
         keep_lo = xp.where(upd, xp.maximum(keep_lo, lo), keep_lo)
         keep_hi = xp.where(upd, xp.minimum(keep_hi, hi), keep_hi)
-        act = upd & (b - a >= 3)
+        act = upd & (k - nlo - nhi >= 3)
     keep = (x >= keep_lo) & (x <= keep_hi)
-    img, k = _weighted_mean(xp, x, w, keep)
-    img = xp.where((k == 0) & (n > 0), med0, img)
-    return _finish(xp, out_shape, img, k, rl, rh)
+    img, kk = _weighted_mean(xp, x, w, keep)
+    if bool(((kk == 0) & (n > 0)).any()):  # every sample rejected (tiny kappa): the median
+        srt = xp.sort(xp.where(fin, x, f32(np.inf)), axis=0)
+        img = xp.where((kk == 0) & (n > 0), _sorted_median(xp, srt, xp.zeros_like(n), n), img)
+    return _finish(xp, out_shape, img, kk, rl, rh)
 
 
 def winsor_location_scale(srt, n, wl, wh, cfac, mad_k=MAD_TO_SIGMA):
@@ -228,7 +233,25 @@ def winsorized(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0)
     return _finish(xp, out_shape, img, k, rl, rh)
 
 
-def linear_fit_clip(stack, *, weights=None, scale=None, offset=None, kappa=(5.0, 5.0), iterations=3):
+def robust_sigma(xp, srt, k):
+    """``(median, sigma)`` of the sorted samples ``srt[:k]``: the median (float32) and
+    ``MAD_TO_SIGMA``·MAD about it (float64; the deviations float32), or
+    ``MEANABS_TO_SIGMA``·mean absolute deviation where the MAD is 0; sigma 0 for ``k = 0``.
+    ``srt`` holds ``+inf`` beyond each pixel's ``k`` samples."""
+    f32 = np.float32
+    zero = xp.zeros_like(k)
+    med = _sorted_median(xp, srt, zero, k)
+    rows = xp.arange(srt.shape[0]).reshape((-1,) + (1,) * (srt.ndim - 1))
+    inside = rows < k
+    dev = xp.sort(xp.where(inside, xp.abs(srt - med), f32(np.inf)), axis=0)
+    mad = _sorted_median(xp, dev, zero, k)
+    kd = xp.maximum(k, 1).astype(xp.float64)
+    meanabs = xp.where(inside, xp.abs(srt.astype(xp.float64) - med.astype(xp.float64)), 0.0).sum(axis=0) / kd
+    sig = xp.where(mad > 0, MAD_TO_SIGMA * mad.astype(xp.float64), MEANABS_TO_SIGMA * meanabs)
+    return med, xp.where(k > 0, sig, 0.0)
+
+
+def linear_fit_clip(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0), iterations=3):
     kl, kh = parse_kappa(kappa)
     iterations = parse_iterations(iterations)
     xp, x, fin, w, out_shape = _prepare(stack, weights, scale, offset)
@@ -244,22 +267,28 @@ def linear_fit_clip(stack, *, weights=None, scale=None, offset=None, kappa=(5.0,
     act = k >= 3
     rl = xp.zeros_like(n)
     rh = xp.zeros_like(n)
-    ybar = xp.zeros(n.shape)
-    slope = xp.zeros(n.shape)
     for _ in range(iterations):
         if not bool(act.any()):
             break
+        # robust sigma of the kept samples (sorted, first in each column)
+        med, sig = robust_sigma(xp, xp.sort(xp.where(kp, srt, xp.float32(np.inf)), axis=0), k)
+        med64 = med.astype(xp.float64)
+        # the line is fitted to the kept samples within the kappa window about the median only
+        # (a contiguous range of ranks i0 … i0 + m − 1), so that an outlier cannot pull it
+        win_lo = med64 - kl * sig
+        win_hi = med64 + kh * sig
+        inl = kp & (ys >= win_lo) & (ys <= win_hi)
+        i0 = (kp & (ys < win_lo)).sum(axis=0)
+        m = inl.sum(axis=0)
+        mf = m.astype(xp.float64)
+        c = i0 + (mf - 1.0) * 0.5
         r = (xp.cumsum(kp, axis=0) - kp).astype(xp.float64)
-        xc = r - (k - 1) * 0.5
-        kf = k.astype(xp.float64)
-        sy = xp.where(kp, ys, 0.0).sum(axis=0)
-        sxy = xp.where(kp, xc * ys, 0.0).sum(axis=0)
-        valid = k >= 3
+        sy = xp.where(inl, ys, 0.0).sum(axis=0)
+        sxy = xp.where(inl, (r - c) * ys, 0.0).sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            ybar = xp.where(valid, sy / kf, ybar)
-            slope = xp.where(valid, sxy / (kf * (kf * kf - 1.0) / 12.0), slope)
-            e = ys - (ybar + slope * xc)
-            sig = xp.where(kp, xp.abs(e), 0.0).sum(axis=0) / kf
+            ybar = xp.where(m >= 1, sy / mf, med64)
+            slope = xp.where(m >= 2, sxy / (mf * (mf * mf - 1.0) / 12.0), 0.0)
+            e = ys - (ybar + slope * (r - c))
         low = kp & act & (e < -kl * sig)
         high = kp & act & (e > kh * sig)
         nlo = low.sum(axis=0)
