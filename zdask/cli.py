@@ -173,8 +173,9 @@ def plan(
         console.print(f"rejected {bad.path}: {bad.reason}", highlight=False, soft_wrap=True)
     if not table.frames:
         _fail("no usable frame")
-    result = plan_master_tiles(table.frames, link_fov_fraction=cfg.link_fov_fraction,
-                               max_group_size=cfg.max_group_size)
+    with _failures_reported(debug):
+        result = plan_master_tiles(table.frames, link_fov_fraction=cfg.link_fov_fraction,
+                                   max_group_size=cfg.max_group_size)
     print(json.dumps(result.to_json(table.frames), indent=2) if as_json
           else summarize(result, table.frames))
 

@@ -165,6 +165,16 @@ def dashboard_link(cluster: LocalCluster) -> str:
     return f"{link} (listening on all interfaces, port {port})" if listening_on_all else link
 
 
+class _NotInterruptedSyncCancel(logging.Filter):
+    """Drops the traceback that distributed's ``sync`` logs when Ctrl-C comes before the
+    future it waits for exists: its cancel callback then fails with a NameError (distributed
+    2026.8, ``utils.sync.<locals>.cancel``). Nothing was left running; the user sees the
+    run's own "interrupted" line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sync.<locals>.cancel" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def open_client(config: Config, say=print) -> Iterator[Client]:
     """A dask Client on the configured scheduler or on a fresh LocalCluster, closed on exit.
@@ -174,6 +184,17 @@ def open_client(config: Config, say=print) -> Iterator[Client]:
     be asked for. Raises :class:`ClusterError` when the scheduler cannot be reached or the
     machine cannot hold the requested cluster.
     """
+    quiet = _NotInterruptedSyncCancel()
+    logging.getLogger("tornado.application").addFilter(quiet)
+    try:
+        with _open_client(config, say) as client:
+            yield client
+    finally:
+        logging.getLogger("tornado.application").removeFilter(quiet)
+
+
+@contextlib.contextmanager
+def _open_client(config: Config, say) -> Iterator[Client]:
     if config.scheduler:
         client = connect_scheduler(config.scheduler)
         say(f"scheduler {config.scheduler}; dashboard: {client.dashboard_link}")
