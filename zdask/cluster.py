@@ -217,8 +217,8 @@ def _open_client(config: Config, say) -> Iterator[Client]:
         host=None if not processes else "127.0.0.1",
         dashboard_address=config.dashboard_address,
         # Without an address a worker's HTTP server (/metrics, /health) binds the host of its
-        # own address, which for an in-process worker is every interface.
-        worker_dashboard_address="127.0.0.1:0",
+        # own address: 127.0.0.1 for a worker process, every interface for an in-process one.
+        worker_dashboard_address=None if processes else "127.0.0.1:0",
     )
     try:
         client = Client(cluster)
