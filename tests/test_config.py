@@ -1,5 +1,9 @@
-import pytest
+import dataclasses
 
+import pytest
+from typer.testing import CliRunner
+
+from zdask.cli import app
 from zdask.config import Config, ConfigError, describe_fields, load_config
 
 
@@ -63,3 +67,75 @@ def test_unknown_field_and_bad_file_are_reported(tmp_path):
 def test_conflicting_scheduler_and_workers_are_named():
     with pytest.raises(ConfigError, match="'scheduler' and 'workers'"):
         Config().replace(scheduler="tcp://127.0.0.1:8786", workers=2)
+
+
+# --- types, checked from each field's annotation ------------------------------------------------
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("kappa", ["a", 3], "one or two numbers"),
+        ("kappa", "inf", "2 finite numbers"),
+        ("kappa", float("nan"), "2 finite numbers"),
+        ("hot_pixel_min_fraction", "high", "a finite number"),
+        ("link_fov_fraction", float("inf"), "a finite number"),
+        ("rgb_gain_range", 5, "two numbers low, high"),
+        ("rgb_gain_range", [0.9, 1.0, 1.1], "2 finite numbers"),
+        ("scheduler", 5, "a string or unset"),
+        ("workers", True, "an integer or unset"),  # bool is an int in Python, not here
+        ("max_group_size", 12.5, "an integer"),
+        ("align", 1, "true or false"),
+        ("memory_limit", 4, "a string"),
+        ("dashboard_address", "localhost", "HOST:PORT"),
+        ("dashboard_address", "127.0.0.1:70000", "0..65535"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_with_the_field_and_the_allowed_values(field, value, words):
+    with pytest.raises(ConfigError) as err:
+        Config().replace(**{field: value})
+    assert f"'{field}'" in str(err.value) and words in str(err.value)
+
+
+def test_every_field_has_its_type_checked():
+    """Generic check from the annotations: a value no field accepts is refused for each field,
+    and True (an int to Python) for each numeric one."""
+    for f in dataclasses.fields(Config):
+        with pytest.raises(ConfigError, match=f"'{f.name}'"):
+            Config().replace(**{f.name: {"not": "a value"}})
+        if f.type in ("int", "float", "int | None"):
+            with pytest.raises(ConfigError, match=f"'{f.name}'"):
+                Config().replace(**{f.name: True})
+
+
+def test_dashboard_address_defaults_to_this_machine_only():
+    assert Config().dashboard_address == "127.0.0.1:0"
+    assert Config().replace(dashboard_address="0.0.0.0:8787").dashboard_address == "0.0.0.0:8787"
+    assert Config().replace(dashboard_address="[::1]:0").dashboard_address == "[::1]:0"
+
+
+BAD_TOML = [
+    ('kappa = ["a", 3]', "kappa"),
+    ('hot_pixel_min_fraction = "high"', "hot_pixel_min_fraction"),
+    ("rgb_gain_range = 5", "rgb_gain_range"),
+    ("scheduler = 5", "scheduler"),
+    ("workers = true", "workers"),
+    ("kappa = inf", "kappa"),
+    ("[stacking]\nbudget = 256", "budget"),
+]
+
+
+@pytest.mark.parametrize("toml, field", BAD_TOML)
+def test_bad_toml_values_end_the_run_with_one_line_and_status_2(toml, field, tmp_path):
+    path = tmp_path / "zdask.toml"
+    path.write_text(toml + "\n")
+    result = CliRunner().invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "out"), "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and f"'{field}'" in lines[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kappa", ["inf", "nan", "3,inf"])
+def test_kappa_that_is_not_finite_is_refused_on_the_command_line(kappa, tmp_path):
+    result = CliRunner().invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "out"), "--kappa", kappa])
+    assert result.exit_code == 2 and "'kappa'" in result.output and "finite" in result.output, result.output

@@ -1,18 +1,24 @@
 """The ``zdask`` command: simulate, scan, plan, run, config.
 
-Errors a user can fix (bad options, unusable inputs) print one line and exit with status 2.
+Errors a user can fix (bad options, unusable inputs, a full disk, an unreachable scheduler) print
+one line naming the file, option or address and exit with status 2; an unexpected exception (a bug)
+prints one line and exits with status 1; Ctrl-C exits with status 130. ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from zdask.config import ConfigError, describe_fields, load_config
 
@@ -20,9 +26,56 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split
 console = Console(stderr=True)
 
 
+def _error_line(message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    _error_line(message)
     raise typer.Exit(code=2)
+
+
+DEBUG_HELP = "On an error, print its traceback too."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def describe_failure(exc: BaseException) -> tuple[str, int]:
+    """(one-line message, exit status) for an exception that ended a command: 2 for what the
+    user can change (settings, inputs, disk, scheduler address), 1 for a bug."""
+    from zdask.cluster import ClusterError
+    from zdask.graph.runner import RunError
+    from zdask.io.errors import FileError, WriteError
+
+    if isinstance(exc, (ConfigError, RunError, ClusterError, FileError)):
+        return _one_line(exc), 2
+    if isinstance(exc, OSError):  # a file or the disk, named by the OS where it can
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _one_line(WriteError(exc.filename or "an output", exc.strerror, exc.errno)), 2
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _one_line(f"{where}{exc.strerror or exc}"), 2
+    return (f"internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in zdask: run again "
+            "with --debug to see the traceback, and report it)"), 1
+
+
+@contextlib.contextmanager
+def _failures_reported(debug: bool):
+    """End a command that failed with one line (and the traceback with ``--debug``)."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        console.print("interrupted", highlight=False)
+        raise typer.Exit(code=130) from None
+    except Exception as exc:
+        message, code = describe_failure(exc)
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        _error_line(message)
+        raise typer.Exit(code=code) from None
 
 
 def _pair(text: str, option: str, sep: str = "x") -> tuple[int, int]:
@@ -77,11 +130,13 @@ def simulate(
 def scan(
     inputs: list[Path] = typer.Argument(..., help="FITS files or folders."),
     as_json: bool = typer.Option(False, "--json", help="Print the frame table as JSON."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Read FITS headers (no pixels) into a frame table; list every rejected file and why."""
     from zdask.io.scan import scan as scan_inputs
 
-    table = scan_inputs([str(p) for p in inputs])
+    with _failures_reported(debug):
+        table = scan_inputs([str(p) for p in inputs])
     if as_json:
         print(json.dumps(table.to_json(), indent=2))
     else:
@@ -102,6 +157,7 @@ def plan(
     max_group_size: Optional[int] = typer.Option(None, help="Largest master-tile group (frames)."),
     link_fov_fraction: Optional[float] = typer.Option(None, help="Linking distance / short FOV side."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Group frames into master tiles by sky position and mount mode."""
     from zdask.graph.plan import plan_master_tiles, summarize
@@ -111,13 +167,15 @@ def plan(
         cfg = load_config(config, max_group_size=max_group_size, link_fov_fraction=link_fov_fraction)
     except ConfigError as exc:
         _fail(str(exc))
-    table = scan_inputs([str(p) for p in inputs])
+    with _failures_reported(debug):
+        table = scan_inputs([str(p) for p in inputs])
     for bad in table.rejected:
         console.print(f"rejected {bad.path}: {bad.reason}", highlight=False, soft_wrap=True)
     if not table.frames:
         _fail("no usable frame")
-    result = plan_master_tiles(table.frames, link_fov_fraction=cfg.link_fov_fraction,
-                               max_group_size=cfg.max_group_size)
+    with _failures_reported(debug):
+        result = plan_master_tiles(table.frames, link_fov_fraction=cfg.link_fov_fraction,
+                                   max_group_size=cfg.max_group_size)
     print(json.dumps(result.to_json(table.frames), indent=2) if as_json
           else summarize(result, table.frames))
 
@@ -133,6 +191,9 @@ def run(
     workers: Optional[int] = typer.Option(None, help="Worker processes of the embedded cluster."),
     threads_per_worker: Optional[int] = typer.Option(None, help="Threads per worker."),
     memory_limit: Optional[str] = typer.Option(None, help="Memory per worker, e.g. 4GiB, or auto."),
+    dashboard_address: Optional[str] = typer.Option(
+        None, help="HOST:PORT of the embedded cluster's dashboard (default 127.0.0.1:0, this machine "
+                   "only; 0.0.0.0:8787 exposes it to the network)."),
     reject: Optional[str] = typer.Option(None, help="kappa_sigma, winsorized, linear_fit_clip, median, mean or sum."),
     kappa: Optional[str] = typer.Option(None, help="Rejection thresholds LOW,HIGH in sigmas (or one value)."),
     iterations: Optional[int] = typer.Option(None, help="kappa_sigma passes."),
@@ -149,15 +210,17 @@ def run(
     autocrop: Optional[bool] = typer.Option(None, "--autocrop/--no-autocrop", help="Crop to the covered area."),
     tiles: Optional[Path] = typer.Option(None, "--tiles",
                                          help="Assemble existing master tiles (FITS with WCS) from this folder."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Build the mosaic: calibrate, stack master tiles, assemble, write outputs."""
-    from zdask.graph.runner import RunError, run as run_pipeline
+    from zdask.cluster import check_local_resources
+    from zdask.graph.runner import run as run_pipeline
 
     try:
         cfg = load_config(
             config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
-            memory_limit=memory_limit, reject=reject, kappa=kappa, iterations=iterations,
-            normalization=normalization, weights=weights, budget=budget,
+            memory_limit=memory_limit, dashboard_address=dashboard_address, reject=reject,
+            kappa=kappa, iterations=iterations, normalization=normalization, weights=weights, budget=budget,
             max_group_size=max_group_size, link_fov_fraction=link_fov_fraction,
             altaz_cleanup=altaz_cleanup, harmonize=harmonize, sky_surface_order=sky_surface_order,
             autocrop=autocrop,
@@ -169,15 +232,15 @@ def run(
         _fail("give either frames (INPUT...) or --tiles DIR, not both")
     if tiles is None and not inputs:
         _fail("no input: give frames (INPUT...) or --tiles DIR")
-    try:
+    with _failures_reported(debug):
+        if cfg.scheduler is None:
+            check_local_resources(cfg)  # before scanning: refuse a cluster this machine cannot hold
         if tiles is not None:
             from zdask.graph.existing_tiles import run_existing_tiles
 
             report = run_existing_tiles(str(tiles), str(out), cfg, say=say, console=console)
         else:
             report = run_pipeline([str(p) for p in inputs], str(out), cfg, say=say, console=console)
-    except RunError as exc:
-        _fail(str(exc))
     stages = report["stages"]
     say(f"mosaic {out / 'mosaic.fits'} ({report['mosaic']['shape'][1]}x{report['mosaic']['shape'][0]}, "
         f"{report['mosaic']['covered_fraction']:.0%} covered) in {stages['total']:.1f} s")

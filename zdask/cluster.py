@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
 from typing import Iterator, Sequence
 
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
 from zdask.config import Config
+
+#: The embedded cluster runs at most this many task threads per core: beyond it more threads only
+#: add memory, file handles and contention (``workers = 10000`` on a laptop fails with "Too many
+#: open files" while starting processes, long before any work).
+MAX_THREADS_PER_CORE = 4
+
+# Shorter than dask's defaults: an interrupted or failed run must give the terminal back
+# promptly; work left in a worker is lost either way.
+_CLOSE_TIMEOUT_S = 10
+
+
+class ClusterError(Exception):
+    """The cluster cannot be started or reached; the message is one line for the user (exit status 2)."""
 
 
 def default_local_layout(config: Config) -> tuple[int, int]:
@@ -20,6 +35,36 @@ def default_local_layout(config: Config) -> tuple[int, int]:
     cores = os.cpu_count() or 1
     workers = config.workers or 1
     threads = config.threads_per_worker or max(1, cores // workers)
+    return workers, threads
+
+
+def check_local_resources(config: Config) -> tuple[int, int]:
+    """The embedded cluster's (workers, threads per worker), refused with :class:`ClusterError`
+    when this machine cannot hold it: more threads than ``MAX_THREADS_PER_CORE`` per core, or a
+    worker memory limit or stacking budget above the machine's memory.
+
+    Only the embedded cluster is checked here (``Config.validate`` stays free of machine facts):
+    a remote scheduler's machines are others.
+    """
+    import psutil
+    from dask.utils import format_bytes, parse_bytes
+
+    workers, threads = default_local_layout(config)
+    cores = os.cpu_count() or 1
+    if workers * threads > MAX_THREADS_PER_CORE * cores:
+        raise ClusterError(
+            f"config fields 'workers' × 'threads_per_worker' = {workers} × {threads} = "
+            f"{workers * threads} threads, but this machine has {cores} core(s); the embedded "
+            f"cluster allows at most {MAX_THREADS_PER_CORE * cores} ({MAX_THREADS_PER_CORE} per core)"
+        )
+    total = psutil.virtual_memory().total
+    for name in ("memory_limit", "budget"):
+        value = getattr(config, name)
+        if value != "auto" and parse_bytes(value) > total:
+            raise ClusterError(
+                f"config field '{name}' = {value!r} ({format_bytes(parse_bytes(value))}) is more "
+                f"than this machine's memory ({format_bytes(total)})"
+            )
     return workers, threads
 
 
@@ -50,50 +95,168 @@ class SingleThreadedKernels(WorkerPlugin):
             del self._limits
 
 
+class _NotReportedElsewhere(logging.Filter):
+    """Drops a worker's log of a failed task and of tasks cancelled after it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (text.startswith("Compute Failed")
+                    or (text.startswith("Async instruction") and "CancelledError" in record.getMessage()))
+
+
+class QuietTaskFailures(WorkerPlugin):
+    """Keep a failed task's exception and traceback out of the worker's log ("Compute Failed"),
+    and the notices of the tasks cancelled after it. zdask raises that exception where the run
+    waits for the task, and the command line ends the run with one line naming the file (the
+    whole traceback with ``--debug``); the log would print it first, on the same console.
+    Used on the embedded cluster only: a shared scheduler's workers keep their logging."""
+
+    name = "zdask-quiet-task-failures"
+    loggers = ("distributed.worker", "distributed.worker.state_machine")
+
+    def setup(self, worker=None):
+        self._filter = _NotReportedElsewhere()
+        for name in self.loggers:
+            logging.getLogger(name).addFilter(self._filter)
+
+    def teardown(self, worker=None):
+        if hasattr(self, "_filter"):
+            for name in self.loggers:
+                logging.getLogger(name).removeFilter(self._filter)
+            del self._filter
+
+
 @contextlib.contextmanager
-def _kernel_threads(client: Client) -> Iterator[None]:
-    client.register_plugin(SingleThreadedKernels())
+def _worker_plugins(client: Client, *plugins: WorkerPlugin) -> Iterator[None]:
+    """Plugins on the workers of a running scheduler, removed on exit (the workers live on)."""
+    for plugin in plugins:
+        client.register_plugin(plugin)
     try:
         yield
     finally:
-        with contextlib.suppress(Exception):  # the workers may be gone already
-            client.unregister_worker_plugin(SingleThreadedKernels.name)
+        for plugin in plugins:
+            with contextlib.suppress(Exception):  # the workers may be gone already
+                client.unregister_worker_plugin(plugin.name)
+
+
+def connect_scheduler(address: str) -> Client:
+    """A Client on a running scheduler, or :class:`ClusterError` naming the address and the cause.
+
+    The connection timeout is dask's ``distributed.comm.timeouts.connect`` (30 s by default).
+    """
+    try:
+        return Client(address)
+    except (OSError, ValueError, TypeError) as exc:  # unreachable, timed out, malformed address
+        raise ClusterError(f"scheduler {address}: cannot connect ({exc})") from None
+
+
+def dashboard_link(cluster: LocalCluster) -> str:
+    """The link of the address the embedded scheduler's dashboard really listens on.
+
+    dask builds its own link from the scheduler's address, which names another interface than
+    the dashboard's when the scheduler runs in-process (``inproc://<machine address>``).
+    """
+    server = cluster.scheduler.http_server
+    host, port = server.address, server.port
+    listening_on_all = host in ("0.0.0.0", "::", "")
+    shown = socket.gethostname() if listening_on_all else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    link = f"http://{shown}:{port}/status"
+    return f"{link} (listening on all interfaces, port {port})" if listening_on_all else link
+
+
+class _NotInterruptedSyncCancel(logging.Filter):
+    """Drops the traceback that distributed's ``sync`` logs when Ctrl-C comes before the
+    future it waits for exists: its cancel callback then fails with a NameError (distributed
+    2026.8, ``utils.sync.<locals>.cancel``). Nothing was left running; the user sees the
+    run's own "interrupted" line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sync.<locals>.cancel" not in record.getMessage()
 
 
 @contextlib.contextmanager
 def open_client(config: Config, say=print) -> Iterator[Client]:
-    """A dask Client on the configured scheduler or on a fresh LocalCluster, closed on exit."""
+    """A dask Client on the configured scheduler or on a fresh LocalCluster, closed on exit.
+
+    The LocalCluster listens on localhost only (scheduler, workers, their HTTP servers) and
+    serves its dashboard on ``config.dashboard_address``; anything else on the network must
+    be asked for. Raises :class:`ClusterError` when the scheduler cannot be reached or the
+    machine cannot hold the requested cluster.
+    """
+    quiet = _NotInterruptedSyncCancel()
+    logging.getLogger("tornado.application").addFilter(quiet)
+    try:
+        with _open_client(config, say) as client:
+            yield client
+    finally:
+        logging.getLogger("tornado.application").removeFilter(quiet)
+
+
+@contextlib.contextmanager
+def _open_client(config: Config, say) -> Iterator[Client]:
     if config.scheduler:
-        client = Client(config.scheduler, timeout="30s")
+        client = connect_scheduler(config.scheduler)
         say(f"scheduler {config.scheduler}; dashboard: {client.dashboard_link}")
         try:
-            with _kernel_threads(client):
+            with _worker_plugins(client, SingleThreadedKernels()):
                 yield client
         finally:
-            client.close()
+            _quietly_close(client)
         return
-    workers, threads = default_local_layout(config)
+    workers, threads = check_local_resources(config)
     # One worker (the default) runs in this process: its threads already share one address
     # space, and a separate process would only add its own imports (~400 MB with the kernels)
     # and copies of every result sent back. Several workers get processes of their own.
+    processes = workers > 1
     cluster = LocalCluster(
         n_workers=workers, threads_per_worker=threads, memory_limit=config.memory_limit,
-        processes=workers > 1, dashboard_address=":0",
+        processes=processes,
+        # In-process workers talk over inproc:// (no socket), and an inproc address takes no
+        # host; worker processes listen on TCP, on this host only.
+        host=None if not processes else "127.0.0.1",
+        dashboard_address=config.dashboard_address,
+        # Without an address a worker's HTTP server (/metrics, /health) binds the host of its
+        # own address: 127.0.0.1 for a worker process, every interface for an in-process one.
+        worker_dashboard_address=None if processes else "127.0.0.1:0",
     )
-    client = Client(cluster)
-    say(f"local cluster: {workers} worker(s) × {threads} thread(s); dashboard: {client.dashboard_link}")
     try:
-        with _kernel_threads(client):
-            yield client
+        client = Client(cluster)
+    except BaseException:
+        _quietly_close(cluster)
+        raise
+    say(f"local cluster: {workers} worker(s) × {threads} thread(s); dashboard: {dashboard_link(cluster)}")
+    try:
+        # Not unregistered on exit: closing the cluster tears the plugins down in its workers,
+        # and asking busy workers first would delay an interrupted run by seconds.
+        for plugin in (SingleThreadedKernels(), QuietTaskFailures()):
+            client.register_plugin(plugin)
+        yield client
     finally:
-        client.close()
-        cluster.close()
+        _quietly_close(client)
+        _quietly_close(cluster)
+
+
+def _quietly_close(closable) -> None:
+    """Close a Client or cluster without waiting long, and without the shutdown chatter that
+    dask logs when it stops running tasks (an interrupted or failed run ends with its own
+    one-line message)."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.suppress(Exception):
+            closable.close(timeout=_CLOSE_TIMEOUT_S)
+    finally:
+        logger.setLevel(level)
 
 
 def wait_with_progress(futures: Sequence, description: str, console=None) -> list:
     """Wait for futures, showing a progress bar; return their results in the given order.
 
-    The first failure is raised (with the remote traceback) after cancelling the rest.
+    The first failure is raised as the worker raised it (with its remote traceback), after
+    cancelling the futures still pending: the failed one must not be cancelled before its
+    exception is fetched, or dask reports only "cancelled for reason: unknown".
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -105,8 +268,10 @@ def wait_with_progress(futures: Sequence, description: str, console=None) -> lis
         task = progress.add_task(description, total=len(futures))
         for future in as_completed(futures):
             if future.status == "error":
+                error, traceback = future.exception(), future.traceback()
                 for other in futures:
-                    other.cancel()
-                future.result()  # raises the worker's exception here
+                    if other.key != future.key:
+                        other.cancel()
+                raise error.with_traceback(traceback)
             progress.advance(task)
     return [f.result() for f in futures]

@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -228,6 +231,13 @@ class Config:
         "'4GiB' (bytes).",
         default="auto",
     )
+    dashboard_address: str = _doc(
+        "Where the embedded LocalCluster serves the dask dashboard, HOST:PORT (address; port 0 "
+        "picks a free one). The default listens on this machine only; '0.0.0.0:8787' exposes it "
+        "to the network. The scheduler and workers always listen on localhost only; a running "
+        "scheduler (--scheduler) serves its own dashboard.",
+        default="127.0.0.1:0",
+    )
 
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> "Config":
@@ -236,6 +246,12 @@ class Config:
 
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"config field '{name}' = {getattr(self, name)!r}: {allowed}")
+
+        # Types first, from the annotations, so that no field escapes and the range rules
+        # below compare numbers with numbers.
+        for f, expected in _field_types().items():
+            if not _has_type(getattr(self, f), expected):
+                raise bad(f, f"must be {_type_words(expected)}")
 
         if not (isinstance(self.link_fov_fraction, (int, float)) and self.link_fov_fraction > 0):
             raise bad("link_fov_fraction", "must be a number > 0")
@@ -304,6 +320,9 @@ class Config:
                 parse_bytes(self.memory_limit)
             except (ValueError, TypeError):
                 raise bad("memory_limit", "must be 'auto' or a byte size such as '4GiB'") from None
+        _host, colon, port = self.dashboard_address.rpartition(":")
+        if not (colon and port.isdigit() and int(port) <= 65535):
+            raise bad("dashboard_address", "must be HOST:PORT with a port in 0..65535, e.g. 127.0.0.1:8787")
         if self.scheduler is not None and self.workers is not None:
             raise ConfigError(
                 "config fields 'scheduler' and 'workers' conflict: an existing scheduler brings "
@@ -329,25 +348,66 @@ class Config:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def _field_types() -> dict[str, Any]:
+    """Each field's annotation, resolved (the module's annotations are strings)."""
+    return typing.get_type_hints(Config)
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    """Whether ``value`` is of the annotated type: bool is not an int here, a float must be
+    finite, a tuple must have the annotated length."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if origin is tuple:
+        return (isinstance(value, tuple) and len(value) == len(args)
+                and all(_has_type(v, a) for v, a in zip(value, args)))
+    return isinstance(value, expected)
+
+
+_TYPE_WORDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"),
+               float: ("a finite number", "finite numbers"), str: ("a string", "strings"),
+               type(None): ("unset", "unset")}
+
+
+def _type_words(expected: Any) -> str:
+    """How the allowed values of an annotation read in an error message."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_words(a) for a in args)
+    if origin is tuple and len(set(args)) == 1:
+        return f"{len(args)} {_TYPE_WORDS[args[0]][1]}"
+    return _TYPE_WORDS.get(expected, (getattr(expected, "__name__", str(expected)),))[0]
+
+
+def _number_pair(name: str, value: Any, example: str, single_ok: bool) -> Any:
+    """A pair of floats from '2.5,3', [2.5, 3] (or one number when ``single_ok``)."""
+    parts = value.split(",") if isinstance(value, str) else value
+    if single_ok and isinstance(parts, (int, float)) and not isinstance(parts, bool):
+        parts = [parts]
+    try:
+        if isinstance(parts, (str, bytes)) or any(isinstance(p, bool) for p in parts):
+            raise TypeError
+        numbers = [float(p) for p in parts]
+    except (TypeError, ValueError):
+        raise ConfigError(f"config field '{name}' = {value!r}: must be {example}") from None
+    return tuple(numbers * 2 if single_ok and len(numbers) == 1 else numbers)
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Turn TOML/CLI spellings into the field's type (kappa as '2.5,3', a list or a number)."""
     if name == "rgb_gain_range":
-        return tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
+        return _number_pair(name, value, "two numbers low, high, e.g. 0.95,1.05", single_ok=False)
     if name == "kappa":
-        if isinstance(value, str):
-            try:
-                parts = [float(p) for p in value.split(",")]
-            except ValueError:
-                raise ConfigError(
-                    f"config field 'kappa' = {value!r}: must be one or two numbers, e.g. 3 or 2.5,3"
-                ) from None
-        elif isinstance(value, (int, float)):
-            parts = [float(value)]
-        else:
-            parts = [float(p) for p in value]
-        if len(parts) == 1:
-            parts = parts * 2
-        return tuple(parts)
+        return _number_pair(name, value, "one or two numbers, e.g. 3 or 2.5,3", single_ok=True)
     return value
 
 
@@ -362,6 +422,8 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Conf
             raise ConfigError(f"config file {os.fspath(path)}: no such file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {os.fspath(path)}: not valid TOML ({exc})") from None
+        except OSError as exc:  # a folder, no permission, ...
+            raise ConfigError(f"config file {os.fspath(path)}: cannot read ({exc.strerror or exc})") from None
         for key, value in data.items():
             # Tables ([stacking], [cluster], ...) only group fields for the reader.
             if isinstance(value, dict):

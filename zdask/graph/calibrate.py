@@ -7,12 +7,14 @@ own I/O, so tasks stay small and the client holds no pixels.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from zdask.config import Config
 from zdask.io import store
+from zdask.io.errors import writing
 from zdask.io.pixels import read_frame
 from zdask.io.scan import Frame
 from zdask.ops.debayer import debayer_bilinear
@@ -112,12 +114,13 @@ def calibrate_frame(job: CalibrationJob) -> dict:
     image = calibrate_to_rgb(read_frame(job.frame), job.frame, job.hot_indices, job.channels)
     stats = frame_statistics(image, saturation=saturation_level(job.frame.dtype), count_stars=True).to_dict()
     name = f"frames/{job.key}"
-    store.begin_entry(job.root, name)  # made from another hot-pixel map before
-    group = store.open_store(job.root)
     h, w, c = image.shape
-    arr = store.create_array(group, name, (h, w, c), "float32", (FRAME_CHUNK_ROWS, w, c))
-    arr[:] = image
-    store.mark_complete(job.root, name, job.fingerprint, stats=stats, path=job.frame.path)
+    with writing(os.path.join(job.root, name)):  # a full disk is named with the entry
+        store.begin_entry(job.root, name)  # made from another hot-pixel map before
+        group = store.open_store(job.root)
+        arr = store.create_array(group, name, (h, w, c), "float32", (FRAME_CHUNK_ROWS, w, c))
+        arr[:] = image
+        store.mark_complete(job.root, name, job.fingerprint, stats=stats, path=job.frame.path)
     return stats
 
 

@@ -120,9 +120,11 @@ def plate_solve_frames(unsolved: list[Frame], solved: list[Frame], say) -> tuple
 
 
 def check_output_location(inputs: Sequence[str], out_dir: str) -> None:
-    """Refuse an output folder inside an input folder: inputs are never written."""
+    """Refuse a missing input, and an output folder inside an input folder: inputs are never written."""
     out = os.path.realpath(out_dir)
     for item in inputs:
+        if not os.path.exists(item):
+            raise RunError(f"{item}: no such file or folder")
         folder = os.path.realpath(item if os.path.isdir(item) else os.path.dirname(item) or ".")
         if out == folder or out.startswith(folder + os.sep):
             raise RunError(f"output folder {out_dir} is inside input folder {item}; choose another --out")

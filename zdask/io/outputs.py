@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 from astropy.io import fits
 
+from zdask.io.errors import writing
 from zdask.ops.stretch import asinh_stretch
 
 
@@ -86,7 +87,7 @@ def write_image_fits(
     hdus = [fits.PrimaryHDU(data, header=header)]
     for name, data in extensions.items():
         hdus.append(fits.ImageHDU(np.ascontiguousarray(data), header=_wcs_cards(wcs_header), name=name))
-    with atomic_path(path) as tmp:
+    with writing(path), atomic_path(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
 
 
@@ -113,13 +114,13 @@ def write_preview(path: str, image: np.ndarray, max_side: int = 4096) -> None:
     pixels = asinh_stretch(image[::step, ::step])[::-1]
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
-    with atomic_path(path) as tmp:
+    with writing(path), atomic_path(path) as tmp:
         # zlib level 1: a third of the default's time on a mosaic-sized preview, ~15 % larger
         Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG", compress_level=1)
 
 
 def write_json(path: str, payload: dict) -> None:
-    with atomic_path(path) as tmp:
+    with writing(path), atomic_path(path) as tmp:
         with open(tmp, "w") as fh:
             json.dump(payload, fh, indent=2, sort_keys=False, default=_json_default)
             fh.write("\n")
