@@ -84,8 +84,10 @@ class Config:
         "(sigma, > 0). kappa_sigma: a sample is rejected when, judged against the mean and "
         "standard deviation of the pixel's other samples, it is as unlikely as a kappa-sigma "
         "deviation of a Gaussian (Student's t with N-2 degrees of freedom), so clean noise "
-        "loses 1 - Phi(kappa) per side (0.135 % at 3) at every N >= 3, and at kappa = 3 a trail "
-        "of 1000 / 50 / 20 / 10 sigma is rejected in >= 99 % of pixels at N = 3 / 4 / 5 / 8. "
+        "loses 1 - Phi(kappa) per side (0.135 % at 3) at every N >= 4, and at kappa = 3 a trail "
+        "of 50 / 20 / 10 sigma is rejected in >= 99 % of pixels at N = 4 / 5 / 8; a pixel of "
+        "exactly 3 samples keeps their median (two samples cannot judge the third: any single "
+        "outlier goes, for 16 % more noise there). "
         "winsorized: kappa times the winsorized (Huber) sigma about the Huber mean. "
         "linear_fit_clip: kappa times the robust sigma 1.4826*MAD of the samples, measured from "
         "the line fitted to the sorted samples within that band of the median.",

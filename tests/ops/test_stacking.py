@@ -36,7 +36,8 @@ def studentized_rejections(x, kl, kh):
     """Per pixel (rejected low, rejected high, near a bound) of the externally studentized
     leave-one-out test, from scratch in float64: sample i of k finite ones is rejected when
     t = (x_i − m') / (s'·sqrt(1 + 1/(k − 1))) — m', s' the mean and sample std of the others —
-    lies beyond the Student-t (k − 2 dof) quantile at the Gaussian tail of kappa."""
+    lies beyond the Student-t (k − 2 dof) quantile at the Gaussian tail of kappa.  A pixel of
+    exactly three samples keeps their median: one below it and one above it are rejected."""
     from scipy import stats
 
     x = x.reshape(x.shape[0], -1).astype(np.float64)
@@ -55,10 +56,13 @@ def studentized_rejections(x, kl, kh):
             m = (xz * others).sum(0) / (k - 1)
             s = np.sqrt(np.where(others, (x - m) ** 2, 0.0).sum(0) / (k - 2))
             t = (x[i] - m) / (s * np.sqrt(1 + 1 / (k - 1)))
-            ok = fin[i] & (k >= 3)
+            ok = fin[i] & (k >= 4)
             low += ok & (t < -q_lo)
             high += ok & (t > q_hi)
             near |= ok & ((np.abs(np.abs(t) / q_lo - 1) < 1e-4) | (np.abs(np.abs(t) / q_hi - 1) < 1e-4))
+    med = np.nanmedian(np.where(fin, x, np.nan)[:, k == 3], axis=0)
+    low[k == 3] = (x[:, k == 3] < med).sum(0)
+    high[k == 3] = (x[:, k == 3] > med).sum(0)
     return low, high, near
 
 
@@ -187,11 +191,11 @@ def test_kappa_sigma_one_iteration_is_the_studentized_leave_one_out_test(n, kapp
     np.testing.assert_allclose(r.image[ok], image[ok], rtol=1e-6)
 
 
-@pytest.mark.parametrize("n", [3, 4, 5, 8, 30])
+@pytest.mark.parametrize("n", [4, 5, 8, 30])
 def test_kappa_sigma_rejects_clean_noise_at_the_gaussian_rate(n):
     """Clean frames lose nothing beyond the Gaussian rate: on pure Gaussian noise a sample is
-    rejected with probability 1 − Φ(κ) per side at EVERY N (0.135 % each at κ = 3), as with a
-    known σ.  (With the sample std about the median, nothing at all could be rejected up to
+    rejected with probability 1 − Φ(κ) per side at EVERY N >= 4 (0.135 % each at κ = 3), as
+    with a known σ (three samples keep their median, next test).  (With the sample std about the median, nothing at all could be rejected up to
     N = 10; with 1.4826·MAD, 11 % of clean samples at N = 3, 3.5 % at N = 8.)"""
     rng = np.random.default_rng(100 + n)
     pixels = 2_400_000 // n
@@ -215,22 +219,45 @@ def trail_stack(n, rng, level=500.0, noise=3.0, peak=3000.0, frame=1):
     return x, trail
 
 
+def test_kappa_sigma_keeps_the_median_of_three_samples():
+    """Three samples give their median, exactly, weighted or not, whatever κ: one sample below it
+    and one above are counted rejected (ties are kept: identical samples stay all kept)."""
+    rng = np.random.default_rng(33)
+    x = rng.normal(500.0, 3.0, (5, 50, 40, 3)).astype(np.float32)
+    x[3:, :25] = np.nan  # the top half has three samples, the bottom half five
+    w = rng.uniform(0.5, 2.0, 5)
+    for kappa in ((3.0, 3.0), (1.0, 6.0)):
+        r = kappa_sigma(x, weights=w, kappa=kappa)
+        np.testing.assert_array_equal(r.image[:25], np.median(x[:3, :25], axis=0))
+        np.testing.assert_array_equal(r.count[:25], 1)
+        np.testing.assert_array_equal(r.rejected_low[:25], 1)
+        np.testing.assert_array_equal(r.rejected_high[:25], 1)
+        np.testing.assert_array_equal(r.count[25:] + r.rejected_low[25:] + r.rejected_high[25:], 5)
+        assert (r.count[25:] >= 2).all() and (r.count[25:] > 1).mean() > 0.99
+    same = np.repeat(x[:1], 3, axis=0)
+    r = kappa_sigma(same)
+    np.testing.assert_array_equal(r.image, x[0])
+    np.testing.assert_array_equal(r.count, 3)
+
+
 @pytest.mark.parametrize("n", [3, 4, 5, 8])
 def test_default_method_rejects_a_trail_in_small_stacks(n):
-    """A 1000σ trail in one of N = 3…8 frames is rejected at the defaults, and the clean frames
-    lose nothing there: the trail pixels keep exactly the other N − 1 samples, and their image
-    IS the mean of the frames without the trail (bit for bit).  At N = 3 the test is against
-    the spread of just two other samples (Student's t with one degree of freedom), so a 1000σ
-    sample is rejected unless those two differ by more than 4.9σ: 99.95 % of pixels."""
+    """A 1000σ trail in one of N = 3…8 frames is rejected at the defaults in every pixel, and the
+    clean frames lose nothing there: from N = 4 the trail pixels keep exactly the other N − 1
+    samples and their image IS the mean of the frames without the trail (bit for bit); at N = 3
+    it is the median of the three (the trail sample is never it)."""
     x, trail = trail_stack(n, np.random.default_rng(n))
     method = Config().reject
     r = METHODS[method](x)
-    hit = r.rejected_high[trail] == 1
-    assert hit.mean() >= (0.99 if n == 3 else 1.0), hit.mean()
-    np.testing.assert_array_equal(r.count[trail][hit], n - 1)
-    np.testing.assert_array_equal(r.rejected_low[trail][hit], 0)
+    np.testing.assert_array_equal(r.rejected_high[trail], 1)
+    if n == 3:
+        np.testing.assert_array_equal(r.image[trail], np.median(x, axis=0)[trail])
+        assert (r.image[trail] < 600).all()  # the trail (+3000) is not the median
+        return
+    np.testing.assert_array_equal(r.count[trail], n - 1)
+    np.testing.assert_array_equal(r.rejected_low[trail], 0)
     clean = mean(np.delete(x, 1, axis=0)).image
-    np.testing.assert_array_equal(r.image[trail][hit], clean[trail][hit])
+    np.testing.assert_array_equal(r.image[trail], clean[trail])
 
 
 @pytest.mark.parametrize("method", REJECTING)
@@ -343,11 +370,12 @@ def test_edge_cases(method):
 
 
 def test_zero_total_weight_falls_back_to_unweighted_mean():
-    x = np.array([1.0, 2.0, 4.0], np.float32)[:, None, None, None] * np.ones((1, 1, 1, 2), np.float32)
-    w = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 2.0]])
+    # four samples: three would give kappa_sigma's median of three
+    x = np.array([1.0, 2.0, 4.0, 5.0], np.float32)[:, None, None, None] * np.ones((1, 1, 1, 2), np.float32)
+    w = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 2.0], [0.0, 2.0]])
     for method in ("kappa_sigma", "winsorized", "linear_fit_clip", "mean"):
         r = METHODS[method](x, weights=w)
-        np.testing.assert_allclose(r.image[0, 0], [7.0 / 3.0, 11.0 / 4.0], rtol=1e-6)
+        np.testing.assert_allclose(r.image[0, 0], [12.0 / 4.0, 21.0 / 6.0], rtol=1e-6)
 
 
 def test_weights_scale_offset_semantics():

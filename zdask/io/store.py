@@ -44,7 +44,8 @@ COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 #: Part of every fingerprint: bump it when a code change alters what a stage writes, so that
 #: stores made by older code are recomputed instead of reused.  History: 2 = winsorized
 #: clipping solves Huber's equations exactly (was 10 truncated iterations); 3 = kappa-sigma
-#: bounds from the studentized leave-one-out test (was median ± κ·std), linear-fit clipping in
+#: bounds from the studentized leave-one-out test and the median of three samples (was
+#: median ± κ·std), linear-fit clipping in
 #: units of the robust σ about a line the outliers cannot pull (was the mean absolute residual).
 RESULTS_REVISION = 3
 

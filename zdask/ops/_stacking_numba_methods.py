@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from zdask.ops._stacking_common import THREE_SAMPLE_MEDIAN
 from zdask.ops._stacking_numba import (
     JIT,
     load_frames,
@@ -110,6 +111,24 @@ def _column_median(u, p):
 
 
 @njit(**JIT)
+def _median_of_three(u, p):
+    """Median of the three finite samples of pixel ``p`` (one of them, exactly), as float64."""
+    a = b = c = np.float32(0)
+    k = 0
+    for n in range(u.shape[0]):
+        v = u[n, p]
+        if v == v:
+            if k == 0:
+                a = v
+            elif k == 1:
+                b = v
+            else:
+                c = v
+            k += 1
+    return np.float64(max(min(a, b), min(max(a, b), c)))
+
+
+@njit(**JIT)
 def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, k_lo, k_hi, iterations, T,
                       img, kept, rlo, rhi):
     """Kappa-sigma about the mean, bounds ``mean ± K[k]·std`` from the Student tables ``k_lo``/``k_hi``
@@ -138,8 +157,10 @@ def kappa_sigma_block(src, rs, n_frames, m_total, sc, of, wt, unweighted, k_lo, 
             keep_lo[p] = -np.inf
             keep_hi[p] = np.inf
             k[p] = cnt[p]
-            act[p] = cnt[p] >= 3
+            act[p] = cnt[p] > THREE_SAMPLE_MEDIAN
             any_act |= act[p]
+            if cnt[p] == THREE_SAMPLE_MEDIAN:  # keep only the median sample (see ``stacking``)
+                keep_lo[p] = keep_hi[p] = _median_of_three(u, p)
         for it in range(iterations):
             if not any_act:
                 break

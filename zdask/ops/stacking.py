@@ -34,9 +34,12 @@ kappa_sigma(kappa=(3, 3), iterations=1)
     sqrt(1 + 1/(k−1))), exceeds the Student-t (k − 2 degrees of freedom)
     quantile at κ's Gaussian tail.  So κ is a Gaussian significance: on
     clean Gaussian noise a sample is rejected with probability 1 − Φ(κ) per
-    side at every N ≥ 3 (0.135 % at κ = 3), and a lone outlier is rejected
-    from N = 3 on (at κ = 3 in ≥ 99 % of pixels: 1000σ at N = 3, 50σ at 4,
-    20σ at 5, 10σ at 8; ``K → κ`` for deep stacks).  A deliberate
+    side at every N ≥ 4 (0.135 % at κ = 3), and a lone outlier is rejected
+    (at κ = 3 in ≥ 99 % of pixels: 50σ at N = 4, 20σ at 5, 10σ at 8;
+    ``K → κ`` for deep stacks).  A pixel of exactly three samples keeps
+    their median (one rejected low, one high, unless tied): there the test
+    would need a 1000σ outlier, since two samples hardly estimate a spread
+    (``THREE_SAMPLE_MEDIAN``).  A deliberate
     departure from the ancestor (median ± κ·std of all samples), which
     at κ = 3 cannot reject anything below N = 8: a lone outlier, however
     bright, sits at most N/sqrt(N − 1) stds from the median (2.65 at

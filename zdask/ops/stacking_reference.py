@@ -16,8 +16,9 @@ Kappa-sigma here deliberately differs from the ancestor's reference
 semantics (centre = median, scale = std of all finite samples): the bounds
 are ``mean ± K(k, κ)·std`` with the Student-t calibrated ``K`` of
 ``_stacking_common.student_kappa_table``, the leave-one-out studentized
-test, which rejects at the Gaussian rate of κ at every N >= 3 where the
-ancestor's rule at κ = 3 rejects nothing below N = 8.
+test, which rejects at the Gaussian rate of κ at every N >= 4 where the
+ancestor's rule at κ = 3 rejects nothing below N = 8; three samples keep
+their median.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from zdask.ops._stacking_common import (
     FLT_MAX,
     MAD_TO_SIGMA,
     MEANABS_TO_SIGMA,
+    THREE_SAMPLE_MEDIAN,
     WINSOR_MAX_ITER,
     StackResult,
     array_namespace,
@@ -106,7 +108,15 @@ def kappa_sigma(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0
     keep_hi = xp.full(n.shape, np.inf)
     rl = xp.zeros_like(n)
     rh = xp.zeros_like(n)
-    act = n >= 3
+    three = n == THREE_SAMPLE_MEDIAN
+    if bool(three.any()):  # three samples: their median (no spread estimate can judge them)
+        srt = xp.sort(xp.where(fin, x, f32(np.inf)), axis=0)
+        med = _sorted_median(xp, srt, xp.zeros_like(n), n).astype(xp.float64)
+        keep_lo = xp.where(three, med, keep_lo)
+        keep_hi = xp.where(three, med, keep_hi)
+        rl = xp.where(three, (fin & (x < med)).sum(axis=0), rl)
+        rh = xp.where(three, (fin & (x > med)).sum(axis=0), rh)
+    act = n > THREE_SAMPLE_MEDIAN
     xd = x.astype(xp.float64)
     for it in range(iterations):
         if not bool(act.any()):
