@@ -128,3 +128,18 @@ def test_ctrl_c_stops_a_run_promptly_with_status_130(small_survey, tmp_path, wor
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
     assert not (tmp_path / "out" / "mosaic.fits").exists()
+
+
+def test_plan_names_a_frame_outside_the_main_field_and_plans_without_it(small_survey, tmp_path):
+    survey, _ = small_survey
+    frames = sorted((survey / "frames").glob("*.fits"))[:6]
+    for p in frames:
+        shutil.copy2(p, tmp_path / p.name)
+    with fits.open(frames[0]) as hdul:
+        header, data = hdul[0].header.copy(), hdul[0].data
+    header["CRVAL1"] = (header["CRVAL1"] + 30.0) % 360.0
+    fits.PrimaryHDU(data, header).writeto(tmp_path / "far.fits")
+    result = CliRunner().invoke(app, ["plan", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert f"excluded {tmp_path / 'far.fits'}: does not overlap the main field" in result.output
+    assert "far.fits" not in result.stdout  # the plan itself holds the six frames only

@@ -356,3 +356,15 @@ def zdask_config(**changes):
     from zdask.config import Config
 
     return Config(workers=1, threads_per_worker=2).replace(**changes)
+
+
+def test_skipped_files_are_listed_on_the_console_at_most_five_per_reason():
+    from zdask.graph.runner import say_skipped
+    from zdask.io.scan import RejectedFile
+
+    jpegs = [RejectedFile(f"f{i}.jpg", "not FITS: not a FITS file name") for i in range(8)]
+    lines: list[str] = []
+    say_skipped(jpegs + [RejectedFile("t.fits", "truncated: 10 of 100 bytes")], lines.append)
+    assert lines == [f"skipped f{i}.jpg: not FITS: not a FITS file name" for i in range(5)] + [
+        "skipped 3 more file(s): not FITS: not a FITS file name (report.json lists them all)",
+        "skipped t.fits: truncated: 10 of 100 bytes"]

@@ -119,6 +119,24 @@ def plate_solve_frames(unsolved: list[Frame], solved: list[Frame], say) -> tuple
     return done, left
 
 
+#: console lines per skip reason; report.json lists every skipped file
+SKIPPED_LINES_PER_REASON = 5
+
+
+def say_skipped(rejected: Sequence[RejectedFile], say) -> None:
+    """One console line per skipped file, at most :data:`SKIPPED_LINES_PER_REASON` for one reason
+    (a folder of frames may hold a JPEG beside each of them), then a count."""
+    by_reason: dict[str, list[str]] = {}
+    for bad in rejected:
+        by_reason.setdefault(bad.reason, []).append(bad.path)
+    for reason, paths in by_reason.items():
+        for path in paths[:SKIPPED_LINES_PER_REASON]:
+            say(f"skipped {path}: {reason}")
+        if len(paths) > SKIPPED_LINES_PER_REASON:
+            say(f"skipped {len(paths) - SKIPPED_LINES_PER_REASON} more file(s): {reason} "
+                f"(report.json lists them all)")
+
+
 def check_output_location(inputs: Sequence[str], out_dir: str) -> None:
     """Refuse a missing input, and an output folder inside an input folder: inputs are never written."""
     out = os.path.realpath(out_dir)
@@ -165,8 +183,7 @@ def _run(inputs: Sequence[str], out_dir: str, config: Config, say, console) -> d
     frames, rejected = usable_frames(table)
     timings["scan"] = time.perf_counter() - t
     if not frames:
-        for bad in rejected:
-            say(f"skipped {bad.path}: {bad.reason}")
+        say_skipped(rejected, say)
         raise RunError(f"no usable frame among {len(rejected)} input file(s); see the reasons above")
     t = time.perf_counter()
     unsolved = list(table.unsolved)
@@ -188,8 +205,7 @@ def _run(inputs: Sequence[str], out_dir: str, config: Config, say, console) -> d
     if config.align and unsolved:
         frames, rejected, plan = attach_unsolved_frames(frames, rejected, unsolved, plan, say)
     timings["plan"] = time.perf_counter() - t
-    for bad in rejected:
-        say(f"skipped {bad.path}: {bad.reason}")
+    say_skipped(rejected, say)
     for far in off_field:
         say(f"excluded {far.path}: {OFF_FIELD_REASON}")
     say(f"{len(frames)} frame(s) in {len(plan.groups)} master-tile group(s); {len(rejected)} file(s) skipped")
