@@ -16,7 +16,7 @@ from zdask.io import store
 from zdask.ops.background import Surface, star_mask
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
 from zdask.ops.seams import seam_metric
-from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces
+from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces, match_to_consensus
 from zdask.ops.warp import (
     bin_image, binned_extent, binned_transform, pixel_map, remap, wcs_pixel_transform,
 )
@@ -29,35 +29,81 @@ def binned_shape(shape: tuple[int, int], factor: int) -> tuple[int, int]:
 def _warp_binned(image: np.ndarray, src_header: dict, dst_header: dict, dst_shape_b: tuple[int, int],
                  factor: int, origin_b: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Bin ``image`` and warp it onto the binned destination grid (a window at ``origin_b``)."""
+    return _warp_prebinned(bin_image(image, factor), src_header, dst_header, dst_shape_b, factor, origin_b)
+
+
+def _warp_prebinned(binned: np.ndarray, src_header: dict, dst_header: dict, dst_shape_b: tuple[int, int],
+                    factor: int, origin_b: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Warp an image already binned by ``factor`` onto the binned destination grid."""
     transform = binned_transform(
         wcs_pixel_transform(wcs_from_header(src_header), wcs_from_header(dst_header)), factor, factor)
     y0, x0 = origin_b
     mx, my = pixel_map(transform, (y0, y0 + dst_shape_b[0]), (x0, x0 + dst_shape_b[1]), step=8)
-    return remap(bin_image(image, factor), mx, my)
+    return remap(binned, mx, my)
 
 
 # --- frames inside a master tile ---------------------------------------------------------------------
+
+# Frames of a group overlap almost entirely: every other binned pixel is plenty to match them,
+# and three clipping rounds converge (the mosaic's tiles, chained by partial overlaps, keep five).
+FRAME_MATCH_STEP = 2
+FRAME_MATCH_PASSES = 3
+# The star mask is made from the median of at most this many frames, spread evenly over the
+# group: stars sit still on the sky, so a few dozen binned frames find them as well as all of
+# them would, at a time and memory that do not grow with the group.
+STAR_MASK_FRAMES = 32
+# Rows of a calibrated frame read (and binned) at a time: a few MB, not the whole frame.
+READ_ROWS = 256
+# Rows of the binned stack whose median is taken at a time.
+MEDIAN_ROWS = 16
+
 
 def frame_sky_surfaces(sources: list, grid: Grid, factor: int, order: int) -> list[tuple]:
     """Worker task: per frame, (coefficients (C, n_terms), order, extent) of its sky surface in
     full-resolution tile-grid pixels.
 
-    Each frame's surface is fitted against the other frames of the group (see
-    ``zdask.ops.skymatch``); subtracting it removes the frame's own gradient and offset.
+    Each frame's surface is fitted against the other frames of the group, matched to their
+    consensus (see ``zdask.ops.skymatch.match_to_consensus``); subtracting it removes the
+    frame's own gradient and offset. Time and memory are linear in the number of frames: each
+    frame is read once, block by block, and only its binned image sampled every
+    ``FRAME_MATCH_STEP`` binned pixels is kept (1 / (64·4) of the frame at the default
+    ``match_bin`` 8), plus the ``STAR_MASK_FRAMES`` binned images the star mask is made of.
     """
     shape_b = binned_shape(grid.shape, factor)
-    items = []
-    for src in sources:
-        frame = np.asarray(store.open_array(src.root, f"frames/{src.key}", src.token)[:])
-        warped = _warp_binned(frame, src.wcs_header, grid.wcs_header, shape_b, factor)
-        items.append(CutOut(warped, np.isfinite(warped).all(axis=-1).astype(np.float32), (0, 0)))
-    stars = _stars_of([it.image for it in items])
-    # Frames of a group overlap almost entirely: three passes on every other binned pixel
-    # converge (the mosaic's tiles, chained by partial overlaps, keep the default five).
-    coeffs = match_surfaces(items, shape_b, order=order, extent=_binned_grid_extent(shape_b), exclude=stars,
-                            passes=3, step=2)
-    extent = list(binned_extent(shape_b, factor))
-    return [(c.tolist(), order, extent) for c in coeffs]
+    step = FRAME_MATCH_STEP
+    if not sources:
+        return []
+    for_mask = np.unique(np.linspace(0, len(sources) - 1, min(len(sources), STAR_MASK_FRAMES)).round().astype(int))
+    sampled = mask_stack = None
+    for k, src in enumerate(sources):
+        warped = _warp_prebinned(_read_binned(src, factor), src.wcs_header, grid.wcs_header, shape_b, factor)
+        if sampled is None:
+            sampled = np.empty((len(sources), *warped[::step, ::step].shape), dtype=np.float32)
+            mask_stack = np.empty((len(for_mask), *warped.shape), dtype=np.float32)
+        sampled[k] = warped[::step, ::step]
+        if k in for_mask:
+            mask_stack[np.searchsorted(for_mask, k)] = warped
+    stars = _stars_of(mask_stack)[::step, ::step]
+    del mask_stack
+    ones = np.ones(sampled.shape[1:3], dtype=np.float32)  # the data are where the samples are finite
+    items = [CutOut(image, ones, (0, 0)) for image in sampled]
+    # Sample s of the sampled grid is binned pixel s·step: the same normalised coordinates, hence
+    # the same coefficients, as on the binned grid over _binned_grid_extent(shape_b).
+    y0, y1, x0, x1 = _binned_grid_extent(shape_b)
+    extent = (y0 / step, y1 / step, x0 / step, x1 / step)
+    match = match_to_consensus(items, sampled.shape[1:3], order=order, extent=extent, exclude=stars,
+                               passes=FRAME_MATCH_PASSES)
+    full_extent = list(binned_extent(shape_b, factor))
+    return [(c.tolist(), order, full_extent) for c in match.coeffs]
+
+
+def _read_binned(src, factor: int) -> np.ndarray:
+    """A calibrated frame binned by ``factor``, read a block of rows at a time."""
+    arr = store.open_array(src.root, f"frames/{src.key}", src.token)
+    height = arr.shape[0] // factor * factor
+    rows = max(factor, READ_ROWS // factor * factor)
+    return np.concatenate([bin_image(np.asarray(arr[r:min(r + rows, height)]), factor)
+                           for r in range(0, max(height, factor), rows)], axis=0)
 
 
 def _binned_grid_extent(shape_b: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -67,14 +113,17 @@ def _binned_grid_extent(shape_b: tuple[int, int]) -> tuple[float, float, float, 
     return (0.0, float(shape_b[0] - 1), 0.0, float(shape_b[1] - 1))
 
 
-def _stars_of(images: list[np.ndarray]) -> np.ndarray:
-    """Compact sources of the images' median (stars sit still on the sky, gradients do not)."""
+def _stars_of(stack: np.ndarray) -> np.ndarray:
+    """Compact sources of the median of ``stack`` (N, h, w, C) (stars sit still on the sky,
+    gradients do not)."""
     # Only where some image has a sample: an all-NaN column would warn, and silencing that
     # with warnings.catch_warnings is not thread-safe (the worker's threads share the filters).
-    stack = np.stack(images)
-    some = np.isfinite(stack).any(axis=0)
+    # A few rows at a time: np.nanmedian's copies of the stack stay small.
     median = np.full(stack.shape[1:], np.nan, dtype=np.float32)
-    median[some] = np.nanmedian(stack[:, some], axis=0)
+    for r in range(0, stack.shape[1], MEDIAN_ROWS):
+        block = stack[:, r:r + MEDIAN_ROWS]
+        some = np.isfinite(block).any(axis=0)
+        median[r:r + MEDIAN_ROWS][some] = np.nanmedian(block[:, some], axis=0)
     return star_mask(np.nan_to_num(median, nan=float(np.nanmedian(median)) if np.isfinite(median).any() else 0.0))
 
 

@@ -7,6 +7,11 @@ emission that both images show cancels in their difference and is kept; what dif
 images is removed. A surface common to all images cannot be told
 from the sky and is left alone (the mean correction over images is zero).
 
+Two solvers of that one least-squares problem: :func:`match_surfaces` accumulates it pair by
+pair (cost quadratic in the number of images; for a few master tiles chained by partial
+overlaps), :func:`match_to_consensus` solves it image by image against the running consensus
+of the others (cost linear in the number of images; for the many frames of one master tile).
+
 Images are cut-outs on one common (usually binned) grid: ``(image (h, w, C), weight (h, w),
 origin (y0, x0))``. Pure NumPy.
 """
@@ -99,6 +104,214 @@ def match_surfaces(
         if not changed:
             break
     return [coeffs[k * nt:(k + 1) * nt].T.copy() for k in range(len(items))]
+
+
+@dataclass(frozen=True)
+class ConsensusMatch:
+    """What :func:`match_to_consensus` found: per image its surface coefficients ``(C, n_terms)``
+    (subtract them to match the images), and the work it took."""
+
+    coeffs: list[np.ndarray]
+    visits: int      # passes of one image's window over the grid: O(images), whatever the overlaps
+    iterations: int  # conjugate-gradient steps, all clipping rounds together
+
+
+def match_to_consensus(
+    items: list[CutOut], grid_shape: tuple[int, int], *, order: int, extent, passes: int = 4,
+    exclude: np.ndarray | None = None, min_overlap: int = 20, kappa: float = 3.0,
+    max_iterations: int = 50, tolerance: float = 1e-6,
+) -> ConsensusMatch:
+    """The least-squares solution of :func:`match_surfaces`, at a cost linear in the number of images.
+
+    Over every overlapping pair, ``Σ_{i<j} Σ_{p ∈ i∩j} (I_i − S_i − I_j + S_j)²`` is minimal
+    where, for each image ``i``, ``Σ_{p ∈ i} t_p (n_p·(I_i − S_i) − Σ_{j∋p} (I_j − S_j)) = 0``
+    (``t_p`` the polynomial terms at pixel ``p``, ``n_p`` the number of images there, the sum
+    over all of them): each image is matched to the consensus of the OTHER images covering its
+    pixels, weighted by how many they are. Written this way the normal equations need only two
+    sums over the grid (of the images and of their surfaces), so one product with the normal
+    matrix visits each image twice, whatever the overlaps; the system is solved by conjugate
+    gradients preconditioned by each image's own block (images overlapping almost entirely, as
+    the frames of one master tile do, converge in one or two steps). Nothing pairwise is formed.
+
+    Emission fixed on the sky is in every ``I_j`` and cancels: it is kept. The surface common to
+    all images is undetermined; as in :func:`match_surfaces` the corrections sum to zero per
+    connected group of images, which keeps the overall level where it was. ``passes`` rounds:
+    after each, an image's pixels whose residual against the consensus of the others departs by
+    more than ``kappa`` robust sigmas (1.4826·MAD, per channel) leave the next round, from its
+    fit and from the others' consensus (stars, trails, PSF differences); ``exclude`` (grid shape,
+    True = leave out) masks known sources up front. An image sharing fewer than ``min_overlap``
+    pixels with the others gets no correction. Conjugate gradients stop when the preconditioned
+    residual falls below ``tolerance`` times its start, or after ``max_iterations``.
+
+    ``extent`` = (y_min, y_max, x_min, x_max) of the grid in the coordinates the surfaces are
+    evaluated in. To subsample, pass images sampled every ``s`` pixels, on the sampled grid, with
+    the extent divided by ``s``: the normalised coordinates, hence the coefficients, are the same.
+    """
+    for name, value, low in (("passes", passes, 1), ("max_iterations", max_iterations, 1)):
+        if int(value) != value or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    n_images = len(items)
+    channels = items[0].image.shape[-1] if items else 0
+    nt = n_terms(order)
+    yy, xx = np.mgrid[0:grid_shape[0], 0:grid_shape[1]]
+    terms = poly_terms(xx, yy, order, extent).reshape(*grid_shape, nt)
+    solver = _Consensus(items, terms, channels)
+    usable = []
+    for i, win, _ in solver.windows():
+        ok = np.isfinite(items[i].image).all(axis=-1) & (items[i].weight > 0)
+        if exclude is not None:
+            ok &= ~exclude[win]
+        usable.append(ok)
+    keeps = solver.drop_lonely(usable, min_overlap)
+    coeffs = np.zeros((n_images, nt, channels))
+    iterations = 0
+    for round_ in range(int(passes)):
+        coeffs, steps = solver.solve(keeps, coeffs, max_iterations, tolerance)
+        iterations += steps
+        coeffs = _zero_mean_per_group(coeffs, solver, keeps)
+        if round_ == passes - 1:
+            break
+        clipped = solver.drop_lonely(solver.clip(usable, keeps, coeffs, kappa), min_overlap)
+        if all(np.array_equal(a, b) for a, b in zip(clipped, keeps)):
+            break
+        keeps = clipped
+    return ConsensusMatch([c.T.copy() for c in coeffs], solver.visits, iterations)
+
+
+class _Consensus:
+    """The normal equations of :func:`match_to_consensus` for a given set of kept pixels, each
+    product a pass over the images' windows (counted in ``visits``)."""
+
+    def __init__(self, items: list[CutOut], terms: np.ndarray, channels: int):
+        self.items, self.terms, self.channels = items, terms, channels
+        self.shape = terms.shape[:2]
+        self.visits = 0
+
+    def windows(self):
+        for i, item in enumerate(self.items):
+            self.visits += 1
+            ys, xs = item.window()
+            yield i, (ys, xs), self.terms[ys, xs]
+
+    def _sums(self, keeps, values) -> tuple[np.ndarray, np.ndarray]:
+        """Sums over the grid of ``values(i, t)`` on each image's kept pixels, and their count."""
+        total = np.zeros((*self.shape, self.channels))
+        count = np.zeros(self.shape)
+        for i, win, t in self.windows():
+            total[win] += np.where(keeps[i][..., None], values(i, t), 0.0)
+            count[win] += keeps[i]
+        return total, count
+
+    def drop_lonely(self, keeps: list[np.ndarray], min_overlap: int) -> list[np.ndarray]:
+        """``keeps`` with every image that shares fewer than ``min_overlap`` kept pixels with
+        the others emptied (it is then neither fitted nor part of any consensus). Judged once:
+        an image left short by another's removal is still solved, on what it shares."""
+        _, count = self._sums(keeps, lambda i, t: 0.0)
+        return [keeps[i] & (np.count_nonzero(keeps[i] & (count[win] > 1)) >= min_overlap)
+                for i, win, _ in self.windows()]
+
+    def _apply(self, keeps, coeffs, count) -> np.ndarray:
+        """Normal matrix times ``coeffs``: per image Σ_p t_p (n_p S_i − Σ_j S_j) on its pixels."""
+        total, _ = self._sums(keeps, lambda i, t: t @ coeffs[i])
+        out = np.zeros_like(coeffs)
+        for i, win, t in self.windows():
+            k = keeps[i]
+            out[i] = t[k].T @ (count[win][k][:, None] * (t[k] @ coeffs[i]) - total[win][k])
+        return out
+
+    def solve(self, keeps, start: np.ndarray, max_iterations: int, tolerance: float):
+        """Preconditioned conjugate gradients from ``start`` (each channel its own system)."""
+        images, count = self._sums(keeps, lambda i, t: self.items[i].image)
+        rhs = np.zeros_like(start)
+        blocks = np.zeros((len(self.items), start.shape[1], start.shape[1]))
+        for i, win, t in self.windows():
+            k = keeps[i]
+            tk, n = t[k], count[win][k][:, None]
+            rhs[i] = tk.T @ (n * self.items[i].image[k] - images[win][k])
+            blocks[i] = tk.T @ ((n - 1.0) * tk)       # the image's own block of the normal matrix
+        inverse = np.stack([np.linalg.pinv(b) for b in blocks])
+        coeffs = start.copy()
+        residual = rhs - self._apply(keeps, coeffs, count)
+        z = inverse @ residual
+        direction = z.copy()
+        rz = np.einsum("itc,itc->c", residual, z)
+        first = np.sqrt(np.abs(rz))
+        steps = 0
+        while steps < max_iterations and np.any(np.sqrt(np.abs(rz)) > tolerance * np.maximum(first, 1e-300)):
+            product = self._apply(keeps, direction, count)
+            curvature = np.einsum("itc,itc->c", direction, product)
+            alpha = np.divide(rz, curvature, out=np.zeros_like(rz), where=curvature > 0)
+            coeffs += alpha * direction
+            residual -= alpha * product
+            z = inverse @ residual
+            rz_next = np.einsum("itc,itc->c", residual, z)
+            beta = np.divide(rz_next, rz, out=np.zeros_like(rz), where=rz > 0)
+            direction = z + beta * direction
+            rz = rz_next
+            steps += 1
+        return coeffs, steps
+
+    def clip(self, usable, keeps, coeffs, kappa: float) -> list[np.ndarray]:
+        """Per image, its usable pixels whose residual against the mean of the other images
+        there lies within ``kappa`` robust sigmas of the residuals it kept this round.
+
+        The mean is over every usable pixel of the others, kept or not (as each pair's
+        residual is judged in :func:`match_surfaces`): judged against the kept ones only, a
+        pixel that every image drops would have no others, come back, and the rounds would
+        alternate between two masks.
+        """
+        corrected, count = self._sums(usable, lambda i, t: self.items[i].image - t @ coeffs[i])
+        out = []
+        for i, win, t in self.windows():
+            own = self.items[i].image - t @ coeffs[i]
+            others = count[win] - usable[i]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                residual = own - (corrected[win] - np.where(usable[i][..., None], own, 0.0)) / others[..., None]
+            judged = keeps[i] & (others > 0)
+            out.append(usable[i] & ((others == 0) | _within_kappa(residual, judged, kappa)))
+        return out
+
+
+def _zero_mean_per_group(coeffs: np.ndarray, solver: _Consensus, keeps: list[np.ndarray]) -> np.ndarray:
+    """``coeffs`` (images, n_terms, C) shifted to sum to zero over each group of images linked by
+    shared kept pixels (one pass over the grid: each pixel remembers the last image seen there,
+    which is linked to every image before it); images without kept pixels get zero."""
+    parent = list(range(len(keeps)))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    last = np.full(solver.shape, -1, dtype=np.int64)
+    for i, win, _ in solver.windows():
+        seen = last[win][keeps[i]]
+        for j in np.unique(seen[seen >= 0]):
+            parent[root(int(j))] = root(i)
+        last[win][keeps[i]] = i
+    coeffs = coeffs.copy()
+    groups: dict[int, list[int]] = {}
+    for i, keep in enumerate(keeps):
+        if keep.any():
+            groups.setdefault(root(i), []).append(i)
+        else:
+            coeffs[i] = 0.0
+    for members in groups.values():
+        coeffs[members] -= coeffs[members].mean(axis=0)
+    return coeffs
+
+
+def _within_kappa(residual: np.ndarray, where: np.ndarray, kappa: float) -> np.ndarray:
+    """True where every channel of ``residual`` lies within ``kappa`` robust sigmas of its
+    median over ``where`` (all True when ``where`` holds too few pixels to judge)."""
+    r = residual[where]
+    if len(r) < 10:
+        return np.ones(residual.shape[:2], dtype=bool)
+    centre = np.median(r, axis=0)
+    sigma = 1.4826 * np.median(np.abs(r - centre), axis=0)
+    with np.errstate(invalid="ignore"):
+        return np.all(np.abs(residual - centre) <= kappa * np.maximum(sigma, 1e-12), axis=-1)
 
 
 def _pair_samples(a: CutOut, b: CutOut, exclude, step, max_samples, order, extent):
