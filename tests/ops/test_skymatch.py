@@ -116,3 +116,36 @@ def test_group_matching_recovers_each_frames_plane_at_a_cost_per_frame_that_does
         per_frame[n] = match.visits // n
         assert per_frame[n] <= passes * (2 * max_iterations + 10)
     assert per_frame[40] <= per_frame[10], per_frame
+
+
+def _group_with_seeing(n: int, seed: int):
+    """``n`` dithered frames of one sky whose stars differ from frame to frame (seeing of 0.7 to
+    2 px), each with its own planted plane."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:GH, 0:GW]
+    sky = 40.0 * np.exp(-(((xx - 65) / 30.0) ** 2 + ((yy - 50) / 20.0) ** 2)) + 100.0 + 0.3 * xx - 0.2 * yy
+    stars = rng.uniform(5, (GH - 5, GW - 5), (40, 2))
+    items, planted = [], []
+    for _ in range(n):
+        y0, x0 = (int(v) for v in rng.integers(0, 21, 2))
+        coeffs = np.array([[rng.uniform(-20, 20), rng.uniform(-8, 8), rng.uniform(-8, 8)]])
+        width = rng.uniform(0.7, 2.0)
+        image = sky.copy()
+        for y, x in stars:
+            image += 300.0 / width ** 2 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * width ** 2))
+        own = Surface(coeffs, 1, GROUP_EXTENT, np.zeros(1)).evaluate((80, 110), offset=(y0, x0))
+        image = image[y0:y0 + 80, x0:x0 + 110, None] + own + rng.normal(0, 0.5, (80, 110, 1))
+        items.append(CutOut(image.astype(np.float32), np.ones((80, 110), np.float32), (y0, x0)))
+        planted.append(coeffs)
+    return items, np.array(planted)
+
+
+def test_group_matching_drops_what_the_frames_disagree_on_for_good():
+    # No star mask: the star cores, different in every frame, are clipped by all of them.
+    # Judged against the kept pixels of the others only, such a pixel would have no others
+    # left, come back in the next round and leave again, and a fit with every star core in
+    # it would end the rounds (errors of 1.1 here instead of 0.15).
+    for n in (10, 40):
+        items, planted = _group_with_seeing(n, seed=5)
+        match = match_to_consensus(items, (GH, GW), order=1, extent=GROUP_EXTENT, passes=3)
+        np.testing.assert_allclose(np.array(match.coeffs), planted - planted.mean(axis=0), atol=0.2)
