@@ -102,8 +102,10 @@ def _read_binned(src, factor: int) -> np.ndarray:
     arr = store.open_array(src.root, f"frames/{src.key}", src.token)
     height = arr.shape[0] // factor * factor
     rows = max(factor, READ_ROWS // factor * factor)
+    if height == 0:  # smaller than one bin: as bin_image has it
+        return bin_image(np.asarray(arr[:]), factor)
     return np.concatenate([bin_image(np.asarray(arr[r:min(r + rows, height)]), factor)
-                           for r in range(0, max(height, factor), rows)], axis=0)
+                           for r in range(0, height, rows)], axis=0)
 
 
 def _binned_grid_extent(shape_b: tuple[int, int]) -> tuple[float, float, float, float]:
