@@ -1,5 +1,8 @@
 """Files a run leaves for the user: mosaic and tile FITS, the PNG preview, the JSON report.
 
+The mosaic and its preview are streamed from the canvas (a Zarr array) band by band: a canvas
+of any size is written in the memory of a few bands.
+
 Every file is written under a temporary name in its final folder and renamed into place, so a
 crash never leaves a half-written file where a good one was.
 """
@@ -10,13 +13,13 @@ import contextlib
 import json
 import os
 import secrets
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from astropy.io import fits
 
 from zdask.io.errors import writing
-from zdask.ops.stretch import asinh_stretch
+from zdask.ops.stretch import apply_asinh, asinh_levels
 
 
 def _create_temporary(folder: str, name: str) -> str:
@@ -96,22 +99,126 @@ def alpha_from_coverage(coverage: np.ndarray) -> np.ndarray:
     return np.where(np.nan_to_num(coverage) > 0, 255, 0).astype(np.uint8)
 
 
-def write_mosaic(path: str, image: np.ndarray, coverage: np.ndarray, wcs_header: dict,
-                 cards: dict | None = None) -> None:
-    """``mosaic.fits``: image (C, H, W) float32 + COVERAGE float32 + ALPHA uint8."""
-    write_image_fits(
-        path, image, wcs_header,
-        {"COVERAGE": coverage.astype(np.float32), "ALPHA": alpha_from_coverage(coverage)},
-        cards,
-    )
+def write_mosaic(path: str, image, coverage, wcs_header: dict, cards: dict | None = None,
+                 band_rows: int = 512, each_band: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+                 ) -> None:
+    """``mosaic.fits``: image (C, H, W) float32 + COVERAGE float32 + ALPHA uint8, streamed.
+
+    ``image`` (H, W, C) or (H, W) and ``coverage`` (H, W) are anything sliced like NumPy arrays
+    (a Zarr array on disk): they are read ``band_rows`` rows at a time and each band is written
+    where it belongs in every HDU, so memory holds a few bands, never the canvas. The file is
+    byte for byte what astropy writes for the same arrays in memory. ``each_band(y0, image_band,
+    coverage_band)``, when given, sees every band once, in order (to gather statistics in the
+    same pass).
+    """
+    height, width = coverage.shape[:2]
+    channels = image.shape[2] if len(image.shape) == 3 else 1
+    plane_shape = (height, width) if channels == 1 else (channels, height, width)
+    # Headers from astropy itself, on zero-stride stand-ins of the data (no memory): the same
+    # cards, in the same order, as an HDUList of the real arrays writes.
+    hdus = fits.HDUList([
+        fits.PrimaryHDU(np.broadcast_to(np.float32(0), plane_shape), header=_primary_cards(
+            wcs_header, channels, cards)),
+        fits.ImageHDU(np.broadcast_to(np.float32(0), (height, width)), header=_wcs_cards(wcs_header),
+                      name="COVERAGE"),
+        fits.ImageHDU(np.broadcast_to(np.uint8(0), (height, width)), header=_wcs_cards(wcs_header),
+                      name="ALPHA"),
+    ])
+    hdus.update_extend()
+    layout, offset = [], 0   # (where the HDU's data starts, its bytes per row)
+    for hdu, itemsize in zip(hdus, (4, 4, 1)):
+        header = hdu.header.tostring().encode("ascii")
+        layout.append((header, offset + len(header)))
+        offset += len(header) + _padded(int(np.prod(hdu.shape)) * itemsize)
+    plane_bytes = height * width * 4
+    with writing(path), atomic_path(path) as tmp, open(tmp, "r+b") as fh:
+        fh.truncate(offset)  # data padding is zeros, as FITS wants; the rest is written below
+        for header, data_start in layout:
+            fh.seek(data_start - len(header))
+            fh.write(header)
+        for y0 in range(0, height, max(1, int(band_rows))):
+            y1 = min(height, y0 + max(1, int(band_rows)))
+            image_band, coverage_band = read_band(image, y0, y1), read_band(coverage, y0, y1)
+            planes = image_band[..., None] if image_band.ndim == 2 else image_band
+            for c in range(channels):
+                fh.seek(layout[0][1] + c * plane_bytes + y0 * width * 4)
+                fh.write(planes[..., c].astype(">f4"))
+            fh.seek(layout[1][1] + y0 * width * 4)
+            fh.write(coverage_band.astype(">f4"))
+            fh.seek(layout[2][1] + y0 * width)
+            fh.write(alpha_from_coverage(coverage_band))
+            if each_band is not None:
+                each_band(y0, image_band, coverage_band)
+            del image_band, coverage_band, planes  # before the next band is read, not after
 
 
-def write_preview(path: str, image: np.ndarray, max_side: int = 4096) -> None:
-    """Asinh-stretched 8-bit PNG, north up (FITS row 0 is the bottom row, PNG row 0 the top)."""
+def read_band(array, y0: int, y1: int, step: int = 1) -> np.ndarray:
+    """``array[y0:y1:step, ::step]`` as float32, read one stored chunk column at a time.
+
+    A Zarr read decodes every chunk it touches at once (concurrently), so a full-width band of
+    a wide canvas would cost several chunks of memory on top of the band; a window of one
+    chunk's width decodes one (two where the stride does not divide the chunk width).
+    """
+    width = array.shape[1]
+    chunks = getattr(array, "chunks", None)
+    window = chunks[1] if chunks and isinstance(chunks[1], int) else width
+    window = max(step, window - window % step)  # windows start on the stride
+    out = np.empty((len(range(y0, y1, step)), len(range(0, width, step))) + tuple(array.shape[2:]),
+                   np.float32)
+    for x0 in range(0, width, window):
+        out[:, x0 // step:(x0 + window) // step] = array[y0:y1:step, x0:min(width, x0 + window):step]
+    return out
+
+
+def _primary_cards(wcs_header: dict, channels: int, cards: dict | None) -> fits.Header:
+    header = _wcs_cards(wcs_header)
+    if channels > 1 and any(k.startswith("CD1_") for k in wcs_header):
+        header["CD3_3"] = (1.0, "axis 3: colour channel number")
+    for key, value in (cards or {}).items():
+        header[key] = value
+    return header
+
+
+def _padded(nbytes: int) -> int:
+    """Bytes a FITS data unit of ``nbytes`` takes: whole 2880-byte blocks."""
+    return -(-nbytes // 2880) * 2880
+
+
+def rows_per_band(shape: tuple[int, ...], nbytes: int, chunk_rows: int | None = None) -> int:
+    """Rows of an (H, W[, C]) float32 canvas and its coverage that fit ``nbytes`` (at least 1);
+    a whole number of ``chunk_rows`` (the store's chunk height) when that fits, so no stored
+    chunk is read twice."""
+    width = shape[1]
+    channels = shape[2] if len(shape) == 3 else 1
+    rows = max(1, int(nbytes) // (width * (channels + 1) * 4))
+    if chunk_rows and rows >= chunk_rows:
+        rows -= rows % chunk_rows
+    return rows
+
+
+def write_preview(path: str, image, max_side: int = 4096, band_rows: int = 512) -> None:
+    """Asinh-stretched 8-bit PNG, north up (FITS row 0 is the bottom row, PNG row 0 the top).
+
+    ``image`` (H, W[, C]) is anything sliced like a NumPy array (a Zarr array on disk): it is
+    read with the preview's stride, ``band_rows`` source rows at a time, so memory holds the
+    preview (at most ``max_side`` squared pixels), never the canvas.
+    """
     from PIL import Image
 
-    step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
-    pixels = asinh_stretch(image[::step, ::step])[::-1]
+    height, width = image.shape[:2]
+    step = max(1, int(np.ceil(max(height, width) / max_side)))
+    band = max(step, int(band_rows) - int(band_rows) % step)  # bands start on the stride
+    preview = np.empty((len(range(0, height, step)), len(range(0, width, step))) + tuple(image.shape[2:]),
+                       np.float32)
+    for y0 in range(0, height, band):
+        preview[y0 // step:(y0 + band) // step] = read_band(image, y0, min(height, y0 + band), step)
+    levels = asinh_levels(preview)
+    pixels = np.empty(preview.shape[:2] + ((preview.shape[2],) if preview.ndim == 3 else ()), np.uint8)
+    rows = len(preview)
+    for y0 in range(0, rows, 256):  # the stretch's float temporaries, a band at a time
+        y1 = min(rows, y0 + 256)
+        pixels[rows - y1:rows - y0] = apply_asinh(preview[y0:y1], levels)[::-1]
+    del preview
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     with writing(path), atomic_path(path) as tmp:
