@@ -104,8 +104,9 @@ def _zarr_canvas(folder, image, coverage, chunk):
 
 @pytest.mark.parametrize("channels", [3, 1])
 def test_streamed_mosaic_is_byte_for_byte_the_in_memory_one(tmp_path, channels):
-    """Several bands, the last one partial, windows across chunk columns: the file equals what
-    astropy writes from the whole arrays in memory (the writer before streaming)."""
+    """Several bands (chunk rows of 16 cut in two bands of 8 rows; the last one partial),
+    windows across chunk columns: the file equals what astropy writes from the whole arrays in
+    memory (the writer before streaming)."""
     from zdask.io.outputs import alpha_from_coverage
 
     rng = np.random.default_rng(7)
@@ -120,7 +121,7 @@ def test_streamed_mosaic_is_byte_for_byte_the_in_memory_one(tmp_path, channels):
                  each_band=lambda y0, im, cov: bands.append((y0, im.shape, cov.shape)))
     write_image_fits(str(tmp_path / "memory.fits"), image, WCS,
                      {"COVERAGE": coverage, "ALPHA": alpha_from_coverage(coverage)}, cards)
-    assert [b[0] for b in bands] == [0, 12, 24, 36, 48] and bands[-1][1] == (5, 41, channels)
+    assert [b[0] for b in bands] == [0, 8, 16, 24, 32, 40, 48] and bands[-1][1] == (5, 41, channels)
     assert (tmp_path / "streamed.fits").read_bytes() == (tmp_path / "memory.fits").read_bytes()
     with fits.open(tmp_path / "streamed.fits") as got, fits.open(tmp_path / "memory.fits") as want:
         for a, b in zip(got, want, strict=True):
@@ -129,7 +130,8 @@ def test_streamed_mosaic_is_byte_for_byte_the_in_memory_one(tmp_path, channels):
         assert got[0].header["NFRAMES"] == 37 and got["ALPHA"].data.dtype.name == "uint8"
 
 
-def test_streamed_preview_equals_the_stretch_of_the_whole_strided_canvas(tmp_path):
+@pytest.mark.parametrize("max_side, step", [(40, 4), (30, 5)])  # 5 does not divide the chunk side
+def test_streamed_preview_equals_the_stretch_of_the_whole_strided_canvas(tmp_path, max_side, step):
     from PIL import Image
 
     from zdask.ops.stretch import asinh_stretch
@@ -139,9 +141,21 @@ def test_streamed_preview_equals_the_stretch_of_the_whole_strided_canvas(tmp_pat
     image[40:44, 10:90] = 30_000.0
     image[:7] = np.nan
     z_image, _ = _zarr_canvas(tmp_path / "canvas.zarr", image, np.ones(image.shape[:2], np.float32), 32)
-    write_preview(str(tmp_path / "preview.png"), z_image, max_side=40, band_rows=20)  # stride 4
-    want = asinh_stretch(image[::4, ::4])[::-1]
+    write_preview(str(tmp_path / "preview.png"), z_image, max_side=max_side, band_rows=7)
+    want = asinh_stretch(image[::step, ::step])[::-1]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "preview.png")), want)
+
+
+def test_bands_cover_the_rows_within_the_size_and_never_straddle_a_stored_chunk_row(tmp_path):
+    from zdask.io.outputs import bands
+
+    z_image, _ = _zarr_canvas(tmp_path / "c.zarr", np.zeros((100, 3, 1), np.float32), np.zeros((100, 3)), 32)
+    for rows in (1, 7, 16, 31, 32, 70, 500):
+        got = list(bands(z_image, rows))
+        assert [y0 for y0, _ in got[1:]] == [y1 for _, y1 in got[:-1]] and got[0][0] == 0 and got[-1][1] == 100
+        assert all(0 < y1 - y0 <= max(rows, 1) for y0, y1 in got) and len(got) <= -(-100 // rows) + 4
+        assert all(y0 // 32 == (y1 - 1) // 32 or (y0 % 32 == 0 and y1 % 32 in (0, 100 % 32)) for y0, y1 in got)
+    assert list(bands(np.zeros((10, 2)), 4)) == [(0, 3), (3, 6), (6, 10)]  # not chunked: equal bands
 
 
 class _FailingCanvas:

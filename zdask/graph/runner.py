@@ -285,7 +285,7 @@ def stage_write(ctx: RunContext) -> None:
     bands of rows of at most the stacking budget, so no process ever holds the whole canvas."""
     group = zarr.open_group(ctx.root, path="mosaic", mode="r")
     image, coverage = group["image"], group["coverage"]
-    band_rows = rows_per_band(image.shape, parse_bytes(ctx.config.budget), image.chunks[0])
+    band_rows = rows_per_band(image.shape, parse_bytes(ctx.config.budget))
     covered = 0
 
     def count_covered(y0: int, image_band: np.ndarray, coverage_band: np.ndarray) -> None:

@@ -136,8 +136,7 @@ def write_mosaic(path: str, image, coverage, wcs_header: dict, cards: dict | Non
         for header, data_start in layout:
             fh.seek(data_start - len(header))
             fh.write(header)
-        for y0 in range(0, height, max(1, int(band_rows))):
-            y1 = min(height, y0 + max(1, int(band_rows)))
+        for y0, y1 in bands(coverage, band_rows):
             image_band, coverage_band = read_band(image, y0, y1), read_band(coverage, y0, y1)
             planes = image_band[..., None] if image_band.ndim == 2 else image_band
             for c in range(channels):
@@ -152,22 +151,62 @@ def write_mosaic(path: str, image, coverage, wcs_header: dict, cards: dict | Non
             del image_band, coverage_band, planes  # before the next band is read, not after
 
 
-def read_band(array, y0: int, y1: int, step: int = 1) -> np.ndarray:
-    """``array[y0:y1:step, ::step]`` as float32, read one stored chunk column at a time.
+def bands(array, rows: int) -> Iterator[tuple[int, int]]:
+    """``(y0, y1)`` of successive bands of at most ``rows`` rows covering ``array``.
 
-    A Zarr read decodes every chunk it touches at once (concurrently), so a full-width band of
-    a wide canvas would cost several chunks of memory on top of the band; a window of one
-    chunk's width decodes one (two where the stride does not divide the chunk width).
+    A band never straddles two stored chunk rows (one is cut into equal bands, or a band is
+    whole chunk rows), so a window of a band decodes one chunk, and no chunk is decoded more
+    often than it must be.
     """
-    width = array.shape[1]
-    chunks = getattr(array, "chunks", None)
-    window = chunks[1] if chunks and isinstance(chunks[1], int) else width
-    window = max(step, window - window % step)  # windows start on the stride
-    out = np.empty((len(range(y0, y1, step)), len(range(0, width, step))) + tuple(array.shape[2:]),
+    height, rows = array.shape[0], max(1, int(rows))
+    chunk_rows = _chunk_side(array, 0) or height
+    if rows >= chunk_rows:
+        rows -= rows % chunk_rows
+        yield from ((y0, min(height, y0 + rows)) for y0 in range(0, height, rows))
+        return
+    for c0 in range(0, height, chunk_rows):
+        c1 = min(height, c0 + chunk_rows)
+        pieces = -(-(c1 - c0) // rows)
+        edges = [c0 + (c1 - c0) * i // pieces for i in range(pieces + 1)]
+        yield from zip(edges[:-1], edges[1:])
+
+
+def read_band(array, y0: int, y1: int, step: int = 1) -> np.ndarray:
+    """Rows ``y0 <= y < y1`` of ``array[::step, ::step]`` (whole-array stride: the rows and
+    columns that are multiples of ``step``) as float32, read one stored chunk at a time.
+
+    A Zarr read decodes every chunk it touches at once (concurrently): a band of a wide canvas
+    read in one go would hold several decoded chunks on top of the band itself.
+    """
+    rows = list(_stride_spans(y0, y1, _chunk_side(array, 0) or max(1, y1 - y0), step))
+    columns = list(_stride_spans(0, array.shape[1], _chunk_side(array, 1) or max(1, array.shape[1]), step))
+    out = np.empty((sum(n for *_, n in rows), sum(n for *_, n in columns)) + tuple(array.shape[2:]),
                    np.float32)
-    for x0 in range(0, width, window):
-        out[:, x0 // step:(x0 + window) // step] = array[y0:y1:step, x0:min(width, x0 + window):step]
+    r = 0
+    for r_first, r_stop, r_count in rows:
+        c = 0
+        for c_first, c_stop, c_count in columns:
+            out[r:r + r_count, c:c + c_count] = array[r_first:r_stop:step, c_first:c_stop:step]
+            c += c_count
+        r += r_count
     return out
+
+
+def _stride_spans(lo: int, hi: int, chunk: int, step: int) -> Iterator[tuple[int, int, int]]:
+    """``(first, stop, count)`` per stored chunk met in ``lo..hi``: its first index on the
+    stride (a multiple of ``step``), where it stops, and how many stride indices it holds."""
+    for c0 in range(lo - lo % chunk, hi, chunk):
+        first, stop = max(lo, c0), min(hi, c0 + chunk)
+        first += (-first) % step
+        if first < stop:
+            yield first, stop, len(range(first, stop, step))
+
+
+def _chunk_side(array, axis: int) -> int | None:
+    """The stored chunk's side along ``axis`` of a chunked array (Zarr), else None."""
+    chunks = getattr(array, "chunks", None)
+    side = chunks[axis] if chunks else None
+    return int(side) if isinstance(side, (int, np.integer)) else None
 
 
 def _primary_cards(wcs_header: dict, channels: int, cards: dict | None) -> fits.Header:
@@ -184,16 +223,11 @@ def _padded(nbytes: int) -> int:
     return -(-nbytes // 2880) * 2880
 
 
-def rows_per_band(shape: tuple[int, ...], nbytes: int, chunk_rows: int | None = None) -> int:
-    """Rows of an (H, W[, C]) float32 canvas and its coverage that fit ``nbytes`` (at least 1);
-    a whole number of ``chunk_rows`` (the store's chunk height) when that fits, so no stored
-    chunk is read twice."""
+def rows_per_band(shape: tuple[int, ...], nbytes: int) -> int:
+    """Rows of an (H, W[, C]) float32 canvas and its coverage that fit ``nbytes`` (at least 1)."""
     width = shape[1]
     channels = shape[2] if len(shape) == 3 else 1
-    rows = max(1, int(nbytes) // (width * (channels + 1) * 4))
-    if chunk_rows and rows >= chunk_rows:
-        rows -= rows % chunk_rows
-    return rows
+    return max(1, int(nbytes) // (width * (channels + 1) * 4))
 
 
 def write_preview(path: str, image, max_side: int = 4096, band_rows: int = 512) -> None:
@@ -207,11 +241,12 @@ def write_preview(path: str, image, max_side: int = 4096, band_rows: int = 512) 
 
     height, width = image.shape[:2]
     step = max(1, int(np.ceil(max(height, width) / max_side)))
-    band = max(step, int(band_rows) - int(band_rows) % step)  # bands start on the stride
     preview = np.empty((len(range(0, height, step)), len(range(0, width, step))) + tuple(image.shape[2:]),
                        np.float32)
-    for y0 in range(0, height, band):
-        preview[y0 // step:(y0 + band) // step] = read_band(image, y0, min(height, y0 + band), step)
+    for y0, y1 in bands(image, max(1, int(band_rows)) * step):  # a band's read is 1/step of it
+        part = read_band(image, y0, y1, step)
+        first = -(-y0 // step)  # ceil(y0 / step): the band's first row on the stride
+        preview[first:first + len(part)] = part
     levels = asinh_levels(preview)
     pixels = np.empty(preview.shape[:2] + ((preview.shape[2],) if preview.ndim == 3 else ()), np.uint8)
     rows = len(preview)
