@@ -110,6 +110,9 @@ def write_mosaic(path: str, image, coverage, wcs_header: dict, cards: dict | Non
     byte for byte what astropy writes for the same arrays in memory. ``each_band(y0, image_band,
     coverage_band)``, when given, sees every band once, in order (to gather statistics in the
     same pass).
+
+    Memory: one band of image and coverage (``rows_per_band`` sizes it), one channel of it in
+    FITS byte order, and one stored chunk being decoded.
     """
     height, width = coverage.shape[:2]
     channels = image.shape[2] if len(image.shape) == 3 else 1
@@ -125,7 +128,7 @@ def write_mosaic(path: str, image, coverage, wcs_header: dict, cards: dict | Non
                       name="ALPHA"),
     ])
     hdus.update_extend()
-    layout, offset = [], 0   # (where the HDU's data starts, its bytes per row)
+    layout, offset = [], 0   # per HDU: (its header's bytes, where its data starts)
     for hdu, itemsize in zip(hdus, (4, 4, 1)):
         header = hdu.header.tostring().encode("ascii")
         layout.append((header, offset + len(header)))
