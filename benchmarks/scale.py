@@ -203,8 +203,10 @@ def warm_up(work: str, args) -> None:
                         "--frames-per-panel", "4", "--frame-size", "270x480", "--altaz-panels", "1",
                         "--seed", "2"], check=True, stdout=subprocess.DEVNULL)
     print("warm-up run (untimed) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "zdask.cli", "run", os.path.join(tiny, "frames"), "--out",
-                    os.path.join(tiny, "out"), "--altaz-cleanup"], check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-m", "zdask.cli", "run", os.path.join(tiny, "frames"), "--out",
+                           os.path.join(tiny, "out"), "--altaz-cleanup"], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the warm-up run failed with status {done.returncode}:\n{done.stderr[-2000:]}")
     shutil.rmtree(os.path.join(tiny, "out"), ignore_errors=True)
 
 
