@@ -108,7 +108,8 @@ class Config:
     )
     budget: str = _doc(
         "Memory budget of one stacking task, a dask byte size such as '256MiB' (bytes); blocks "
-        "holding the whole frame axis are sized to fit it.",
+        "holding the whole frame axis are sized to fit it, and so are the bands of rows the "
+        "final write streams the canvas in.",
         default="256MiB",
     )
     warp_grid_step: int = _doc(
@@ -203,8 +204,8 @@ class Config:
     )
     max_canvas_pixels: int = _doc(
         "Largest mosaic canvas a run may plan (pixels, height × width, >= 1); a larger one is "
-        "refused before any frame is read. The final write holds the canvas in memory, about "
-        "16 bytes per pixel (8 GB at the default of 500 million).",
+        "refused before any frame is read. The final write streams the canvas in bands of rows "
+        "(of at most ``budget`` bytes), so this bounds disk and time, not memory.",
         default=500_000_000,
     )
     tile_margin: int = _doc(

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import zarr
 from astropy.utils.exceptions import AstropyWarning
+from dask.utils import parse_bytes
 
 from zdask.cluster import open_client, wait_with_progress
 from zdask.config import Config
@@ -31,7 +32,7 @@ from zdask.graph.plan import Plan, plan_master_tiles
 from zdask.graph.tile_stage import run_tile_stage
 from zdask.io import store
 from zdask.io.folderlock import FolderInUse, FolderLock
-from zdask.io.outputs import write_json, write_mosaic, write_preview
+from zdask.io.outputs import rows_per_band, write_json, write_mosaic, write_preview
 from zdask.io.platesolve import available_solver, plate_solve
 from zdask.io.scan import Frame, FrameTable, RejectedFile, scan, with_wcs
 from zdask.ops.framestats import FrameStats
@@ -280,15 +281,22 @@ def stage_calibrate(ctx: RunContext, client, plan: Plan) -> None:
 
 
 def stage_write(ctx: RunContext) -> None:
-    """mosaic.fits and preview.png from the canvas in Zarr (each written atomically)."""
+    """mosaic.fits and preview.png from the canvas in Zarr (each written atomically), streamed in
+    bands of rows of at most the stacking budget, so no process ever holds the whole canvas."""
     group = zarr.open_group(ctx.root, path="mosaic", mode="r")
-    image = np.asarray(group["image"][:])
-    coverage = np.asarray(group["coverage"][:])
-    covered = np.isfinite(image).all(axis=-1) & (coverage > 0)
-    ctx.report["mosaic"]["covered_fraction"] = float(covered.mean())
+    image, coverage = group["image"], group["coverage"]
+    band_rows = rows_per_band(image.shape, parse_bytes(ctx.config.budget))
+    covered = 0
+
+    def count_covered(y0: int, image_band: np.ndarray, coverage_band: np.ndarray) -> None:
+        nonlocal covered
+        covered += int(np.count_nonzero(np.isfinite(image_band).all(axis=-1) & (coverage_band > 0)))
+
     # What went into the mosaic: its healthy tiles and their frames, excluded frames not counted.
     assembled = [entry for entry, grid, _ in ctx.tiles if grid is not None and entry.get("healthy", True)]
     ctx.report["frames_used"] = sum(entry["n_frames"] for entry in assembled)
     write_mosaic(os.path.join(ctx.out_dir, "mosaic.fits"), image, coverage, ctx.canvas_header,
-                 {"NTILES": len(assembled), "NFRAMES": ctx.report["frames_used"]})
-    write_preview(os.path.join(ctx.out_dir, "preview.png"), image)
+                 {"NTILES": len(assembled), "NFRAMES": ctx.report["frames_used"]},
+                 band_rows=band_rows, each_band=count_covered)
+    ctx.report["mosaic"]["covered_fraction"] = covered / max(1, coverage.shape[0] * coverage.shape[1])
+    write_preview(os.path.join(ctx.out_dir, "preview.png"), image, band_rows=band_rows)

@@ -1,5 +1,8 @@
 """Files a run leaves for the user: mosaic and tile FITS, the PNG preview, the JSON report.
 
+The mosaic and its preview are streamed from the canvas (a Zarr array) band by band: a canvas
+of any size is written in the memory of a few bands.
+
 Every file is written under a temporary name in its final folder and renamed into place, so a
 crash never leaves a half-written file where a good one was.
 """
@@ -10,13 +13,13 @@ import contextlib
 import json
 import os
 import secrets
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from astropy.io import fits
 
 from zdask.io.errors import writing
-from zdask.ops.stretch import asinh_stretch
+from zdask.ops.stretch import apply_asinh, asinh_levels
 
 
 def _create_temporary(folder: str, name: str) -> str:
@@ -96,22 +99,164 @@ def alpha_from_coverage(coverage: np.ndarray) -> np.ndarray:
     return np.where(np.nan_to_num(coverage) > 0, 255, 0).astype(np.uint8)
 
 
-def write_mosaic(path: str, image: np.ndarray, coverage: np.ndarray, wcs_header: dict,
-                 cards: dict | None = None) -> None:
-    """``mosaic.fits``: image (C, H, W) float32 + COVERAGE float32 + ALPHA uint8."""
-    write_image_fits(
-        path, image, wcs_header,
-        {"COVERAGE": coverage.astype(np.float32), "ALPHA": alpha_from_coverage(coverage)},
-        cards,
-    )
+def write_mosaic(path: str, image, coverage, wcs_header: dict, cards: dict | None = None,
+                 band_rows: int = 512, each_band: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+                 ) -> None:
+    """``mosaic.fits``: image (C, H, W) float32 + COVERAGE float32 + ALPHA uint8, streamed.
+
+    ``image`` (H, W, C) or (H, W) and ``coverage`` (H, W) are anything sliced like NumPy arrays
+    (a Zarr array on disk): they are read ``band_rows`` rows at a time and each band is written
+    where it belongs in every HDU, so memory holds a few bands, never the canvas. The file is
+    byte for byte what astropy writes for the same arrays in memory. ``each_band(y0, image_band,
+    coverage_band)``, when given, sees every band once, in order (to gather statistics in the
+    same pass).
+
+    Memory: one band of image and coverage (``rows_per_band`` sizes it), one channel of it in
+    FITS byte order, and one stored chunk being decoded.
+    """
+    height, width = coverage.shape[:2]
+    channels = image.shape[2] if len(image.shape) == 3 else 1
+    plane_shape = (height, width) if channels == 1 else (channels, height, width)
+    # Headers from astropy itself, on zero-stride stand-ins of the data (no memory): the same
+    # cards, in the same order, as an HDUList of the real arrays writes.
+    hdus = fits.HDUList([
+        fits.PrimaryHDU(np.broadcast_to(np.float32(0), plane_shape), header=_primary_cards(
+            wcs_header, channels, cards)),
+        fits.ImageHDU(np.broadcast_to(np.float32(0), (height, width)), header=_wcs_cards(wcs_header),
+                      name="COVERAGE"),
+        fits.ImageHDU(np.broadcast_to(np.uint8(0), (height, width)), header=_wcs_cards(wcs_header),
+                      name="ALPHA"),
+    ])
+    hdus.update_extend()
+    layout, offset = [], 0   # per HDU: (its header's bytes, where its data starts)
+    for hdu, itemsize in zip(hdus, (4, 4, 1)):
+        header = hdu.header.tostring().encode("ascii")
+        layout.append((header, offset + len(header)))
+        offset += len(header) + _padded(int(np.prod(hdu.shape)) * itemsize)
+    plane_bytes = height * width * 4
+    with writing(path), atomic_path(path) as tmp, open(tmp, "r+b") as fh:
+        fh.truncate(offset)  # data padding is zeros, as FITS wants; the rest is written below
+        for header, data_start in layout:
+            fh.seek(data_start - len(header))
+            fh.write(header)
+        for y0, y1 in bands(coverage, band_rows):
+            image_band, coverage_band = read_band(image, y0, y1), read_band(coverage, y0, y1)
+            planes = image_band[..., None] if image_band.ndim == 2 else image_band
+            for c in range(channels):
+                fh.seek(layout[0][1] + c * plane_bytes + y0 * width * 4)
+                fh.write(planes[..., c].astype(">f4"))
+            fh.seek(layout[1][1] + y0 * width * 4)
+            fh.write(coverage_band.astype(">f4"))
+            fh.seek(layout[2][1] + y0 * width)
+            fh.write(alpha_from_coverage(coverage_band))
+            if each_band is not None:
+                each_band(y0, image_band, coverage_band)
+            del image_band, coverage_band, planes  # before the next band is read, not after
 
 
-def write_preview(path: str, image: np.ndarray, max_side: int = 4096) -> None:
-    """Asinh-stretched 8-bit PNG, north up (FITS row 0 is the bottom row, PNG row 0 the top)."""
+def bands(array, rows: int) -> Iterator[tuple[int, int]]:
+    """``(y0, y1)`` of successive bands of at most ``rows`` rows covering ``array``.
+
+    A band never straddles two stored chunk rows (one is cut into equal bands, or a band is
+    whole chunk rows), so a window of a band decodes one chunk, and no chunk is decoded more
+    often than it must be.
+    """
+    height, rows = array.shape[0], max(1, int(rows))
+    chunk_rows = _chunk_side(array, 0) or height
+    if rows >= chunk_rows:
+        rows -= rows % chunk_rows
+        yield from ((y0, min(height, y0 + rows)) for y0 in range(0, height, rows))
+        return
+    for c0 in range(0, height, chunk_rows):
+        c1 = min(height, c0 + chunk_rows)
+        pieces = -(-(c1 - c0) // rows)
+        edges = [c0 + (c1 - c0) * i // pieces for i in range(pieces + 1)]
+        yield from zip(edges[:-1], edges[1:])
+
+
+def read_band(array, y0: int, y1: int, step: int = 1) -> np.ndarray:
+    """Rows ``y0 <= y < y1`` of ``array[::step, ::step]`` (whole-array stride: the rows and
+    columns that are multiples of ``step``) as float32, read one stored chunk at a time.
+
+    A Zarr read decodes every chunk it touches at once (concurrently): a band of a wide canvas
+    read in one go would hold several decoded chunks on top of the band itself.
+    """
+    rows = list(_stride_spans(y0, y1, _chunk_side(array, 0) or max(1, y1 - y0), step))
+    columns = list(_stride_spans(0, array.shape[1], _chunk_side(array, 1) or max(1, array.shape[1]), step))
+    out = np.empty((sum(n for *_, n in rows), sum(n for *_, n in columns)) + tuple(array.shape[2:]),
+                   np.float32)
+    r = 0
+    for r_first, r_stop, r_count in rows:
+        c = 0
+        for c_first, c_stop, c_count in columns:
+            out[r:r + r_count, c:c + c_count] = array[r_first:r_stop:step, c_first:c_stop:step]
+            c += c_count
+        r += r_count
+    return out
+
+
+def _stride_spans(lo: int, hi: int, chunk: int, step: int) -> Iterator[tuple[int, int, int]]:
+    """``(first, stop, count)`` per stored chunk met in ``lo..hi``: its first index on the
+    stride (a multiple of ``step``), where it stops, and how many stride indices it holds."""
+    for c0 in range(lo - lo % chunk, hi, chunk):
+        first, stop = max(lo, c0), min(hi, c0 + chunk)
+        first += (-first) % step
+        if first < stop:
+            yield first, stop, len(range(first, stop, step))
+
+
+def _chunk_side(array, axis: int) -> int | None:
+    """The stored chunk's side along ``axis`` of a chunked array (Zarr), else None."""
+    chunks = getattr(array, "chunks", None)
+    side = chunks[axis] if chunks else None
+    return int(side) if isinstance(side, (int, np.integer)) else None
+
+
+def _primary_cards(wcs_header: dict, channels: int, cards: dict | None) -> fits.Header:
+    header = _wcs_cards(wcs_header)
+    if channels > 1 and any(k.startswith("CD1_") for k in wcs_header):
+        header["CD3_3"] = (1.0, "axis 3: colour channel number")
+    for key, value in (cards or {}).items():
+        header[key] = value
+    return header
+
+
+def _padded(nbytes: int) -> int:
+    """Bytes a FITS data unit of ``nbytes`` takes: whole 2880-byte blocks."""
+    return -(-nbytes // 2880) * 2880
+
+
+def rows_per_band(shape: tuple[int, ...], nbytes: int) -> int:
+    """Rows of an (H, W[, C]) float32 canvas and its coverage that fit ``nbytes`` (at least 1)."""
+    width = shape[1]
+    channels = shape[2] if len(shape) == 3 else 1
+    return max(1, int(nbytes) // (width * (channels + 1) * 4))
+
+
+def write_preview(path: str, image, max_side: int = 4096, band_rows: int = 512) -> None:
+    """Asinh-stretched 8-bit PNG, north up (FITS row 0 is the bottom row, PNG row 0 the top).
+
+    ``image`` (H, W[, C]) is anything sliced like a NumPy array (a Zarr array on disk): it is
+    read with the preview's stride, ``band_rows`` source rows at a time, so memory holds the
+    preview (at most ``max_side`` squared pixels), never the canvas.
+    """
     from PIL import Image
 
-    step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
-    pixels = asinh_stretch(image[::step, ::step])[::-1]
+    height, width = image.shape[:2]
+    step = max(1, int(np.ceil(max(height, width) / max_side)))
+    preview = np.empty((len(range(0, height, step)), len(range(0, width, step))) + tuple(image.shape[2:]),
+                       np.float32)
+    for y0, y1 in bands(image, max(1, int(band_rows)) * step):  # a band's read is 1/step of it
+        part = read_band(image, y0, y1, step)
+        first = -(-y0 // step)  # ceil(y0 / step): the band's first row on the stride
+        preview[first:first + len(part)] = part
+    levels = asinh_levels(preview)
+    pixels = np.empty(preview.shape[:2] + ((preview.shape[2],) if preview.ndim == 3 else ()), np.uint8)
+    rows = len(preview)
+    for y0 in range(0, rows, 256):  # the stretch's float temporaries, a band at a time
+        y1 = min(rows, y0 + 256)
+        pixels[rows - y1:rows - y0] = apply_asinh(preview[y0:y1], levels)[::-1]
+    del preview
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     with writing(path), atomic_path(path) as tmp:

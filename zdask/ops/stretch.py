@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class AsinhLevels(NamedTuple):
+    """Levels of one asinh rendering: per-channel black points, one white point, the softness."""
+
+    black: np.ndarray   # (C,) float32, data units
+    white: float        # data units above the black points
+    beta: float         # asinh softness (dimensionless)
 
 
 def asinh_stretch(image: np.ndarray, background_level: float = 0.12) -> np.ndarray:
@@ -12,6 +22,11 @@ def asinh_stretch(image: np.ndarray, background_level: float = 0.12) -> np.ndarr
     one white point (99.95th percentile of all channels above their black points) keeps the
     colour ratios; the asinh softness is chosen so the sky lands at ``background_level``.
     """
+    return apply_asinh(image, asinh_levels(image, background_level))
+
+
+def asinh_levels(image: np.ndarray, background_level: float = 0.12) -> AsinhLevels:
+    """The levels :func:`asinh_stretch` renders ``image`` with (see there)."""
     img = np.asarray(image, dtype=np.float32)
     planes = img[..., None] if img.ndim == 2 else img
     # Levels come from a regular subsample of at most ~500k pixels: a display stretch needs no
@@ -26,18 +41,26 @@ def asinh_stretch(image: np.ndarray, background_level: float = 0.12) -> np.ndarr
     shifted_sample = sample - black
     finite = shifted_sample[np.isfinite(shifted_sample)]
     white = max(float(np.percentile(finite, 99.95)) if finite.size else 1.0, 1e-12)
-
-    def unit(shifted):  # values above the black point: white → 1, clipped to [0, 1], NaN → 0
-        return np.clip(np.nan_to_num(shifted / white, nan=0.0), 0.0, 1.0)
-
-    x_sample = unit(shifted_sample)
-    x = unit(planes - black)
+    x_sample = _unit(shifted_sample, white)
     # The sky sits near x_sky after the shift; pick beta so asinh(beta*x_sky)/asinh(beta) ≈ level.
     sky = np.median(x_sample[x_sample > 0]) if np.any(x_sample > 0) else 0.01
-    beta = _softness_for(max(float(sky), 1e-6), background_level)
-    y = np.arcsinh(beta * x) / np.arcsinh(beta)
+    return AsinhLevels(black, white, _softness_for(max(float(sky), 1e-6), background_level))
+
+
+def apply_asinh(image: np.ndarray, levels: AsinhLevels) -> np.ndarray:
+    """uint8 rendering of ``image`` with given levels; pixel by pixel, so any band of rows
+    renders exactly as it does inside the whole image."""
+    img = np.asarray(image, dtype=np.float32)
+    planes = img[..., None] if img.ndim == 2 else img
+    x = _unit(planes - levels.black, levels.white)
+    y = np.arcsinh(levels.beta * x) / np.arcsinh(levels.beta)
     out = np.round(y * 255).astype(np.uint8)
     return out[..., 0] if img.ndim == 2 else out
+
+
+def _unit(shifted: np.ndarray, white: float) -> np.ndarray:
+    """Values above the black point: white → 1, clipped to [0, 1], NaN → 0."""
+    return np.clip(np.nan_to_num(shifted / white, nan=0.0), 0.0, 1.0)
 
 
 def _softness_for(x_sky: float, level: float) -> float:
