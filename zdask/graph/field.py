@@ -10,7 +10,7 @@ radius half the diagonal of ``fov_deg``): two frames are linked when their centr
 than twice the largest such radius. Every pair of overlapping frames is linked (no frame of
 the field is ever excluded); frames that come that close without overlapping are linked too,
 which at worst keeps a near neighbour of the field. Components come from the same exact single
-linkage as the master-tile groups (:func:`zdask.graph.plan._components`), O(n log n).
+linkage as the master-tile groups (:func:`zdask.graph.plan.linked_components`), O(n log n).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from zdask.graph.geometry import Grid, covering_grid, footprint_outline, wcs_from_header
-from zdask.graph.plan import _components, _unit_vectors
+from zdask.graph.plan import linked_components, unit_vectors
 from zdask.io.scan import Frame
 
 __all__ = ["OFF_FIELD_REASON", "main_field", "field_canvas", "canvas_size_problem", "field_canvas_problem"]
@@ -46,7 +46,7 @@ def main_field(frames: Sequence[Frame]) -> np.ndarray:
         return mask
     link_deg = min(2.0 * float(radius[placed].max()), 180.0)
     chord = 2.0 * math.sin(math.radians(link_deg) / 2.0)
-    labels = _components(_unit_vectors(ra[placed], dec[placed]), chord)
+    labels = linked_components(unit_vectors(ra[placed], dec[placed]), chord)
     counts = np.bincount(labels)
     best = counts.max()
     # placed is in input order, so the first member of a largest component decides ties

@@ -85,7 +85,7 @@ def infer_group_mode(frames: Sequence[Frame]) -> str:
     return MOUNT_UNKNOWN
 
 
-def _unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     ra, dec = np.radians(ra_deg), np.radians(dec_deg)
     cd = np.cos(dec)
     return np.column_stack([cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)])
@@ -109,7 +109,7 @@ def _split_even(members: list[int], max_size: int) -> list[list[int]]:
     return out
 
 
-def _components(xyz: np.ndarray, chord: float) -> np.ndarray:
+def linked_components(xyz: np.ndarray, chord: float) -> np.ndarray:
     """Labels of the connected components of points linked within ``chord``.
 
     Exact single linkage in O(n log n) even for thousands of frames on one
@@ -208,7 +208,7 @@ def plan_master_tiles(
     bad = np.flatnonzero(~(np.isfinite(ra) & np.isfinite(dec)))
     if len(bad):
         raise ValueError(f"frame {frames[int(bad[0])].path} has a non-finite centre")
-    xyz = _unit_vectors(ra, dec)
+    xyz = unit_vectors(ra, dec)
     modes = np.array([f.mount if f.mount in _MODES else MOUNT_UNKNOWN for f in frames])
 
     parts: list[tuple[str, list[int]]] = []
@@ -216,7 +216,7 @@ def plan_master_tiles(
         idx = np.flatnonzero(modes == mode)
         if not len(idx):
             continue
-        labels = _components(xyz[idx], chord)
+        labels = linked_components(xyz[idx], chord)
         order = np.argsort(labels, kind="stable")
         cuts = np.flatnonzero(np.diff(labels[order])) + 1
         for component in np.split(idx[order], cuts):
