@@ -1,9 +1,11 @@
 """Master tiles: each group's frames warped onto the tile grid and reduced along the frame axis.
 
-The warped stack is a dask array ``(N, h, w, C)`` whose blocks are made by one task each: the
-task reads, from the calibrated frames in Zarr, only the windows that land in its block and
-warps them. The frame axis is one chunk and the blocks fit the memory budget, so
-``zdask.stack`` reduces each block where it was made; aligned stacks are never written out.
+The tile grid is cut into blocks (:func:`zdask.graph.stack.stack_chunks`: whole frame axis, the
+block's N frames within the memory budget). One task per block reads, from the calibrated frames
+in Zarr, only the windows that land in its block, warps them and reduces them at once
+(:func:`stack_tile_block`): the warped samples never leave the task, so neither aligned stacks
+nor warped blocks are ever held or written out, and a block task depends on nothing but the
+tile's plain description (:class:`TileStack`), never on per-frame results.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
+from dask.highlevelgraph import HighLevelGraph
 
 from zdask.config import Config
 from zdask.graph.geometry import Grid, covering_grid, footprint_outline, mean_direction, wcs_from_header
-from zdask.graph.stack import stack, stack_chunks
+from zdask.graph.stack import stack_chunks
 from zdask.io import store
 from zdask.io.scan import Frame
 from zdask.ops.background import Surface
@@ -23,6 +26,8 @@ from zdask.ops.colour import equalize_rgb_medians, tile_health
 from zdask.ops.framestats import FrameStats
 from zdask.ops.masks import altaz_alpha, coverage_renormalisation_gain, feather_weights
 from zdask.ops.normalize import frame_weights, normalization_coefficients
+from zdask.ops._stacking_common import per_frame
+from zdask.ops.stacking import METHODS
 from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
 
 # The stack's arrays (master_tile's keys) and the names store_tile writes them under. The
@@ -86,15 +91,36 @@ def warp_block(
     return out
 
 
-def warped_stack(sources: list[TileSource], grid: Grid, channels: int, config: Config) -> da.Array:
-    """Lazy (N, h, w, C) float32 stack of the group's frames on the tile grid."""
-    shape = (len(sources), *grid.shape, channels)
-    chunks = stack_chunks(shape, np.float32, config.budget)
-    return da.map_blocks(
-        warp_block, sources, grid.wcs_header, config.warp_grid_step, channels,
-        chunks=chunks, dtype=np.float32, meta=np.empty((0, 0, 0, 0), dtype=np.float32),
-        name=f"warp-{store.fingerprint([s.token for s in sources], grid.to_json())}",
-    )
+@dataclass(frozen=True)
+class TileStack:
+    """What every block task of one master tile needs: the frames, the tile grid and the
+    reduction (plain values). The graph holds it once per tile, as one key that all the tile's
+    block tasks share, so that the graph grows with the frames plus the blocks, not their product."""
+
+    sources: tuple[TileSource, ...]
+    grid_header: dict
+    step: int
+    channels: int
+    method: str
+    params: dict
+    weights: np.ndarray | None  # (N, C) float64
+    scale: np.ndarray | None    # (N, C) float32
+    offset: np.ndarray | None   # (N, C) float32
+
+
+def stack_tile_block(spec: TileStack, rows: tuple[int, int], cols: tuple[int, int]) -> tuple:
+    """Worker task: warp the frames' windows onto one block of the tile grid and reduce them
+    along the frame axis, in the same task. Returns the block's (image, count, rejected_low,
+    rejected_high).
+
+    The warped block (N × rows × cols × C samples, within the budget) lives only inside this
+    task: it is never a task result that the scheduler could keep while other blocks are warped.
+    """
+    info = {None: {"array-location": [(0, len(spec.sources)), rows, cols, (0, spec.channels)]}}
+    block = warp_block(list(spec.sources), spec.grid_header, spec.step, spec.channels, block_info=info)
+    result = METHODS[spec.method](block, weights=spec.weights, scale=spec.scale, offset=spec.offset,
+                                  **spec.params)
+    return tuple(result)
 
 
 def method_parameters(config: Config) -> dict:
@@ -106,31 +132,82 @@ def method_parameters(config: Config) -> dict:
     return {}
 
 
-def master_tile(
-    sources: list[TileSource], stats: list[FrameStats], exptimes: list[float | None],
-    grid: Grid, channels: int, config: Config,
-) -> dict[str, da.Array]:
-    """Lazy arrays of one master tile: image (h, w, C), coverage (h, w), count and rejections."""
-    warped = warped_stack(sources, grid, channels, config)
+def tile_stack_spec(
+    sources: list[TileSource], stats: list[FrameStats], exptimes: list[float | None], grid: Grid,
+    channels: int, config: Config,
+) -> TileStack:
+    """The reduction of one tile as plain values, validated here (bad parameters raise now, not
+    in a worker; the probe also compiles the kernel)."""
+    n = len(sources)
     scale, offset = normalization_coefficients(stats, config.normalization)
     if any(s.sky is not None for s in sources):
         # The sky surfaces already brought every frame's background to the group's consensus;
         # offsets from whole-frame statistics (measured before that) would undo it.
         offset = np.zeros_like(offset)
     weights = frame_weights(stats, config.weights, exptimes=exptimes)
-    result = stack(
-        warped, config.reject, weights=weights, scale=scale, offset=offset,
-        budget=config.budget, **method_parameters(config),
+    params = method_parameters(config)
+    spec = TileStack(
+        tuple(sources), grid.wcs_header, config.warp_grid_step, channels, config.reject, params,
+        per_frame(weights, n, channels, "weights", np.float64),
+        per_frame(scale, n, channels, "scale", np.float32),
+        per_frame(offset, n, channels, "offset", np.float32),
     )
+    probe = np.zeros((n, 1, 1, channels), dtype=np.float32)
+    METHODS[spec.method](probe, weights=spec.weights, scale=spec.scale, offset=spec.offset, **params)
+    return spec
+
+
+def _block_output(outputs: tuple, index: int, _spec: TileStack) -> np.ndarray:
+    """One of a block task's outputs. It takes the tile's description too, unused, so that it has
+    two dependencies: dask's linear fusion then cannot fold the block task into each of its four
+    outputs (it did, with one: every block warped and reduced four times)."""
+    return outputs[index]
+
+
+def master_tile(
+    sources: list[TileSource], stats: list[FrameStats], exptimes: list[float | None],
+    grid: Grid, channels: int, config: Config,
+) -> dict[str, da.Array]:
+    """Lazy arrays of one master tile: image (h, w, C), coverage (h, w), count and rejections.
+
+    One task per block of the tile grid warps and reduces that block (:func:`stack_tile_block`),
+    blocks sized by :func:`zdask.graph.stack.stack_chunks` so that the block's N frames fit
+    ``config.budget``. The tasks depend on nothing but the tile's :class:`TileStack`, so a block
+    holds memory only while it runs: the stage's peak is about threads × (budget + the frame
+    windows of one warp) whatever the number of frames or groups.
+    """
+    spec = tile_stack_spec(sources, stats, exptimes, grid, channels, config)
+    n = len(sources)
+    _, rchunks, cchunks, _ = stack_chunks((n, *grid.shape, channels), np.float32, config.budget)
+    token = store.fingerprint([s.token for s in sources], [s.sky for s in sources], grid.to_json(),
+                              channels, config.digest("reject", "kappa", "iterations", "normalization",
+                                                      "weights", "warp_grid_step", "budget"))
+    spec_key = f"tile-stack-spec-{token}"
+    name = f"stack-tile-block-{token}"
+    rstarts, cstarts = np.cumsum((0,) + rchunks), np.cumsum((0,) + cchunks)
+    blocks = {}
+    for i in range(len(rchunks)):
+        for j in range(len(cchunks)):
+            rows = (int(rstarts[i]), int(rstarts[i + 1]))
+            cols = (int(cstarts[j]), int(cstarts[j + 1]))
+            blocks[(name, i, j, 0)] = (stack_tile_block, spec_key, rows, cols)
+    layers = {spec_key: {spec_key: spec}, name: blocks}
+    dependencies = {spec_key: set(), name: {spec_key}}
+    chunks = (rchunks, cchunks, (channels,))
+    result = {}
+    for k, (field, dtype) in enumerate((("image", np.float32), ("count", np.int32),
+                                        ("rejected_low", np.int32), ("rejected_high", np.int32))):
+        out = f"{field.replace('_', '-')}-{name}"
+        layer = {(out,) + key[1:]: (_block_output, key, k, spec_key) for key in blocks}
+        graph = HighLevelGraph({**layers, out: layer}, {**dependencies, out: {name, spec_key}})
+        result[field] = da.Array(graph, out, chunks=chunks, dtype=dtype,
+                                 meta=np.empty((0, 0, 0), dtype=dtype))
     # Coverage from geometry: a warped sample is NaN exactly where the frame's footprint ends,
     # so the samples kept plus those rejected count the footprints (no second pass over the
     # warped blocks).
-    first = (slice(None), slice(None), 0) if result.count.ndim == 3 else (slice(None), slice(None))
-    coverage = (result.count[first] + result.rejected_low[first] + result.rejected_high[first]).astype(np.float32)
-    return {
-        "image": result.image, "coverage": coverage, "count": result.count,
-        "rejected_low": result.rejected_low, "rejected_high": result.rejected_high,
-    }
+    counted = result["count"][..., 0] + result["rejected_low"][..., 0] + result["rejected_high"][..., 0]
+    result["coverage"] = counted.astype(np.float32)
+    return result
 
 
 def store_tile(arrays: dict[str, da.Array], root: str, name: str):
