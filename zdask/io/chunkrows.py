@@ -41,6 +41,22 @@ def _blosc_getitem():
     return fn
 
 
+# id(array) -> (array, its chunk directory or None): checking the codecs cost ~50 µs, paid per
+# frame and block. The entry holds the array, so that its id is not reused while it is cached.
+_CHUNK_DIRS: dict[int, tuple[zarr.Array, str | None]] = {}
+
+
+def _chunk_dir(z: zarr.Array) -> str | None:
+    hit = _CHUNK_DIRS.get(id(z))
+    if hit is not None and hit[0] is z:
+        return hit[1]
+    if len(_CHUNK_DIRS) >= 8192:
+        _CHUNK_DIRS.clear()
+    found = _blosc_chunk_dir(z)
+    _CHUNK_DIRS[id(z)] = (z, found)
+    return found
+
+
 def _blosc_chunk_dir(z: zarr.Array) -> str | None:
     """Directory of ``z``'s chunk files when they are single Blosc frames of whole rows."""
     if _blosc_getitem() is None or not isinstance(z.store, LocalStore) or z.metadata.zarr_format != 3:
@@ -59,7 +75,7 @@ def _blosc_chunk_dir(z: zarr.Array) -> str | None:
 
 def read_rows(z: zarr.Array, y0: int, y1: int) -> np.ndarray:
     """``z[y0:y1]`` (whole rows), decompressing only the Blosc blocks that hold them."""
-    chunk_dir = _blosc_chunk_dir(z)
+    chunk_dir = _chunk_dir(z)
     if chunk_dir is None:
         return z[y0:y1]
     rows_per_chunk = z.chunks[0]
