@@ -39,11 +39,13 @@ from zarr.codecs import BloscCodec
 # 50 ms and reads in 20-40 ms, zstd level 1 in 130-190 / 80-100 ms for 25% more reduction; reads
 # sit on the warp's critical path, so lz4.
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
-# Calibrated frames: the same, in Blosc blocks of 64 KiB (a few rows) instead of its default
-# 512 KiB, because a master tile's block task reads a band of a few rows from every frame of
+# Calibrated frames: the same, in Blosc blocks of 64 KiB (a few rows) instead of the 256-512 KiB
+# Blosc picks, because a master tile's block task reads a band of a few rows from every frame of
 # its group and decompresses only the Blosc blocks that hold them (zdask.io.chunkrows): the
-# smaller the block, the less it decompresses to throw away (lz4's window is 64 KiB anyway).
-FRAME_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", blocksize=64 << 10)
+# smaller the block, the less it decompresses to throw away. Blosc 1 raises a forced block size
+# below 64 KiB to 64 KiB for this data (and 64 KiB asked gave 256 KiB): hence 16 KiB asked.
+# Measured on 256 × 1920 × 3 rows: 20 rows read in 134 µs against 215 µs, files 7 % larger.
+FRAME_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", blocksize=16 << 10)
 
 
 #: Part of every fingerprint: bump it when a code change alters what a stage writes, so that
