@@ -83,7 +83,7 @@ def altaz_panels(args) -> str:
     if args.altaz_panels != "auto":
         return args.altaz_panels
     rows, cols = (int(v) for v in args.panels.lower().split("x"))
-    return ",".join(str(i) for i in range(1, rows * cols, 2))
+    return ",".join(str(i) for i in range(1, rows * cols, 2)) or "none"  # one panel: none
 
 
 def bin_to_luminance(survey: str) -> str:

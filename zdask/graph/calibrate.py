@@ -118,7 +118,8 @@ def calibrate_frame(job: CalibrationJob) -> dict:
     with writing(os.path.join(job.root, name)):  # a full disk is named with the entry
         store.begin_entry(job.root, name)  # made from another hot-pixel map before
         group = store.open_store(job.root)
-        arr = store.create_array(group, name, (h, w, c), "float32", (FRAME_CHUNK_ROWS, w, c))
+        arr = store.create_array(group, name, (h, w, c), "float32", (FRAME_CHUNK_ROWS, w, c),
+                                  compressor=store.FRAME_COMPRESSOR)
         arr[:] = image
         store.mark_complete(job.root, name, job.fingerprint, stats=stats, path=job.frame.path)
     return stats

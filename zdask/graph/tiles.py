@@ -20,6 +20,7 @@ from zdask.config import Config
 from zdask.graph.geometry import Grid, covering_grid, footprint_outline, mean_direction, wcs_from_header
 from zdask.graph.stack import stack_chunks
 from zdask.io import store
+from zdask.io.chunkrows import read_rows
 from zdask.io.scan import Frame
 from zdask.ops.background import Surface
 from zdask.ops.colour import equalize_rgb_medians, tile_health
@@ -82,7 +83,8 @@ def warp_block(
             out[i] = np.nan
             continue
         y0, y1, x0, x1 = window
-        pixels = store.open_array(src.root, f"frames/{src.key}", src.token)[y0:y1, x0:x1, :]
+        # Whole rows, decompressing only what they need (a cost in the rows, not in the chunk)
+        pixels = read_rows(store.open_array(src.root, f"frames/{src.key}", src.token), y0, y1)[:, x0:x1]
         remap(pixels, map_x, map_y, origin=(y0, x0), out=out[i])
         if src.sky is not None:
             coeffs, order, extent = src.sky

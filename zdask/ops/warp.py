@@ -11,6 +11,7 @@ Pixel coordinates are 0-based and refer to pixel centres, as in NumPy and astrop
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -39,19 +40,24 @@ def _nodes(start: int, stop: int, step: int) -> np.ndarray:
     return nodes
 
 
-def _interp_matrix(nodes: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Dense (n_targets, n_nodes) matrix of linear-interpolation weights."""
+@functools.lru_cache(maxsize=16)
+def _interp_matrix(start: int, stop: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The nodes of [start, stop) and the dense (n_targets, n_nodes) matrix of linear-interpolation
+    weights, read only. Cached: every frame warped onto a block uses the same two (rebuilding
+    them per frame cost as much as the WCS)."""
+    nodes = _nodes(start, stop, step)
     targets = np.arange(start, stop, dtype=np.float64)
     weights = np.zeros((targets.size, nodes.size))
     if nodes.size == 1:
         weights[:, 0] = 1.0
-        return weights
-    left = np.clip(np.searchsorted(nodes, targets, side="right") - 1, 0, nodes.size - 2)
-    frac = (targets - nodes[left]) / (nodes[left + 1] - nodes[left])
-    rows = np.arange(targets.size)
-    weights[rows, left] = 1.0 - frac
-    weights[rows, left + 1] = frac
-    return weights
+    else:
+        left = np.clip(np.searchsorted(nodes, targets, side="right") - 1, 0, nodes.size - 2)
+        frac = (targets - nodes[left]) / (nodes[left + 1] - nodes[left])
+        rows = np.arange(targets.size)
+        weights[rows, left] = 1.0 - frac
+        weights[rows, left + 1] = frac
+    nodes.flags.writeable = weights.flags.writeable = False
+    return nodes, weights
 
 
 def pixel_map(
@@ -63,10 +69,9 @@ def pixel_map(
     column) and interpolated bilinearly in between.
     """
     (r0, r1), (c0, c1) = rows, cols
-    ny, nx = _nodes(r0, r1, step), _nodes(c0, c1, step)
+    (ny, wy), (nx, wx) = _interp_matrix(r0, r1, step), _interp_matrix(c0, c1, step)
     gx, gy = np.meshgrid(nx, ny)
     sx, sy = transform(gx, gy)
-    wy, wx = _interp_matrix(ny, r0, r1), _interp_matrix(nx, c0, c1)
     # Columns first: (ny, nx) @ (nx, w) is small, and the large product then has only ny
     # (not nx) terms per pixel (3× fewer operations than (wy @ sx) @ wx.T for wide blocks).
     return wy @ (sx @ wx.T), wy @ (sy @ wx.T)
@@ -100,9 +105,13 @@ def source_window(
 
 
 def _every_eighth(a: np.ndarray) -> np.ndarray:
-    rows = np.unique(np.append(np.arange(0, a.shape[0], 8), a.shape[0] - 1))
-    cols = np.unique(np.append(np.arange(0, a.shape[1], 8), a.shape[1] - 1))
-    return a[np.ix_(rows, cols)]
+    return a[np.ix_(_eighths(a.shape[0]), _eighths(a.shape[1]))]
+
+
+def _eighths(n: int) -> np.ndarray:
+    """0, 8, 16, ... and n - 1 (once), sorted."""
+    idx = np.arange(0, n, 8)
+    return idx if (n - 1) % 8 == 0 else np.append(idx, n - 1)
 
 
 def footprint(map_x: np.ndarray, map_y: np.ndarray, src_shape: tuple[int, int]) -> np.ndarray:

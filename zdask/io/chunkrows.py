@@ -1,0 +1,107 @@
+"""Read a band of rows of a stored frame, decompressing only the part of each chunk it needs.
+
+A master tile's block task reads a window of a few dozen rows from every frame of its group, and
+the number of blocks grows with the group: through zarr, each window read decompressed the whole
+chunk strip it touched (256 rows) and paid zarr's per-call overhead, ~1.5 ms per frame and block,
+so that a group's tile took time in the square of its frames. Blosc stores a chunk as blocks that
+decompress independently (``blosc_getitem``): :func:`read_rows` maps the chunk file and
+decompresses only the blocks that hold the rows asked for, so a read costs in proportion to its
+rows. The bytes are those zarr would return (the same codec on the same chunk).
+
+Only the layout the calibrate stage writes takes this path: a local store, chunks of whole rows
+(full width and channels), one Blosc codec after the plain bytes serializer, no filter. Anything
+else (and a chunk never written, which zarr reads as the fill value) goes through zarr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import mmap
+import os
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BytesCodec
+from zarr.storage import LocalStore
+
+__all__ = ["read_rows"]
+
+
+@functools.cache
+def _blosc_getitem():
+    """c-blosc's ``blosc_getitem`` from numcodecs' extension (which exports it), or None."""
+    try:
+        from numcodecs import blosc
+        fn = ctypes.CDLL(blosc.__file__).blosc_getitem
+    except (ImportError, OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+# id(array) -> (array, its chunk directory or None): checking the codecs cost ~50 µs, paid per
+# frame and block. The entry holds the array, so that its id is not reused while it is cached.
+_CHUNK_DIRS: dict[int, tuple[zarr.Array, str | None]] = {}
+
+
+def _chunk_dir(z: zarr.Array) -> str | None:
+    hit = _CHUNK_DIRS.get(id(z))
+    if hit is not None and hit[0] is z:
+        return hit[1]
+    if len(_CHUNK_DIRS) >= 8192:
+        _CHUNK_DIRS.clear()
+    found = _blosc_chunk_dir(z)
+    _CHUNK_DIRS[id(z)] = (z, found)
+    return found
+
+
+def _blosc_chunk_dir(z: zarr.Array) -> str | None:
+    """Directory of ``z``'s chunk files when they are single Blosc frames of whole rows."""
+    if _blosc_getitem() is None or not isinstance(z.store, LocalStore) or z.metadata.zarr_format != 3:
+        return None
+    if z.filters or len(z.compressors) != 1 or not isinstance(z.compressors[0], BloscCodec):
+        return None
+    ser = z.serializer
+    if not isinstance(ser, BytesCodec) or not np.dtype(z.dtype).isnative:
+        return None
+    if ser.endian is not None and ser.endian.value != ("little" if np.little_endian else "big"):
+        return None
+    if tuple(z.chunks[1:]) != tuple(z.shape[1:]):
+        return None
+    return os.path.join(str(z.store.root), z.store_path.path)
+
+
+def read_rows(z: zarr.Array, y0: int, y1: int) -> np.ndarray:
+    """``z[y0:y1]`` (whole rows), decompressing only the Blosc blocks that hold them."""
+    chunk_dir = _chunk_dir(z)
+    if chunk_dir is None:
+        return z[y0:y1]
+    rows_per_chunk = z.chunks[0]
+    row_bytes = int(np.prod(z.shape[1:], dtype=np.int64)) * np.dtype(z.dtype).itemsize
+    out = np.empty((y1 - y0,) + tuple(z.shape[1:]), dtype=z.dtype)
+    getitem = _blosc_getitem()
+    for k in range(y0 // rows_per_chunk, -(-y1 // rows_per_chunk)):
+        a, b = max(y0, k * rows_per_chunk), min(y1, (k + 1) * rows_per_chunk)
+        dst = out[a - y0:b - y0]
+        path = os.path.join(chunk_dir, z.metadata.encode_chunk_key((k,) + (0,) * (z.ndim - 1)))
+        try:
+            with open(path, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (FileNotFoundError, ValueError):  # never written (or empty): zarr's fill value
+            dst[...] = z[a:b]
+            continue
+        try:
+            src = np.frombuffer(mapped, dtype=np.uint8)
+            typesize = int(src[3])  # Blosc header: version, versionlz, flags, typesize
+            start, nbytes = (a - k * rows_per_chunk) * row_bytes, (b - a) * row_bytes
+            got = -1
+            if typesize and start % typesize == 0 and nbytes % typesize == 0:
+                got = getitem(src.ctypes.data, start // typesize, nbytes // typesize, dst.ctypes.data)
+            del src
+        finally:
+            mapped.close()
+        if got != nbytes:  # a frame Blosc cannot serve in part: let zarr read (or report) it
+            dst[...] = z[a:b]
+    return out
