@@ -200,7 +200,7 @@ class Config:
     )
     canvas_block: int = _doc(
         "Side of the square canvas blocks that the mosaic is assembled in (pixels, 256..8192).",
-        default=2048,
+        default=1024,
     )
     max_canvas_pixels: int = _doc(
         "Largest mosaic canvas a run may plan (pixels, height × width, >= 1); a larger one is "
