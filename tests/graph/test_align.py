@@ -360,43 +360,6 @@ def test_attach_unsolved_picks_the_nearest_solved_frame_of_the_same_sensor():
     assert attach_unsolved([], unsolved[:1]) == {"u1": None}
 
 
-def _source(name, ra, dec, wcs=True):
-    header = tan_header(ra, dec, 2.4, (270.5, 480.5)) if wcs else None
-    return AlignSource(name, "root", name, "t", header, (960, 540))
-
-
-def test_reference_index_prefers_low_noise_then_the_central_frame():
-    sources = [_source("a", 10.0, 41.0), _source("b", 10.01, 41.0), _source("c", 10.02, 41.0),
-               _source("d", 10.01, 41.0, wcs=False)]
-    assert reference_index(sources, [5.0, 5.2, 5.1, 1.0]) == 1  # d has no WCS; b is central
-    assert reference_index(sources, [5.0, 9.0, 5.1, 1.0]) in (0, 2)
-    assert reference_index(sources, [5.0, 9.0, 4.0, 1.0]) == 2
-    assert reference_index(sources, [None, float("nan"), 3.0, 1.0]) == 2
-    assert reference_index(sources, [1.0] * 4, n_stars=[10, 200, 50, 300]) == 1
-    assert reference_index(sources, [1.0] * 4) == reference_index(sources, [1.0] * 4)
-    with pytest.raises(ValueError):
-        reference_index([sources[3]], [1.0])
-
-
-def test_reference_index_never_picks_a_frame_whose_statistics_are_not_typical():
-    """A blank frame has the lowest noise of its group (0) but no stars and a background far
-    from the others': it must not become the reference (it would fail every other frame)."""
-    sources = [_source(n, 10.0 + 0.01 * i, 41.0) for i, n in enumerate("abcde")]
-    noise = [70.0, 71.0, 0.0, 72.0, 70.5]
-    stars = [30, 35, 0, 32, 31]
-    background = [560.0, 550.0, 0.0, 555.0, 548.0]
-    assert reference_index(sources, noise) == 2  # noise alone: the blank frame
-    # among the typical frames (noise within 10 %) b and d are nearest the mean centre: b
-    assert reference_index(sources, noise, stars, background=background) == 1
-    assert reference_index(sources, noise, stars) == 1
-    assert reference_index(sources, noise, background=background) == 1
-    # a saturated frame: noise 0, background 65535, no stars
-    assert reference_index(sources, noise, stars, background=[560.0, 550.0, 65535.0, 555.0, 548.0]) == 1
-    # fogged: more background, fewer stars, and (in ADU) less noise than the clear frames
-    assert reference_index(sources, [70.0, 71.0, 40.0, 72.0, 70.5], [30, 35, 12, 32, 31],
-                           background=[560.0, 550.0, 2400.0, 555.0, 548.0]) == 1
-
-
 def test_compose_tan_is_the_header_after_the_transform():
     header = tan_header(10.0, 41.0, 2.4, (270.5, 480.5))
     t = np.array([[0.9999, -0.0087, 3.2], [0.0087, 0.9999, -1.7], [0, 0, 1.0]])

@@ -13,9 +13,8 @@ import numpy as np
 import zarr
 
 from zdask.cluster import wait_with_progress
-from zdask.graph.align import (
-    STATUS_EXCLUDED, AlignResult, AlignSource, align_frame, reference_catalogue, reference_index,
-)
+from zdask.graph.align import STATUS_EXCLUDED, AlignResult, AlignSource, align_frame, reference_catalogue
+from zdask.graph.align_reference import reference_index
 from zdask.io import store
 
 ALIGN_VERSION = "align-v1"
