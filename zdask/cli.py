@@ -160,7 +160,7 @@ def plan(
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Group frames into master tiles by sky position and mount mode."""
-    from zdask.graph.field import OFF_FIELD_REASON, main_field
+    from zdask.graph.field import OFF_FIELD_REASON, split_main_field
     from zdask.graph.plan import plan_master_tiles, summarize
     from zdask.io.scan import scan as scan_inputs
 
@@ -176,11 +176,9 @@ def plan(
         _fail("no usable frame")
     with _failures_reported(debug):
         # as `zdask run` plans: the main field only, each frame outside it named
-        in_field = main_field(table.frames)
-        frames = [f for f, keep in zip(table.frames, in_field) if keep]
-        for f, keep in zip(table.frames, in_field):
-            if not keep:
-                console.print(f"excluded {f.path}: {OFF_FIELD_REASON}", highlight=False, soft_wrap=True)
+        frames, off_field = split_main_field(table.frames)
+        for f in off_field:
+            console.print(f"excluded {f.path}: {OFF_FIELD_REASON}", highlight=False, soft_wrap=True)
         result = plan_master_tiles(frames, link_fov_fraction=cfg.link_fov_fraction,
                                    max_group_size=cfg.max_group_size)
     print(json.dumps(result.to_json(frames), indent=2) if as_json else summarize(result, frames))

@@ -55,6 +55,13 @@ def main_field(frames: Sequence[Frame]) -> np.ndarray:
     return mask
 
 
+def split_main_field(frames: Sequence[Frame]) -> tuple[list[Frame], list[Frame]]:
+    """(frames in the main field, frames outside it), each in input order. Pure."""
+    in_field = main_field(frames)
+    return ([f for f, keep in zip(frames, in_field) if keep],
+            [f for f, keep in zip(frames, in_field) if not keep])
+
+
 def field_canvas(frames: Sequence[Frame], margin: int = 0) -> Grid:
     """The north-up TAN grid at the frames' median scale covering their footprints (+ margin
     px): the size the mosaic canvas will have, from the headers alone. Raises ValueError when

@@ -26,7 +26,7 @@ from zdask.graph import calibrate as cal
 from zdask.graph.geometry import Grid
 from zdask.graph.align import attach_unsolved
 from zdask.graph.align_stage import run_align_stage
-from zdask.graph.field import OFF_FIELD_REASON, field_canvas_problem, main_field
+from zdask.graph.field import OFF_FIELD_REASON, field_canvas_problem, split_main_field
 from zdask.graph.mosaic_stage import run_mosaic_stage
 from zdask.graph.plan import Plan, plan_master_tiles
 from zdask.graph.tile_stage import run_tile_stage
@@ -195,9 +195,7 @@ def _run(inputs: Sequence[str], out_dir: str, config: Config, say, console) -> d
             done = {f.path for f in solved}
             rejected = [r for r in rejected if r.path not in done]
     # A frame from another part of the sky must neither size the canvas nor get a tile.
-    in_field = main_field(frames)
-    off_field = [f for f, keep in zip(frames, in_field) if not keep]
-    frames = [f for f, keep in zip(frames, in_field) if keep]
+    frames, off_field = split_main_field(frames)
     problem = field_canvas_problem(frames, config.tile_margin, config.max_canvas_pixels)
     if problem:
         raise RunError(problem)
