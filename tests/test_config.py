@@ -23,6 +23,7 @@ def test_defaults_are_valid_and_every_field_is_documented():
         ("budget", "lots", "byte size"),
         ("max_group_size", 0, ">= 1"),
         ("hot_pixel_min_fraction", 1.5, "(0, 1]"),
+        ("hot_pixel_frames", 2, "integer >= 3"),
         ("max_saturated_fraction", 1.5, "[0, 1]"),
         ("min_frame_stars", -1, ">= 0"),
         ("max_canvas_pixels", 0, ">= 1"),

@@ -17,6 +17,7 @@ from zdask.io import store
 from zdask.io.errors import writing
 from zdask.io.pixels import read_frame
 from zdask.io.scan import Frame
+from zdask.graph.plan import spread_evenly
 from zdask.ops.debayer import debayer_bilinear
 from zdask.ops.framestats import FrameStats, frame_defect, frame_statistics
 from zdask.ops.hotpixels import correct_hot_pixels, hot_pixel_candidates, hot_pixel_map
@@ -43,10 +44,18 @@ def frame_hot_candidates(frame: Frame, sigma: float) -> np.ndarray:
     return hot_pixel_candidates(read_frame(frame), frame.layout, sigma).astype(np.int64)
 
 
+def hot_pixel_frames(frames: list[Frame], config: Config) -> list[Frame]:
+    """The frames of one sensor whose candidates make its hot-pixel map: at most
+    ``config.hot_pixel_frames``, spread evenly over the frames in time order (a hot pixel sits
+    in all of them; a sample spread over the night also sees one that comes and goes)."""
+    ordered = sorted(frames, key=lambda f: (f.time_mjd is None, f.time_mjd or 0.0, f.path))
+    return [ordered[i] for i in spread_evenly(len(ordered), config.hot_pixel_frames)]
+
+
 def hotmap_fingerprint(frames: list[Frame], config: Config) -> str:
     return store.fingerprint(
         sorted(f.fingerprint() for f in frames),
-        config.digest("hot_pixel_sigma", "hot_pixel_min_fraction"),
+        config.digest("hot_pixel_sigma", "hot_pixel_min_fraction", "hot_pixel_frames"),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from zdask.graph.geometry import Grid, wcs_from_header
+from zdask.graph.plan import spread_evenly
 from zdask.io import store
 from zdask.ops.background import Surface, star_mask
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
@@ -73,7 +74,7 @@ def frame_sky_surfaces(sources: list, grid: Grid, factor: int, order: int) -> li
     step = FRAME_MATCH_STEP
     if not sources:
         return []
-    for_mask = np.unique(np.linspace(0, len(sources) - 1, min(len(sources), STAR_MASK_FRAMES)).round().astype(int))
+    for_mask = spread_evenly(len(sources), STAR_MASK_FRAMES)
     sampled = mask_stack = None
     for k, src in enumerate(sources):
         warped = _warp_prebinned(_read_binned(src, factor), src.wcs_header, grid.wcs_header, shape_b, factor)

@@ -25,11 +25,19 @@ from scipy.spatial import cKDTree
 
 from zdask.io.scan import MOUNT_ALTAZ, MOUNT_EQ, MOUNT_UNKNOWN, Frame
 
-__all__ = ["TileGroup", "Plan", "plan_master_tiles", "infer_group_mode", "summarize"]
+__all__ = ["TileGroup", "Plan", "plan_master_tiles", "infer_group_mode", "summarize", "spread_evenly"]
 
 _MODES = (MOUNT_EQ, MOUNT_ALTAZ, MOUNT_UNKNOWN)
 #: cell pairs with at most this many cross point pairs are tested vectorised
 _LIGHT_PAIR_WORK = 64
+
+
+def spread_evenly(count: int, limit: int) -> np.ndarray:
+    """Indices of at most ``limit`` of ``count`` items, spread evenly from the first to the
+    last (all of them when ``limit`` is 0 or not smaller than ``count``). Pure."""
+    if limit <= 0 or count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(int))
 
 
 @dataclass(frozen=True)
