@@ -55,3 +55,24 @@ def test_the_hot_map_fingerprint_follows_the_frame_cap(small_survey):
     frames = scan([str(out / "frames")]).frames
     assert (cal.hotmap_fingerprint(frames, Config(hot_pixel_frames=8))
             != cal.hotmap_fingerprint(frames, Config(hot_pixel_frames=16)))
+
+
+def test_calibration_keeps_the_stars_alignment_would_find(small_survey, tmp_path):
+    """The stars kept with a calibrated frame are exactly those detected on its stored green
+    channel, their count is the statistics' n_stars, and the alignment reads them from there."""
+    from zdask.graph.align import AlignSource, read_green, source_stars
+    from zdask.io import store
+    from zdask.ops.stars import detect_stars
+
+    out, _ = small_survey
+    frame = scan([str(out / "frames")]).frames[5]
+    root = str(tmp_path / "work.zarr")
+    stats = cal.calibrate_frame(cal.CalibrationJob(frame, root, "k", "fp", np.zeros(0, np.int64), 3))
+    src = AlignSource(frame.path, root, "k", "fp", dict(frame.wcs_header), (frame.height, frame.width))
+    kept = cal.stored_stars(store.open_array(root, "frames/k", "fp").attrs)
+    assert len(kept) == stats["n_stars"] > 20
+    assert np.array_equal(kept, detect_stars(read_green(src), max_stars=500))
+    # Alignment uses the kept list (a planted one comes back), not a new detection.
+    planted = kept[:7] + 0.25
+    store.mark_complete(root, "frames/k", "fp2", stars=planted.tolist())  # a new token: not cached
+    assert np.array_equal(source_stars(dataclasses.replace(src, token="fp2")), planted)

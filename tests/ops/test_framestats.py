@@ -148,3 +148,28 @@ def test_frame_defect_passes_what_it_cannot_know():
     """Statistics without counts (no saturation level, stars not counted) fail no count test."""
     st = FrameStats(background=[500.0], noise=[10.0], p25=[490.0], p90=[515.0], n_valid=[100])
     assert frame_defect(st, max_saturated_fraction=0.0, min_stars=100) is None
+
+
+def test_clipping_the_sorted_sample_equals_clipping_it_round_by_round():
+    """The sorted-run clipping gives the median of plain iterative clipping exactly, its std to
+    rounding, on a sample with planted outliers (stars) that takes several rounds."""
+    from zdask.ops.framestats import _clipped
+
+    def plain(x, kappa, iterations):
+        for _ in range(iterations):
+            med, sd = np.median(x), x.std()
+            keep = np.abs(x - med) <= kappa * sd
+            if keep.all():
+                break
+            x = x[keep]
+        return float(np.median(x)), float(x.std())
+
+    rng = np.random.default_rng(11)
+    for trial in range(5):
+        x = rng.normal(1000.0, 20.0, 50_001 + trial)
+        x[rng.integers(0, x.size, 900)] += rng.exponential(3000.0, 900)
+        expected = plain(x.copy(), 3.0, 5)
+        got = _clipped(np.sort(x), 3.0, 5)
+        assert got[0] == expected[0]
+        assert got[1] == pytest.approx(expected[1], rel=1e-12)
+        assert abs(expected[0] - 1000.0) < 1.0  # the outliers were clipped

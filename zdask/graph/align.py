@@ -52,6 +52,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from zdask.graph.align_reference import reference_index
+from zdask.graph.calibrate import stored_stars
 from zdask.graph.geometry import wcs_from_header
 from zdask.io import store
 from zdask.io.scan import Frame
@@ -67,6 +68,7 @@ from zdask.ops.register import (
     transform_agrees,
     translation,
 )
+from zdask.ops.framestats import STAR_COUNT_LIMIT, star_channel
 from zdask.ops.stars import detect_stars
 
 __all__ = [
@@ -85,8 +87,9 @@ STATUS_REFERENCE, STATUS_EXCLUDED = "reference", "excluded"
 PHASE_MIN_RESPONSE = 0.3
 #: a frame without WCS must match the reference with a similarity scale within 5 % of 1
 UNSOLVED_SCALE_TOLERANCE = 0.05
-#: stars detected per frame (astroalign uses the brightest 50, the refit all of them)
-MAX_STARS = 500
+#: stars detected per frame (astroalign uses the brightest 50, the refit all of them): as many
+#: as the calibration keeps with each frame, so that alignment can use those
+MAX_STARS = STAR_COUNT_LIMIT
 #: the reference warped onto the frame must cover this fraction of it for phase correlation
 MIN_PHASE_OVERLAP = 0.25
 #: a detection at the same raw pixel (within this radius) of the frame and of the reference,
@@ -155,9 +158,20 @@ def _has_wcs(cards: dict | None) -> bool:
 
 def read_green(src: AlignSource) -> np.ndarray:
     """The calibrated frame's green channel (channel 1) or its only channel, float32 (H, W)."""
+    return _green(store.open_array(src.root, f"frames/{src.key}", src.token))
+
+
+def _green(arr) -> np.ndarray:
+    return np.asarray(arr[:, :, star_channel(arr.shape[-1])], dtype=np.float32)
+
+
+def source_stars(src: AlignSource) -> np.ndarray:
+    """The frame's stars, (N, 3) x, y, flux brightest first: those the calibration found and
+    kept with the frame (the same detection on the same pixels), else found in its green
+    channel now (a frame stored by other code)."""
     arr = store.open_array(src.root, f"frames/{src.key}", src.token)
-    channel = 1 if arr.shape[-1] >= 3 else 0
-    return np.asarray(arr[:, :, channel], dtype=np.float32)
+    kept = stored_stars(arr.attrs)
+    return kept if kept is not None else detect_stars(_green(arr), max_stars=MAX_STARS)
 
 
 def reference_catalogue(ref: AlignSource) -> dict:
@@ -168,7 +182,7 @@ def reference_catalogue(ref: AlignSource) -> dict:
     """
     if not _has_wcs(ref.wcs_header):
         raise ValueError(f"reference frame {ref.path} has no celestial WCS")
-    stars = detect_stars(read_green(ref), max_stars=MAX_STARS)
+    stars = source_stars(ref)
     xy = stars[:, :2].copy()
     if len(xy):
         ra, dec = wcs_from_header(ref.wcs_header).all_pix2world(xy[:, 0], xy[:, 1], 0)
@@ -301,8 +315,7 @@ def align_frame(
                            int(len(catalogue["xy"])), None)
     shape = tuple(src.shape[:2])
     tol = float(tolerance_px) if tolerance_px is not None else default_tolerance(shape)
-    stars = detect_stars(read_green(src), max_stars=MAX_STARS)
-    stars_xy = stars[:, :2]
+    stars_xy = source_stars(src)[:, :2]
     if not _has_wcs(src.wcs_header):
         return _align_unsolved(src, ref, catalogue, stars_xy, min_matches)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from zdask.io.pixels import read_frame
 from zdask.io.scan import Frame
 from zdask.graph.plan import spread_evenly
 from zdask.ops.debayer import debayer_bilinear
-from zdask.ops.framestats import FrameStats, frame_defect, frame_statistics
+from zdask.ops.framestats import FrameStats, frame_defect, frame_statistics, frame_stars
 from zdask.ops.hotpixels import correct_hot_pixels, hot_pixel_candidates, hot_pixel_map
 
 # Calibrated frames are stored in full-width strips of this many rows: a tile block's warp
@@ -97,8 +98,9 @@ def calibration_fingerprint(frame: Frame, hot_indices: np.ndarray, channels: int
     """Depends on the file and on the hot-pixel map's content (not on which frames made it)."""
     hot = np.ascontiguousarray(hot_indices, dtype=np.int64)
     hot_digest = hashlib.sha256(hot.tobytes()).hexdigest()[:16]
-    # "stats-v2": the stored statistics gained saturated pixels, pixel and star counts.
-    return store.fingerprint(frame.fingerprint(), hot_digest, channels, "bilinear-v1", "stats-v2")
+    # "stats-v2": the stored statistics gained saturated pixels, pixel and star counts;
+    # "stars-v1": the entry keeps the stars it counted, for the alignment.
+    return store.fingerprint(frame.fingerprint(), hot_digest, channels, "bilinear-v1", "stats-v2", "stars-v1")
 
 
 def saturation_level(dtype: str) -> float | None:
@@ -119,9 +121,14 @@ def calibrate_to_rgb(raw: np.ndarray, frame: Frame, hot_indices: np.ndarray, cha
 
 
 def calibrate_frame(job: CalibrationJob) -> dict:
-    """Worker task: read, calibrate, store one frame; returns its statistics (JSON-able)."""
+    """Worker task: read, calibrate, store one frame; returns its statistics (JSON-able).
+
+    The stars counted for the statistics are kept with the frame (attribute ``stars``, see
+    :func:`stored_stars`): the alignment matches them without reading the frame again."""
     image = calibrate_to_rgb(read_frame(job.frame), job.frame, job.hot_indices, job.channels)
-    stats = frame_statistics(image, saturation=saturation_level(job.frame.dtype), count_stars=True).to_dict()
+    stats = frame_statistics(image, saturation=saturation_level(job.frame.dtype))
+    stars = frame_stars(image, stats)
+    stats = dataclasses.replace(stats, n_stars=len(stars)).to_dict()
     name = f"frames/{job.key}"
     h, w, c = image.shape
     with writing(os.path.join(job.root, name)):  # a full disk is named with the entry
@@ -130,7 +137,8 @@ def calibrate_frame(job: CalibrationJob) -> dict:
         arr = store.create_array(group, name, (h, w, c), "float32", (FRAME_CHUNK_ROWS, w, c),
                                   compressor=store.FRAME_COMPRESSOR)
         arr[:] = image
-        store.mark_complete(job.root, name, job.fingerprint, stats=stats, path=job.frame.path)
+        store.mark_complete(job.root, name, job.fingerprint, stats=stats, stars=stars.tolist(),
+                            path=job.frame.path)
     return stats
 
 
@@ -138,6 +146,14 @@ def stored_stats(root: str, key: str) -> dict:
     import zarr
 
     return dict(zarr.open(root, path=f"frames/{key}", mode="r").attrs["stats"])
+
+
+def stored_stars(attrs) -> np.ndarray | None:
+    """The stars :func:`calibrate_frame` kept in a frame entry's attributes, float64 (N, 3)
+    x, y, flux brightest first (exact: JSON keeps every bit of a float64); None when the entry
+    has none (a frame stored by other code)."""
+    stars = attrs.get("stars")
+    return None if stars is None else np.asarray(stars, dtype=np.float64).reshape(-1, 3)
 
 
 def unusable_frames(stats: dict[str, FrameStats], config: Config) -> dict[str, str]:
