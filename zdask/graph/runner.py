@@ -261,6 +261,7 @@ def stage_hot_pixels(ctx: RunContext, client, plan: Plan) -> None:
 def stage_calibrate(ctx: RunContext, client, plan: Plan) -> None:
     """Calibrated RGB float32 frames in Zarr with their statistics; finished ones are reused."""
     ctx.channels = cal.output_channels(ctx.frames)
+    match_bin = ctx.config.match_bin if ctx.config.sky_surface_order >= 0 else 0  # for the sky fit
     jobs = []
     for f in ctx.frames:
         hot = ctx.hot[cal.sensor_key(f)]
@@ -268,7 +269,7 @@ def stage_calibrate(ctx: RunContext, client, plan: Plan) -> None:
         fp = cal.calibration_fingerprint(f, hot, ctx.channels)
         ctx.calibrated[f.path] = (key, fp)
         if not store.is_complete(ctx.root, f"frames/{key}", fp):
-            jobs.append(cal.CalibrationJob(f, ctx.root, key, fp, hot, ctx.channels))
+            jobs.append(cal.CalibrationJob(f, ctx.root, key, fp, hot, ctx.channels, match_bin))
     futures = client.map(cal.calibrate_frame, jobs, key=[f"calibrate-{j.fingerprint}" for j in jobs])
     wait_with_progress(futures, "calibrate", ctx.console)
     ctx.stats = {f.path: FrameStats.from_dict(cal.stored_stats(ctx.root, ctx.calibrated[f.path][0]))
