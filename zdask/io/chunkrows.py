@@ -98,10 +98,16 @@ def read_rows(z: zarr.Array, y0: int, y1: int) -> np.ndarray:
             start, nbytes = (a - k * rows_per_chunk) * row_bytes, (b - a) * row_bytes
             got = -1
             if typesize and start % typesize == 0 and nbytes % typesize == 0:
-                got = getitem(src.ctypes.data, start // typesize, nbytes // typesize, dst.ctypes.data)
+                # (the address without ``src.ctypes``: that object can outlive this line and
+                # keep the map exported)
+                got = getitem(src.__array_interface__["data"][0], start // typesize, nbytes // typesize,
+                              dst.__array_interface__["data"][0])
             del src
         finally:
-            mapped.close()
+            try:
+                mapped.close()
+            except BufferError:  # a view still alive (another thread's traceback): unmapped when freed
+                pass
         if got != nbytes:  # a frame Blosc cannot serve in part: let zarr read (or report) it
             dst[...] = z[a:b]
     return out
