@@ -271,9 +271,13 @@ def stage_calibrate(ctx: RunContext, client, plan: Plan) -> None:
         if not store.is_complete(ctx.root, f"frames/{key}", fp):
             jobs.append(cal.CalibrationJob(f, ctx.root, key, fp, hot, ctx.channels, match_bin))
     futures = client.map(cal.calibrate_frame, jobs, key=[f"calibrate-{j.fingerprint}" for j in jobs])
-    wait_with_progress(futures, "calibrate", ctx.console)
-    ctx.stats = {f.path: FrameStats.from_dict(cal.stored_stats(ctx.root, ctx.calibrated[f.path][0]))
-                 for f in ctx.frames}
+    done = wait_with_progress(futures, "calibrate", ctx.console)
+    # The statistics come back with the tasks; only reused frames' are read from the store.
+    computed = {job.frame.path: stats for job, stats in zip(jobs, done)}
+    ctx.stats = {}
+    for f in ctx.frames:
+        stats = computed.get(f.path) or cal.stored_stats(ctx.root, ctx.calibrated[f.path][0])
+        ctx.stats[f.path] = FrameStats.from_dict(stats)
     # Before alignment: a frame without signal must never become a group's reference.
     for path, reason in cal.unusable_frames(ctx.stats, ctx.config).items():
         ctx.excluded[path] = reason
