@@ -36,6 +36,7 @@ from zdask.io.outputs import PreviewSampler, rows_per_band, write_json, write_mo
 from zdask.io.platesolve import available_solver, plate_solve
 from zdask.io.scan import Frame, FrameTable, RejectedFile, scan, with_wcs
 from zdask.ops.framestats import FrameStats
+from zdask.ops.coadd import warm_up as coadd_warm_up
 from zdask.ops.stacking import warm_up
 
 class RunError(Exception):
@@ -179,6 +180,7 @@ def _run(inputs: Sequence[str], out_dir: str, config: Config, say, console) -> d
     # Compile the stacking kernel while the first stages run: in a fresh environment the
     # compile takes seconds of one core, and the tile stage would otherwise wait for it.
     threading.Thread(target=warm_up, args=(config.reject,), name="zdask-kernel-warm-up", daemon=True).start()
+    threading.Thread(target=coadd_warm_up, name="zdask-coadd-warm-up", daemon=True).start()
     t = time.perf_counter()
     table = scan(inputs)
     frames, rejected = usable_frames(table)
