@@ -80,6 +80,7 @@ def warp_block(
     out = np.empty((len(sources), rows[1] - rows[0], cols[1] - cols[0], channels), dtype=np.float32)
     grid = block_grid(tuple(rows), tuple(cols), step)
     ra, dec = wcs_from_header(grid_header).all_pix2world(grid.node_x, grid.node_y, 0)
+    buffer = np.empty(0, dtype=np.uint8)
     for i, src in enumerate(sources):
         sx, sy = wcs_from_header(src.wcs_header).all_world2pix(ra, dec, 0)
         bmap = block_map(grid, np.asarray(sx, dtype=np.float64), np.asarray(sy, dtype=np.float64))
@@ -88,8 +89,12 @@ def warp_block(
             out[i] = np.nan
             continue
         ya, yb = bmap.rows_reached(window)
+        z = store.open_array(src.root, f"frames/{src.key}", src.token)
+        size = (yb - ya) * int(np.prod(z.shape[1:])) * np.dtype(z.dtype).itemsize
+        if buffer.nbytes < size:  # one buffer for all the task's reads: no page faults per read
+            buffer = np.empty(int(size * 1.25), dtype=np.uint8)
         # Whole rows, decompressing only what they need (a cost in the rows, not in the chunk)
-        pixels = read_rows(store.open_array(src.root, f"frames/{src.key}", src.token), ya, yb)
+        pixels = read_rows(z, ya, yb, buffer)
         sky = None
         if src.sky is not None:
             coeffs, order, extent = src.sky

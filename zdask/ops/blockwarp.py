@@ -102,9 +102,16 @@ class BlockMap:
         return p * xs[k] + q * xs[k + 1], p * ys[k] + q * ys[k + 1]
 
     def window(self, src_shape: tuple[int, int], pad: int = 2) -> tuple[int, int, int, int] | None:
-        """:func:`zdask.ops.warp.source_window` of the whole map: the same every-eighth samples."""
+        """:func:`zdask.ops.warp.source_window` of the whole map: the same every-eighth samples
+        (from the node rows, without the map) and the same rule, in one compiled pass."""
         h, w = self.grid.shape
-        return window_of_samples(*self.rows_at(_eighths(h), _eighths(w)), src_shape, pad)
+        rows, cols = _eighths(h), _eighths(w)
+        g = self.grid
+        found, y0, y1, x0, x1 = _window(g.left[rows], g.w_left[rows], g.w_right[rows], self.x[:, cols],
+                                        self.y[:, cols], src_shape[0], src_shape[1], pad)
+        if found < 0:  # a non-finite position: the reference rule decides
+            return window_of_samples(*self.rows_at(rows, cols), src_shape, pad)
+        return (y0, y1, x0, x1) if found else None
 
     def rows_reached(self, window: tuple[int, int, int, int]) -> tuple[int, int]:
         """The rows ``[ya, yb)`` within ``window``'s that bilinear sampling at this map can touch.
@@ -127,6 +134,44 @@ def block_map(grid: BlockGrid, src_x: np.ndarray, src_y: np.ndarray) -> BlockMap
     if x.shape[0] == 1:
         x, y = np.repeat(x, 2, axis=0), np.repeat(y, 2, axis=0)
     return BlockMap(grid, x, y)
+
+
+@njit(**JIT)
+def _window(left, w_left, w_right, tx, ty, h, w, pad):
+    """:func:`zdask.ops.warp.window_of_samples` of the samples ``w_left · t[left] + w_right ·
+    t[left + 1]`` (``t``: ``tx``, ``ty`` at the sampled columns), the same float64 arithmetic.
+    Returns (1, y0, y1, x0, x1), (0, ...) when no sample is inside, (-1, ...) on a NaN."""
+    n, m = left.size, tx.shape[1]
+    sx = np.empty((n, m))
+    sy = np.empty((n, m))
+    for i in range(n):
+        k, p, q = left[i], w_left[i], w_right[i]
+        for j in range(m):
+            sx[i, j] = p * tx[k, j] + q * tx[k + 1, j]
+            sy[i, j] = p * ty[k, j] + q * ty[k + 1, j]
+            if np.isnan(sx[i, j]) or np.isnan(sy[i, j]):
+                return -1, 0, 0, 0, 0
+    slope = 0.0
+    for i in range(n):
+        for j in range(m):
+            if j + 1 < m:
+                slope = max(slope, abs(sx[i, j + 1] - sx[i, j]), abs(sy[i, j + 1] - sy[i, j]))
+            if i + 1 < n:
+                slope = max(slope, abs(sx[i + 1, j] - sx[i, j]), abs(sy[i + 1, j] - sy[i, j]))
+    pad += int(np.ceil(slope))
+    found = 0
+    xmin, xmax, ymin, ymax = np.inf, -np.inf, np.inf, -np.inf
+    for i in range(n):
+        for j in range(m):
+            x, y = sx[i, j], sy[i, j]
+            if x > -1 - slope and x < w + slope and y > -1 - slope and y < h + slope:
+                found = 1
+                xmin, xmax = min(xmin, x), max(xmax, x)
+                ymin, ymax = min(ymin, y), max(ymax, y)
+    if not found:
+        return 0, 0, 0, 0, 0
+    return (1, max(0, int(np.floor(ymin)) - pad), min(h, int(np.ceil(ymax)) + pad + 1),
+            max(0, int(np.floor(xmin)) - pad), min(w, int(np.ceil(xmax)) + pad + 1))
 
 
 @njit(**JIT)
