@@ -133,7 +133,8 @@ def test_block_warp_is_each_frames_whole_map_remap_minus_its_sky(tmp_path):
         sources.append(TileSource(root, f"f{k}", "t", header, shape, sky))
         frames.append(image)
     dst = wcs_from_header(grid_header)
-    for rows, cols in [((0, 200), (0, 240)), ((37, 71), (0, 240)), ((120, 121), (0, 240)), ((60, 140), (50, 90))]:
+    for rows, cols in [((0, 200), (0, 240)), ((37, 71), (0, 240)), ((120, 121), (0, 240)),
+                       ((60, 140), (50, 90)), ((0, 1), (0, 240)), ((199, 200), (0, 240))]:
         info = {None: {"array-location": [(0, len(sources)), rows, cols, (0, 3)]}}
         got = warp_block(sources, grid_header, 32, 3, block_info=info)
         for k, (src, image) in enumerate(zip(sources, frames)):

@@ -80,6 +80,20 @@ def test_rows_reached_cut_the_read_to_the_block_when_the_frame_is_aligned():
     assert 98 <= ya <= 99 and 131 <= yb <= 133
 
 
+def test_no_rows_are_reached_when_the_frame_edge_lies_just_beyond_the_block():
+    # The frame's first row lies 3.5 px below a one-row block: the window's padding takes the
+    # frame in, but no pixel of the block is inside its footprint.
+    dst = _header(10.0, 41.0, 0.0, 2.0, (150.5, 120.5))
+    src = _header(10.0, 41.0, 0.0, 2.0, (150.5, 120.5 - 13.5))
+    bmap, (map_x, map_y) = _map(src, dst, (10, 11), (0, 300), 32)
+    window = bmap.window((240, 300))
+    assert window == source_window(map_x, map_y, (240, 300)) and window is not None
+    assert bmap.rows_reached(window) is None
+    frame = np.ones((240, 300, 3), np.float32)
+    y0, y1, x0, x1 = window
+    assert np.isnan(remap(frame[y0:y1, x0:x1], map_x, map_y, origin=(y0, x0))).all()
+
+
 def test_window_is_none_when_the_frame_misses_the_block():
     dst = _header(10.0, 41.0, 0.0, 2.0, (150.5, 120.5))
     far = _header(10.0, 41.5, 0.0, 2.0, (150.5, 120.5))  # 0.5 deg = 900 px north

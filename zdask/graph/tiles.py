@@ -85,10 +85,11 @@ def warp_block(
         sx, sy = wcs_from_header(src.wcs_header).all_world2pix(ra, dec, 0)
         bmap = block_map(grid, np.asarray(sx, dtype=np.float64), np.asarray(sy, dtype=np.float64))
         window = bmap.window(src.shape)
-        if window is None:
+        reached = None if window is None else bmap.rows_reached(window)
+        if reached is None:  # the frame misses the block
             out[i] = np.nan
             continue
-        ya, yb = bmap.rows_reached(window)
+        ya, yb = reached
         z = store.open_array(src.root, f"frames/{src.key}", src.token)
         size = (yb - ya) * int(np.prod(z.shape[1:])) * np.dtype(z.dtype).itemsize
         if buffer.nbytes < size:  # one buffer for all the task's reads: no page faults per read

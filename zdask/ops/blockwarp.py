@@ -113,8 +113,11 @@ class BlockMap:
             return window_of_samples(*self.rows_at(rows, cols), src_shape, pad)
         return (y0, y1, x0, x1) if found else None
 
-    def rows_reached(self, window: tuple[int, int, int, int]) -> tuple[int, int]:
-        """The rows ``[ya, yb)`` within ``window``'s that bilinear sampling at this map can touch.
+    def rows_reached(self, window: tuple[int, int, int, int]) -> tuple[int, int] | None:
+        """The rows ``[ya, yb)`` within ``window``'s that bilinear sampling at this map can
+        touch; None when the map passes wholly above or below them (the window's padding can
+        take in a frame whose edge lies a few pixels beyond the block: no pixel of the block is
+        then inside its footprint).
 
         Each row of the map is a convex combination of the node rows, so no position lies
         beyond their extremes (a margin covers the float64 round-off, cv2's rounding of
@@ -124,7 +127,8 @@ class BlockMap:
         lo, hi = float(self.y.min()), float(self.y.max())
         if not (np.isfinite(lo) and np.isfinite(hi)):
             return y0, y1
-        return max(y0, min(y1, int(np.floor(lo)) - 1)), min(y1, max(y0, int(np.floor(hi)) + 3))
+        ya, yb = max(y0, int(np.floor(lo)) - 1), min(y1, int(np.floor(hi)) + 3)
+        return (ya, yb) if ya < yb else None
 
 
 def block_map(grid: BlockGrid, src_x: np.ndarray, src_y: np.ndarray) -> BlockMap:
@@ -250,6 +254,7 @@ def warp_frame(
     # numpy compares a float32 array with a Python float in float32 (the footprint's bounds)
     lo, hi_x, hi_y = np.float32(-_EPS), np.float32(x1 - x0 - 1 + _EPS), np.float32(y1 - y0 - 1 + _EPS)
     no_sky = np.zeros((0, 0), np.float32)
+    factors = None if sky is None else sky.row_factors(w, g.cols[0])  # the same for every band
     for a in range(0, h, rows):
         b = min(h, a + rows)
         mx, my, off = map_x[:b - a], map_y[:b - a], outside[:b - a]
@@ -262,8 +267,7 @@ def warp_frame(
                             interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             if not np.shares_memory(got, dst):  # OpenCV did not take ``dst``
                 dst[:, c0:c1] = got.reshape(dst[:, c0:c1].shape)
-        surface = no_sky if sky is None else \
-            sky.evaluate((b - a, w), offset=(g.rows[0] + a, g.cols[0])).reshape(b - a, -1)
+        surface = no_sky if sky is None else sky.evaluate_rows(factors, b - a, g.rows[0] + a).reshape(b - a, -1)
         # NaN minus the sky is NaN: subtracting before blanking changes no value
         _finish_band(dst.reshape(b - a, -1), off, surface, sky is not None)
     return out
