@@ -22,7 +22,9 @@ same footprint test, and a read narrower than the window is compensated by an in
 the float32 rows, which is exact. The one difference is the row interpolation of the map, done
 as the two non-zero terms of each row in float64 where ``pixel_map`` lets BLAS sum all node rows
 (with or without fused multiply-adds): the float64 positions may differ in their last bit, which
-changes a float32 position about once in 10⁸ (see the tests).
+changes a float32 position only when it lies within that bit of a float32 rounding boundary
+(odds of order 1e-9 per position). No warped sample differed on the surveys compared (every
+block of a 144-frame 3×3 survey and of a 144-frame one-group tile, three of a 540-frame one).
 """
 
 from __future__ import annotations
