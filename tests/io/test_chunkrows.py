@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 import zarr
 
 from zdask.io import store
@@ -52,3 +53,14 @@ def test_a_chunk_never_written_reads_as_the_fill_value(tmp_path):
     arr[:64] = 1.0
     band = read_rows(arr, 60, 70)
     assert (band[:4] == 1.0).all() and np.isnan(band[4:]).all()
+
+
+def test_a_band_read_into_a_buffer_is_a_view_of_it_and_a_short_buffer_is_refused(tmp_path):
+    z, image = _frame(tmp_path)
+    buffer = np.full(200 * 200 * 3 * 4, 255, dtype=np.uint8)
+    for y0, y1 in [(5, 40), (120, 140), (100, 300)]:
+        band = read_rows(z, y0, y1, buffer)
+        assert np.shares_memory(band, buffer) and band.shape == (y1 - y0, 200, 3)
+        np.testing.assert_array_equal(band, image[y0:y1])
+    with pytest.raises(ValueError, match="cannot hold rows 0:201"):
+        read_rows(z, 0, 201, buffer)

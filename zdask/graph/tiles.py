@@ -23,13 +23,13 @@ from zdask.io import store
 from zdask.io.chunkrows import read_rows
 from zdask.io.scan import Frame
 from zdask.ops.background import Surface
+from zdask.ops.blockwarp import block_grid, block_map, warp_frame
 from zdask.ops.colour import equalize_rgb_medians, tile_health
 from zdask.ops.framestats import FrameStats
 from zdask.ops.masks import altaz_alpha, coverage_renormalisation_gain, feather_weights
 from zdask.ops.normalize import frame_weights, normalization_coefficients
 from zdask.ops._stacking_common import per_frame
 from zdask.ops.stacking import METHODS
-from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
 
 # The stack's arrays (master_tile's keys) and the names store_tile writes them under. The
 # stacked image is kept apart from the finished ``image``: finish_tile reads one and writes the
@@ -69,27 +69,38 @@ def tile_grid(frames: list[Frame], margin: int, wcs_headers: list[dict] | None =
 def warp_block(
     sources: list[TileSource], grid_header: dict, step: int, channels: int, block_info=None
 ) -> np.ndarray:
-    """Worker task: the (N, h, w, C) block of the warped stack; NaN outside each footprint."""
-    (_, _), (r0, r1), (c0, c1), _ = block_info[None]["array-location"]
-    # np.empty, not np.full(nan): every frame's slice is written once, by remap or below
-    out = np.empty((len(sources), r1 - r0, c1 - c0, channels), dtype=np.float32)
-    dst = wcs_from_header(grid_header)
+    """Worker task: the (N, h, w, C) block of the warped stack; NaN outside each footprint.
+
+    Each frame's pixel map comes from its transform on the block's nodes (the nodes' sky
+    positions computed once for all frames), its read stops at the rows the map reaches, and it
+    is warped and sky-corrected band by band (:mod:`zdask.ops.blockwarp`).
+    """
+    (_, _), rows, cols, _ = block_info[None]["array-location"]
+    # np.empty, not np.full(nan): every frame's slice is written once, by warp_frame or below
+    out = np.empty((len(sources), rows[1] - rows[0], cols[1] - cols[0], channels), dtype=np.float32)
+    grid = block_grid(tuple(rows), tuple(cols), step)
+    ra, dec = wcs_from_header(grid_header).all_pix2world(grid.node_x, grid.node_y, 0)
+    buffer = np.empty(0, dtype=np.uint8)
     for i, src in enumerate(sources):
-        map_x, map_y = pixel_map(
-            wcs_pixel_transform(wcs_from_header(src.wcs_header), dst), (r0, r1), (c0, c1), step
-        )
-        window = source_window(map_x, map_y, src.shape)
-        if window is None:
+        sx, sy = wcs_from_header(src.wcs_header).all_world2pix(ra, dec, 0)
+        bmap = block_map(grid, np.asarray(sx, dtype=np.float64), np.asarray(sy, dtype=np.float64))
+        window = bmap.window(src.shape)
+        reached = None if window is None else bmap.rows_reached(window)
+        if reached is None:  # the frame misses the block
             out[i] = np.nan
             continue
-        y0, y1, x0, x1 = window
+        ya, yb = reached
+        z = store.open_array(src.root, f"frames/{src.key}", src.token)
+        size = (yb - ya) * int(np.prod(z.shape[1:])) * np.dtype(z.dtype).itemsize
+        if buffer.nbytes < size:  # one buffer for all the task's reads: no page faults per read
+            buffer = np.empty(int(size * 1.25), dtype=np.uint8)
         # Whole rows, decompressing only what they need (a cost in the rows, not in the chunk)
-        pixels = read_rows(store.open_array(src.root, f"frames/{src.key}", src.token), y0, y1)[:, x0:x1]
-        remap(pixels, map_x, map_y, origin=(y0, x0), out=out[i])
+        pixels = read_rows(z, ya, yb, buffer)
+        sky = None
         if src.sky is not None:
             coeffs, order, extent = src.sky
-            out[i] -= Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0)).evaluate(
-                (r1 - r0, c1 - c0), offset=(r0, c0))
+            sky = Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0))
+        warp_frame(pixels[:, window[2]:window[3]], bmap, window, (ya, yb), out[i], sky)
     return out
 
 

@@ -73,14 +73,30 @@ def _blosc_chunk_dir(z: zarr.Array) -> str | None:
     return os.path.join(str(z.store.root), z.store_path.path)
 
 
-def read_rows(z: zarr.Array, y0: int, y1: int) -> np.ndarray:
-    """``z[y0:y1]`` (whole rows), decompressing only the Blosc blocks that hold them."""
+def read_rows(z: zarr.Array, y0: int, y1: int, buffer: np.ndarray | None = None) -> np.ndarray:
+    """``z[y0:y1]`` (whole rows), decompressing only the Blosc blocks that hold them.
+
+    ``buffer``, a C-contiguous 1-D array of at least the rows' bytes (any dtype), receives
+    them: the result is then a view of it. A task reading many windows reuses one buffer (a
+    fresh array of a few hundred KB costs its page faults, as much as the decompression of
+    a small window).
+    """
+    shape, dtype = (y1 - y0,) + tuple(z.shape[1:]), np.dtype(z.dtype)
     chunk_dir = _chunk_dir(z)
-    if chunk_dir is None:
-        return z[y0:y1]
+    if buffer is None:
+        if chunk_dir is None:
+            return z[y0:y1]
+        out = np.empty(shape, dtype=dtype)
+    else:
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if not buffer.flags.c_contiguous or buffer.nbytes < size:
+            raise ValueError(f"buffer of {buffer.nbytes} bytes cannot hold rows {y0}:{y1} ({size} bytes)")
+        out = buffer.reshape(-1).view(np.uint8)[:size].view(dtype).reshape(shape)
+        if chunk_dir is None:
+            out[...] = z[y0:y1]
+            return out
     rows_per_chunk = z.chunks[0]
-    row_bytes = int(np.prod(z.shape[1:], dtype=np.int64)) * np.dtype(z.dtype).itemsize
-    out = np.empty((y1 - y0,) + tuple(z.shape[1:]), dtype=z.dtype)
+    row_bytes = int(np.prod(z.shape[1:], dtype=np.int64)) * dtype.itemsize
     getitem = _blosc_getitem()
     for k in range(y0 // rows_per_chunk, -(-y1 // rows_per_chunk)):
         a, b = max(y0, k * rows_per_chunk), min(y1, (k + 1) * rows_per_chunk)
