@@ -64,3 +64,32 @@ def test_a_band_read_into_a_buffer_is_a_view_of_it_and_a_short_buffer_is_refused
         np.testing.assert_array_equal(band, image[y0:y1])
     with pytest.raises(ValueError, match="cannot hold rows 0:201"):
         read_rows(z, 0, 201, buffer)
+
+
+def test_write_rows_writes_the_chunk_files_zarr_writes(tmp_path):
+    """Same bytes in every chunk file as zarr's own write (partial last chunk padded with the
+    fill value; a chunk that is all fill value not written at all), and zarr reads them back."""
+    from zdask.io.chunkrows import write_rows
+
+    rng = np.random.default_rng(5)
+    image = (np.round(400 + 20 * rng.standard_normal((300, 200, 3))) / 4).astype(np.float32)
+    image[128:256] = np.nan  # the second chunk holds only the fill value
+    group = store.open_store(str(tmp_path / "work.zarr"))
+    made = {}
+    for name in ("by_zarr", "by_us"):
+        made[name] = store.create_array(group, name, image.shape, "float32", (128, 200, 3),
+                                        compressor=store.FRAME_COMPRESSOR)
+    made["by_zarr"][:] = image
+    write_rows(made["by_us"], image)
+
+    def chunk_files(name):
+        folder = tmp_path / "work.zarr" / name
+        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+                and p.name != "zarr.json"}
+
+    ours = chunk_files("by_us")
+    assert ours == chunk_files("by_zarr") and len(ours) == 2  # chunks 0 and 2; chunk 1 is fill
+    back = zarr.open_array(str(tmp_path / "work.zarr"), path="by_us", mode="r")
+    np.testing.assert_array_equal(back[:], image)
+    with pytest.raises(ValueError):
+        write_rows(made["by_us"], image[:10])

@@ -15,6 +15,7 @@ import numpy as np
 
 from zdask.config import Config
 from zdask.io import store
+from zdask.io.chunkrows import write_rows
 from zdask.io.errors import writing
 from zdask.io.pixels import read_frame
 from zdask.io.scan import Frame
@@ -138,7 +139,7 @@ def calibrate_frame(job: CalibrationJob) -> dict:
         group = store.open_store(job.root)
         arr = store.create_array(group, name, (h, w, c), "float32", (FRAME_CHUNK_ROWS, w, c),
                                   compressor=store.FRAME_COMPRESSOR)
-        arr[:] = image
+        write_rows(arr, image)  # (compressed in this thread: zarr's own write would not scale)
         store.mark_complete(job.root, name, job.fingerprint, stats=stats, stars=stars.tolist(),
                             path=job.frame.path)
     if job.match_bin > 0:

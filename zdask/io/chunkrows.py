@@ -1,4 +1,5 @@
-"""Read a band of rows of a stored frame, decompressing only the part of each chunk it needs.
+"""Read a band of rows of a stored frame, decompressing only the part of each chunk it needs;
+write a whole frame with each chunk compressed in the calling thread.
 
 A master tile's block task reads a window of a few dozen rows from every frame of its group, and
 the number of blocks grows with the group: through zarr, each window read decompressed the whole
@@ -8,7 +9,12 @@ decompress independently (``blosc_getitem``): :func:`read_rows` maps the chunk f
 decompresses only the blocks that hold the rows asked for, so a read costs in proportion to its
 rows. The bytes are those zarr would return (the same codec on the same chunk).
 
-Only the layout the calibrate stage writes takes this path: a local store, chunks of whole rows
+Writing a calibrated frame through zarr cost ~35 ms of which two threads got no speed-up: zarr
+does its chunk copies and bookkeeping in its one event-loop thread. :func:`write_rows` encodes
+each chunk with the array's own Blosc settings in the calling thread (Blosc releases the GIL) and
+writes the chunk file: the same bytes zarr writes, in half the time, and in parallel.
+
+Only the layout the calibrate stage writes takes these paths: a local store, chunks of whole rows
 (full width and channels), one Blosc codec after the plain bytes serializer, no filter. Anything
 else (and a chunk never written, which zarr reads as the fill value) goes through zarr.
 """
@@ -25,7 +31,7 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 from zarr.storage import LocalStore
 
-__all__ = ["read_rows"]
+__all__ = ["read_rows", "write_rows"]
 
 
 @functools.cache
@@ -127,3 +133,49 @@ def read_rows(z: zarr.Array, y0: int, y1: int, buffer: np.ndarray | None = None)
         if got != nbytes:  # a frame Blosc cannot serve in part: let zarr read (or report) it
             dst[...] = z[a:b]
     return out
+
+
+def write_rows(z: zarr.Array, data: np.ndarray) -> None:
+    """``z[:] = data`` for a new array: each chunk encoded here and written to its file, as zarr
+    would write it (chunks padded with the fill value; a chunk all fill value not written)."""
+    chunk_dir = _chunk_dir(z)
+    data = np.asarray(data, dtype=z.dtype)
+    if data.shape != z.shape:
+        raise ValueError(f"write_rows: data of shape {data.shape} for an array of shape {z.shape}")
+    if chunk_dir is None:
+        z[...] = data
+        return
+    codec = _numcodecs_blosc(z.compressors[0])
+    rows_per_chunk = z.chunks[0]
+    fill = z.fill_value
+    for k in range(-(-z.shape[0] // rows_per_chunk)):
+        part = data[k * rows_per_chunk:(k + 1) * rows_per_chunk]
+        path = os.path.join(chunk_dir, z.metadata.encode_chunk_key((k,) + (0,) * (z.ndim - 1)))
+        if _all_fill(part, fill):
+            if os.path.exists(path):
+                os.remove(path)
+            continue
+        if part.shape[0] < rows_per_chunk:  # the last chunk is stored whole, padded
+            padded = np.full((rows_per_chunk,) + part.shape[1:], fill, dtype=part.dtype)
+            padded[:part.shape[0]] = part
+            part = padded
+        encoded = codec.encode(np.ascontiguousarray(part).view(np.uint8).reshape(-1))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(encoded)
+
+
+def _numcodecs_blosc(codec: BloscCodec):
+    """numcodecs' Blosc with the settings of zarr's BloscCodec (the one zarr itself encodes with)."""
+    from numcodecs import Blosc
+
+    shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+    return Blosc(cname=codec.cname.value, clevel=codec.clevel, shuffle=shuffle[codec.shuffle.value],
+                 blocksize=codec.blocksize, typesize=codec.typesize)
+
+
+def _all_fill(part: np.ndarray, fill) -> bool:
+    fill = np.asarray(fill, dtype=part.dtype)
+    is_fill = np.isnan if fill.dtype.kind == "f" and np.isnan(fill) else (lambda v: v == fill)
+    # (a chunk of data rarely starts with the fill value: most chunks are told by one sample)
+    return bool(is_fill(part.flat[0])) and bool(is_fill(part).all())
