@@ -74,7 +74,7 @@ def test_calibration_keeps_the_stars_alignment_would_find(small_survey, tmp_path
     assert np.array_equal(kept, detect_stars(read_green(src), max_stars=500))
     # Alignment uses the kept list (a planted one comes back), not a new detection.
     planted = kept[:7] + 0.25
-    store.mark_complete(root, "frames/k", "fp2", stars=planted.tolist())  # a new token: not cached
+    store.mark_complete(root, "frames/k", "fp2", stars=cal._stars_text(planted))  # a new token: not cached
     assert np.array_equal(source_stars(dataclasses.replace(src, token="fp2")), planted)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import base64
 import dataclasses
 from dataclasses import dataclass
 
@@ -140,7 +141,7 @@ def calibrate_frame(job: CalibrationJob) -> dict:
         arr = store.create_array(group, name, (h, w, c), "float32", (FRAME_CHUNK_ROWS, w, c),
                                   compressor=store.FRAME_COMPRESSOR)
         write_rows(arr, image)  # (compressed in this thread: zarr's own write would not scale)
-        store.mark_complete(job.root, name, job.fingerprint, stats=stats, stars=stars.tolist(),
+        store.mark_complete(job.root, name, job.fingerprint, stats=stats, stars=_stars_text(stars),
                             path=job.frame.path)
     if job.match_bin > 0:
         store_binned_copy(job, image)
@@ -155,7 +156,7 @@ def store_binned_copy(job: CalibrationJob, image: np.ndarray) -> None:
     with writing(os.path.join(job.root, name)):
         store.begin_entry(job.root, name)
         arr = store.create_array(store.open_store(job.root), name, binned.shape, "float32", binned.shape)
-        arr[:] = binned
+        write_rows(arr, binned)
         store.mark_complete(job.root, name, fp)
 
 
@@ -167,10 +168,18 @@ def stored_stats(root: str, key: str) -> dict:
 
 def stored_stars(attrs) -> np.ndarray | None:
     """The stars :func:`calibrate_frame` kept in a frame entry's attributes, float64 (N, 3)
-    x, y, flux brightest first (exact: JSON keeps every bit of a float64); None when the entry
-    has none (a frame stored by other code)."""
-    stars = attrs.get("stars")
-    return None if stars is None else np.asarray(stars, dtype=np.float64).reshape(-1, 3)
+    x, y, flux brightest first, bit for bit; None when the entry has none (a frame stored by
+    other code)."""
+    text = attrs.get("stars")
+    if text is None:
+        return None
+    return np.frombuffer(base64.b64decode(text), dtype="<f8").astype(np.float64).reshape(-1, 3)
+
+
+def _stars_text(stars: np.ndarray) -> str:
+    # Base64 of the little-endian float64 values: exact, and a quarter of the time zarr takes
+    # to write 1500 floats as JSON numbers (7 ms a frame).
+    return base64.b64encode(np.ascontiguousarray(stars, dtype="<f8").tobytes()).decode("ascii")
 
 
 def unusable_frames(stats: dict[str, FrameStats], config: Config) -> dict[str, str]:
