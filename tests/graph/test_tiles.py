@@ -112,7 +112,7 @@ def test_block_warp_is_each_frames_whole_map_remap_minus_its_sky(tmp_path):
     what warping each frame with its whole pixel map, source window and remap gives, bit for
     bit: rotated frames with sky surfaces, frames cut by the block and a frame that misses it."""
     from zdask.graph.geometry import wcs_from_header
-    from zdask.graph.tiles import warp_block
+    from zdask.graph.tiles import block_buffer, release_block_buffers, warp_block
     from zdask.ops.background import Surface
     from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
 
@@ -137,6 +137,11 @@ def test_block_warp_is_each_frames_whole_map_remap_minus_its_sky(tmp_path):
                        ((60, 140), (50, 90)), ((0, 1), (0, 240)), ((199, 200), (0, 240))]:
         info = {None: {"array-location": [(0, len(sources)), rows, cols, (0, 3)]}}
         got = warp_block(sources, grid_header, 32, 3, block_info=info)
+        # Into a reused buffer holding another block's values (block_buffer): the same block.
+        reused = block_buffer(got.shape)
+        reused[...] = 1e30
+        assert np.array_equal(warp_block(sources, grid_header, 32, 3, block_info=info, out=reused), got,
+                              equal_nan=True)
         for k, (src, image) in enumerate(zip(sources, frames)):
             map_x, map_y = pixel_map(wcs_pixel_transform(wcs_from_header(src.wcs_header), dst), rows, cols, 32)
             window = source_window(map_x, map_y, shape)
@@ -151,3 +156,4 @@ def test_block_warp_is_each_frames_whole_map_remap_minus_its_sky(tmp_path):
                 expected.shape[:2], offset=(rows[0], cols[0]))
             assert np.array_equal(got[k], expected, equal_nan=True), (rows, cols, k)
         assert np.isfinite(got[:4]).any()
+    assert release_block_buffers() == 1 and release_block_buffers() == 0

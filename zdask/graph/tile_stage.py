@@ -18,7 +18,7 @@ import zarr
 from zdask.cluster import wait_with_progress
 from zdask.graph.geometry import Grid
 from zdask.graph.harmonize import frame_sky_surfaces
-from zdask.graph.tiles import TileSource, finish_tile, master_tile, store_tile, tile_grid
+from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile, tile_grid
 from zdask.io import store
 from zdask.io.outputs import write_image_fits
 
@@ -119,6 +119,7 @@ def run_tile_stage(ctx, client, plan) -> None:
                                                  entry["n_frames"]))
         futures.append(client.compute(summary))
     done = wait_with_progress(futures, "master tiles", ctx.console)
+    client.run(release_block_buffers)
     for (entry, _, fp, *_), summary in zip(pending, done):
         entry.update(summary, reused=False)
         store.mark_complete(ctx.root, entry["zarr"], fp, summary=summary)

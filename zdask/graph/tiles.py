@@ -10,6 +10,7 @@ tile's plain description (:class:`TileStack`), never on per-frame results.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import dask.array as da
@@ -67,17 +68,20 @@ def tile_grid(frames: list[Frame], margin: int, wcs_headers: list[dict] | None =
 
 
 def warp_block(
-    sources: list[TileSource], grid_header: dict, step: int, channels: int, block_info=None
+    sources: list[TileSource], grid_header: dict, step: int, channels: int, block_info=None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Worker task: the (N, h, w, C) block of the warped stack; NaN outside each footprint.
 
     Each frame's pixel map comes from its transform on the block's nodes (the nodes' sky
     positions computed once for all frames), its read stops at the rows the map reaches, and it
-    is warped and sky-corrected band by band (:mod:`zdask.ops.blockwarp`).
+    is warped and sky-corrected band by band (:mod:`zdask.ops.blockwarp`). ``out``: a float32
+    array of that shape to fill (see :func:`block_buffer`).
     """
     (_, _), rows, cols, _ = block_info[None]["array-location"]
+    shape = (len(sources), rows[1] - rows[0], cols[1] - cols[0], channels)
     # np.empty, not np.full(nan): every frame's slice is written once, by warp_frame or below
-    out = np.empty((len(sources), rows[1] - rows[0], cols[1] - cols[0], channels), dtype=np.float32)
+    out = np.empty(shape, dtype=np.float32) if out is None else out
     grid = block_grid(tuple(rows), tuple(cols), step)
     ra, dec = wcs_from_header(grid_header).all_pix2world(grid.node_x, grid.node_y, 0)
     buffer = np.empty(0, dtype=np.uint8)
@@ -130,10 +134,41 @@ def stack_tile_block(spec: TileStack, rows: tuple[int, int], cols: tuple[int, in
     task: it is never a task result that the scheduler could keep while other blocks are warped.
     """
     info = {None: {"array-location": [(0, len(spec.sources)), rows, cols, (0, spec.channels)]}}
-    block = warp_block(list(spec.sources), spec.grid_header, spec.step, spec.channels, block_info=info)
+    shape = (len(spec.sources), rows[1] - rows[0], cols[1] - cols[0], spec.channels)
+    block = warp_block(list(spec.sources), spec.grid_header, spec.step, spec.channels, block_info=info,
+                       out=block_buffer(shape))
     result = METHODS[spec.method](block, weights=spec.weights, scale=spec.scale, offset=spec.offset,
                                   **spec.params)
-    return tuple(result)
+    # (the results must not live in the buffer the thread's next block overwrites)
+    return tuple(np.array(r, copy=True) if np.may_share_memory(r, block) else r for r in result)
+
+
+# One warped-block buffer per worker thread, reused by its block tasks: a fresh block of up to the
+# budget (256 MiB) cost up to 0.5 s of page faults to touch, per block, when the page cache had
+# to give the memory back first; a reused one is written at memory speed. The tile stage
+# releases them when it ends (release_block_buffers), so they are held only while tiles stack.
+_BLOCK_BUFFERS: dict[int, np.ndarray] = {}
+_BLOCK_BUFFERS_LOCK = threading.Lock()
+
+
+def block_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of ``shape`` in this thread's reusable buffer (its contents undefined)."""
+    size = int(np.prod(shape))
+    thread = threading.get_ident()
+    with _BLOCK_BUFFERS_LOCK:
+        buffer = _BLOCK_BUFFERS.get(thread)
+        if buffer is None or buffer.size < size:
+            buffer = _BLOCK_BUFFERS[thread] = np.empty(size, dtype=np.float32)
+    return buffer[:size].reshape(shape)
+
+
+def release_block_buffers() -> int:
+    """Free every thread's block buffer (run on each worker when the tile stage ends); returns
+    how many were freed."""
+    with _BLOCK_BUFFERS_LOCK:
+        count = len(_BLOCK_BUFFERS)
+        _BLOCK_BUFFERS.clear()
+    return count
 
 
 def method_parameters(config: Config) -> dict:
