@@ -20,7 +20,6 @@ from zdask.io.chunkrows import write_rows
 from zdask.io.errors import writing
 from zdask.io.pixels import read_frame
 from zdask.io.scan import Frame
-from zdask.graph.harmonize import bin_in_bands, binned_entry
 from zdask.graph.plan import spread_evenly
 from zdask.ops.debayer import debayer_bilinear
 from zdask.ops.framestats import FrameStats, frame_defect, frame_statistics, frame_stars
@@ -95,7 +94,6 @@ class CalibrationJob:
     fingerprint: str
     hot_indices: np.ndarray
     channels: int
-    match_bin: int = 0  # also store the frame binned by this factor for the sky fit (0: not)
 
 
 def calibration_fingerprint(frame: Frame, hot_indices: np.ndarray, channels: int) -> str:
@@ -143,21 +141,7 @@ def calibrate_frame(job: CalibrationJob) -> dict:
         write_rows(arr, image)  # (compressed in this thread: zarr's own write would not scale)
         store.mark_complete(job.root, name, job.fingerprint, stats=stats, stars=_stars_text(stars),
                             path=job.frame.path)
-    if job.match_bin > 0:
-        store_binned_copy(job, image)
     return stats
-
-
-def store_binned_copy(job: CalibrationJob, image: np.ndarray) -> None:
-    """The calibrated frame binned by ``job.match_bin``, stored beside it: the sky fit reads
-    this 64th of the frame instead of reading and binning the whole frame again."""
-    name, fp = binned_entry(job.key, job.fingerprint, job.match_bin)
-    binned = bin_in_bands(image, job.match_bin)
-    with writing(os.path.join(job.root, name)):
-        store.begin_entry(job.root, name)
-        arr = store.create_array(store.open_store(job.root), name, binned.shape, "float32", binned.shape)
-        write_rows(arr, binned)
-        store.mark_complete(job.root, name, fp)
 
 
 def stored_stats(root: str, key: str) -> dict:

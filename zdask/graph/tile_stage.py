@@ -16,7 +16,6 @@ import numpy as np
 import zarr
 
 from zdask.cluster import wait_with_progress
-from zdask.graph.geometry import Grid
 from zdask.graph.harmonize import frame_sky_surfaces
 from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile, tile_grid
 from zdask.io import store
