@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from zdask.ops import hotpixels as hp
-
 from zdask.ops.hotpixels import correct_hot_pixels, hot_pixel_candidates, hot_pixel_map
 
 
