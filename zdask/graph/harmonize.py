@@ -14,7 +14,7 @@ import numpy as np
 from zdask.graph.geometry import Grid, wcs_from_header
 from zdask.graph.plan import spread_evenly
 from zdask.io import store
-from zdask.io.chunkrows import read_rows
+from zdask.io.chunkrows import read_rows, read_whole
 from zdask.ops.background import Surface, star_mask
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
 from zdask.ops.seams import seam_metric
@@ -137,8 +137,8 @@ def _stars_of(stack: np.ndarray) -> np.ndarray:
 def tile_cutout(root: str, name: str, token: str, grid: Grid, canvas: Grid, factor: int,
                 bbox: tuple[int, int, int, int]) -> CutOut:
     """Worker task: a tile's image and weight binned onto the binned canvas, within its bbox."""
-    image = np.asarray(store.open_array(root, f"{name}/image", token)[:])
-    weight = np.asarray(store.open_array(root, f"{name}/weight", token)[:])
+    # (decompressed in this thread: the cut-outs of two tiles run in parallel)
+    image, weight = (read_whole(store.open_array(root, f"{name}/{key}", token)) for key in ("image", "weight"))
     image = np.where((weight > 0)[..., None], image, np.nan)
     y0, y1, x0, x1 = bbox
     origin = (y0 // factor, x0 // factor)

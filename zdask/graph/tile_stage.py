@@ -19,6 +19,7 @@ from zdask.cluster import wait_with_progress
 from zdask.graph.harmonize import frame_sky_surfaces
 from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile, tile_grid
 from zdask.io import store
+from zdask.io.chunkrows import read_whole
 from zdask.io.outputs import write_image_fits
 
 # Settings a master tile depends on (besides its calibrated frames and grid).
@@ -162,8 +163,8 @@ def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: Til
     summary = finish_tile(root, name, mode, n_frames, cleanup, config)
     write_tile_fits(root, tile_file)
     group = zarr.open_group(root, path=name, mode="r")
-    rejected = sum(int(np.asarray(group[k][:], dtype=np.int64).sum()) for k in ("rejected_low", "rejected_high"))
-    total = rejected + int(np.asarray(group["count"][:], dtype=np.int64).sum())
+    rejected = sum(int(read_whole(group[k]).sum(dtype=np.int64)) for k in ("rejected_low", "rejected_high"))
+    total = rejected + int(read_whole(group["count"]).sum(dtype=np.int64))
     summary["rejected_fraction"] = rejected / total if total else 0.0
     return summary
 
@@ -196,9 +197,9 @@ def write_tile_fits(root: str, tile: TileFile) -> None:
         except OSError:
             pass  # unreadable leftovers are simply replaced
     group = zarr.open_group(root, path=tile.zarr, mode="r")
-    alpha = np.round(np.clip(np.asarray(group["alpha"][:]), 0, 1) * 255).astype(np.uint8)
+    alpha = np.round(np.clip(read_whole(group["alpha"]), 0, 1) * 255).astype(np.uint8)
     write_image_fits(
-        tile.path, np.asarray(group["image"][:]), tile.wcs_header,
-        {"COVERAGE": np.asarray(group["coverage"][:]), "ALPHA": alpha},
+        tile.path, read_whole(group["image"]), tile.wcs_header,
+        {"COVERAGE": read_whole(group["coverage"]), "ALPHA": alpha},
         {"ZDASKFP": tile.fingerprint, "TILEID": tile.tile_id, "MOUNT": tile.mode, "NFRAMES": tile.n_frames},
     )

@@ -21,7 +21,7 @@ from zdask.config import Config
 from zdask.graph.geometry import Grid, covering_grid, footprint_outline, mean_direction, wcs_from_header
 from zdask.graph.stack import stack_chunks
 from zdask.io import store
-from zdask.io.chunkrows import read_rows
+from zdask.io.chunkrows import read_rows, read_whole, write_rows
 from zdask.io.scan import Frame
 from zdask.ops.background import Surface
 from zdask.ops.blockwarp import block_grid, block_map, warp_frame
@@ -278,8 +278,10 @@ def finish_tile(root: str, name: str, mode: str, n_frames: int, cleanup: bool, c
     they are, so a second call gives the same result. Returns the tile's summary for the report.
     """
     group = store.open_store(root)
-    image = np.asarray(group[f"{name}/{TILE_ARRAYS['image']}"][:])
-    coverage = np.nan_to_num(np.asarray(group[f"{name}/coverage"][:]))
+    # Read and written through chunkrows: (de)compressed in this thread, so that two tiles
+    # finishing at once do not queue in zarr's one I/O thread.
+    image = read_whole(group[f"{name}/{TILE_ARRAYS['image']}"])
+    coverage = np.nan_to_num(read_whole(group[f"{name}/coverage"]))
     health = tile_health(image, coverage)
     summary = {"healthy": bool(health.ok), "health_reason": health.reason, "alpha_applied": False,
                "alpha_note": None, "rgb_gains": [1.0] * image.shape[-1]}
@@ -299,7 +301,7 @@ def finish_tile(root: str, name: str, mode: str, n_frames: int, cleanup: bool, c
     feather = feather_weights(coverage, ramp_px=config.feather_px) if config.feather_px > 0 else 1.0
     weight = (coverage * alpha * feather).astype(np.float32)
     chunks = group[f"{name}/coverage"].chunks
-    store.create_array(group, f"{name}/image", image.shape, "float32", chunks + image.shape[2:])[:] = image
-    store.create_array(group, f"{name}/alpha", alpha.shape, "float32", chunks)[:] = alpha
-    store.create_array(group, f"{name}/weight", weight.shape, "float32", chunks)[:] = weight
+    write_rows(store.create_array(group, f"{name}/image", image.shape, "float32", chunks + image.shape[2:]), image)
+    write_rows(store.create_array(group, f"{name}/alpha", alpha.shape, "float32", chunks), alpha)
+    write_rows(store.create_array(group, f"{name}/weight", weight.shape, "float32", chunks), weight)
     return summary

@@ -31,7 +31,7 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 from zarr.storage import LocalStore
 
-__all__ = ["read_rows", "write_rows"]
+__all__ = ["read_rows", "read_whole", "write_rows"]
 
 
 @functools.cache
@@ -133,6 +133,11 @@ def read_rows(z: zarr.Array, y0: int, y1: int, buffer: np.ndarray | None = None)
         if got != nbytes:  # a frame Blosc cannot serve in part: let zarr read (or report) it
             dst[...] = z[a:b]
     return out
+
+
+def read_whole(z: zarr.Array) -> np.ndarray:
+    """All of ``z`` (:func:`read_rows` of every row): decompressed in the calling thread."""
+    return read_rows(z, 0, z.shape[0])
 
 
 def write_rows(z: zarr.Array, data: np.ndarray) -> None:
