@@ -104,9 +104,10 @@ def run_tile_stage(ctx, client, plan) -> None:
                    for f, h in zip(frames, wcs)]
         pending.append((entry, grid, fp, sources, cleanup, [f.exptime_s for f in frames],
                         [ctx.stats[f.path] for f in frames]))
-    _fit_sky(ctx, client, pending)
-    futures = []
-    for entry, grid, fp, sources, cleanup, exptimes, stats in pending:
+    futures = [None] * len(pending)
+
+    def submit_tile(k: int) -> None:
+        entry, grid, fp, sources, cleanup, exptimes, stats = pending[k]
         arrays = master_tile(sources, stats, exptimes, grid, ctx.channels, config)
         writes = store_tile(arrays, ctx.root, entry["zarr"])
         # One future per tile: its Zarr writes, then the finishing pass. The report's counts are
@@ -117,7 +118,11 @@ def run_tile_stage(ctx, client, plan) -> None:
                                         TileFile(os.path.join(ctx.out_dir, entry["file"]), entry["zarr"],
                                                  grid.wcs_header, fp, entry["id"], entry["mode"],
                                                  entry["n_frames"]))
-        futures.append(client.compute(summary))
+        futures[k] = client.compute(summary)
+
+    # Each tile is submitted as soon as its frames' sky surfaces are known: its blocks run while
+    # the other groups are still fitted (no idle thread at the end of the fits).
+    _fit_sky(ctx, client, pending, submit_tile)
     done = wait_with_progress(futures, "master tiles", ctx.console)
     client.run(release_block_buffers)
     for (entry, _, fp, *_), summary in zip(pending, done):
@@ -146,16 +151,24 @@ def run_tile_stage(ctx, client, plan) -> None:
     ctx.say(f"master tiles: {len(ctx.report['tiles_computed'])} computed, {len(ctx.report['tiles_reused'])} reused")
 
 
-def _fit_sky(ctx, client, pending) -> None:
-    """Per-frame sky surfaces of the groups about to be stacked (one task per group)."""
+def _fit_sky(ctx, client, pending, then) -> None:
+    """Per-frame sky surfaces of the groups about to be stacked (one task per group); ``then(k)``
+    is called for each group ``pending[k]`` once its sources carry their surfaces (at once for
+    a group that gets none)."""
     order = ctx.config.sky_surface_order
-    todo = [p for p in pending if order >= 0 and len(p[3]) >= 2]
-    futures = [client.submit(frame_sky_surfaces, p[3], p[1], ctx.config.match_bin, order,
-                             key=f"skyfit-{p[2]}") for p in todo]
-    results = wait_with_progress(futures, "sky surfaces", ctx.console)
-    for p, surfaces in zip(todo, results):
-        p[3][:] = [TileSource(s.root, s.key, s.token, s.wcs_header, s.shape, tuple(sky))
-                   for s, sky in zip(p[3], surfaces)]
+    todo = [k for k, p in enumerate(pending) if order >= 0 and len(p[3]) >= 2]
+    for k in sorted(set(range(len(pending))) - set(todo)):
+        then(k)
+    futures = [client.submit(frame_sky_surfaces, pending[k][3], pending[k][1], ctx.config.match_bin, order,
+                             key=f"skyfit-{pending[k][2]}") for k in todo]
+
+    def with_surfaces(index: int, surfaces: list) -> None:
+        sources = pending[todo[index]][3]
+        sources[:] = [TileSource(s.root, s.key, s.token, s.wcs_header, s.shape, tuple(sky))
+                      for s, sky in zip(sources, surfaces)]
+        then(todo[index])
+
+    wait_with_progress(futures, "sky surfaces", ctx.console, on_result=with_surfaces)
 
 
 def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: TileFile) -> dict:
