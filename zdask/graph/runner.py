@@ -290,7 +290,9 @@ def stage_write(ctx: RunContext) -> None:
     bands of rows of at most the stacking budget, so no process ever holds the whole canvas."""
     group = zarr.open_group(ctx.root, path="mosaic", mode="r")
     image, coverage = group["image"], group["coverage"]
-    band_rows = rows_per_band(image.shape, parse_bytes(ctx.config.budget))
+    # Bands of a quarter of the budget: two are in memory at once (one read while the other is
+    # written), and bands of hundreds of MB cost more in page faults than their fewer writes save.
+    band_rows = rows_per_band(image.shape, parse_bytes(ctx.config.budget) // 4)
     covered = 0
     preview = PreviewSampler(image.shape)  # filled from the mosaic's bands: no second read
 
