@@ -18,6 +18,7 @@ from zdask.ops.background import Surface, star_mask
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
 from zdask.ops.seams import seam_metric
 from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces, match_to_consensus
+from zdask.ops.skyshape import CommonSurface, common_quadratic, pad_order
 from zdask.ops.warp import (
     bin_image, binned_extent, binned_transform, pixel_map, remap, wcs_pixel_transform,
 )
@@ -207,31 +208,64 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
         gains, offsets = solved.gains, solved.offsets
     corrected = [CutOut(it.image * gains[k] + offsets[k], it.weight, it.origin) for k, it in enumerate(items)]
     surfaces = [None] * n
+    common = None
     if order >= 0 and n > 1:
         extent_b = _binned_grid_extent(shape_b)
         coeffs = match_surfaces(corrected, shape_b, order=order, extent=extent_b)
+        # The matching fixes what differs between tiles; the surface they all share is free.
+        # It is NOT fitted on the assembled mosaic as if the sky were flat (that takes out
+        # emission larger than the mosaic): its quadratic part is fixed by the shape of the
+        # tiles' own skies (zdask.ops.skyshape), its linear part is left as the matching
+        # left it and reported as undetermined.
+        out_order = order
+        if order >= 1:
+            centres, areas = _tile_centres(corrected, extent_b)
+            padded = [pad_order(c, order, 2) for c in coeffs]
+            common = common_quadratic(padded, centres, areas)
+            coeffs, out_order = [c + common.coeffs for c in padded], 2
+            # The linear part is not determined by the tiles: as before, it is fitted on the
+            # assembled mosaic with sources masked (an assumption, reported as such).
+            flat = [CutOut(it.image - Surface(c, 2, extent_b, np.zeros(channels)).evaluate(
+                it.image.shape[:2], offset=it.origin), it.weight, it.origin) for it, c in zip(corrected, coeffs)]
+            plane = fit_common_sky(*_assemble(flat, shape_b), order=1, extent=extent_b)
+            common = CommonSurface(common.coeffs + pad_order(plane, 1, 2), common.determined, common.undetermined)
+            coeffs = [c + pad_order(plane, 1, 2) for c in coeffs]
+        surfaces = [(np.asarray(c).tolist(), out_order, list(binned_extent(shape_b, factor))) for c in coeffs]
         corrected = [
-            CutOut(it.image - Surface(c, order, extent_b, np.zeros(channels)).evaluate(
+            CutOut(it.image - Surface(np.asarray(c), out_order, extent_b, np.zeros(channels)).evaluate(
                 it.image.shape[:2], offset=it.origin), it.weight, it.origin)
             for it, c in zip(corrected, coeffs)
-        ]
-        # What all tiles share (light pollution on the same side of every frame) is left by
-        # the matching; fit it on the assembled binned mosaic, sources excluded, and take it
-        # out of every tile.
-        common = fit_common_sky(*_assemble(corrected, shape_b), order=order, extent=extent_b)
-        surfaces = [(np.asarray(c) + common).tolist() if c is not None else common.tolist()
-                    for c in coeffs]
-        surfaces = [(c, order, list(binned_extent(shape_b, factor))) for c in surfaces]
-        corrected = [
-            CutOut(it.image - Surface(common, order, extent_b, np.zeros(channels)).evaluate(
-                it.image.shape[:2], offset=it.origin), it.weight, it.origin)
-            for it in corrected
         ]
     after = seam_metric(overlap_medians(corrected, shape_b))
     return {"gains": gains, "offsets": offsets, "surfaces": surfaces,
             "seam_before": np.asarray(before).tolist(), "seam_after": np.asarray(after).tolist(),
             "pair_seam_before": pair_seam_metric(items).tolist(),
-            "pair_seam_after": pair_seam_metric(corrected).tolist(), "pairs": len(pairs)}
+            "pair_seam_after": pair_seam_metric(corrected).tolist(), "pairs": len(pairs),
+            "common_surface": _common_report(common)}
+
+
+def _tile_centres(items: list[CutOut], extent) -> tuple[np.ndarray, np.ndarray]:
+    """Per cut-out, its weighted centre (u, v) normalised over ``extent``, and its weight sum."""
+    y0, y1, x0, x1 = extent
+    centres, areas = [], []
+    for it in items:
+        ys, xs = np.nonzero(it.weight > 0)
+        w = it.weight[ys, xs].astype(np.float64)
+        total = max(w.sum(), 1e-12)
+        cy = (w * (ys + it.origin[0])).sum() / total
+        cx = (w * (xs + it.origin[1])).sum() / total
+        centres.append((2 * (cx - x0) / max(x1 - x0, 1e-12) - 1, 2 * (cy - y0) / max(y1 - y0, 1e-12) - 1))
+        areas.append(total)
+    return np.asarray(centres), np.asarray(areas)
+
+
+def _common_report(common) -> dict:
+    """How much of the surface all tiles share the data fixed, and how much was left alone."""
+    if common is None:
+        return {"determined": [], "undetermined": ["all (no tile surfaces)"], "quadratic": []}
+    return {"determined": list(common.determined),
+            "undetermined": list(common.undetermined),
+            "assumed_flat": ["1", "u", "v"], "surface": common.coeffs.tolist()}
 
 
 def _assemble(items: list[CutOut], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
