@@ -106,6 +106,7 @@ def run_mosaic_stage(ctx, client, plan) -> None:
         "seam_after": photometry["seam_after"], "pair_seam_before": photometry["pair_seam_before"],
         "pair_seam_after": photometry["pair_seam_after"], "photometry_pairs": photometry["pairs"],
         "photometry": {str(k): v for k, v in per_tile.items()},
+        "common_surface": photometry["common_surface"],
     }
     store.mark_complete(ctx.root, "mosaic", fp, wcs=cropped.wcs_header, summary=summary)
     ctx.report["mosaic"] = {**summary, "reused": False}
@@ -115,6 +116,9 @@ def run_mosaic_stage(ctx, client, plan) -> None:
             f"after {np.round(summary['seam_after'], 2).tolist()}; steps between overlapping tiles: "
             f"before {np.round(summary['pair_seam_before'], 2).tolist()}, "
             f"after {np.round(summary['pair_seam_after'], 2).tolist()}")
+    common = summary["common_surface"]
+    ctx.say(f"sky surface shared by all tiles: determined by the data {common['determined'] or 'nothing'}, "
+            f"left as matched {common['undetermined'] or 'nothing'}, assumed flat {common.get('assumed_flat', [])}")
 
 
 def _tile_photometry_into_report(tiles, photometry: dict) -> None:

@@ -35,6 +35,12 @@ QUADRATIC_TERMS = ("u^2", "u*v", "v^2")
 # A quadratic direction is determined when the tile centres span it: its singular value must
 # be at least this fraction of the largest (a 3 x 3 mosaic spans all three by far).
 MIN_RELATIVE_SINGULAR = 0.05
+# The common curvature is used only where it explains this much of the spread of the tiles'
+# local slopes (at most this fraction left over).
+MAX_UNEXPLAINED = 0.25
+# Fewer tiles than this leave too few slopes to tell a curvature from a glow that turned
+# between panels (a 2 x 2 mosaic: 8 slopes for 3 unknowns): the curvature is left alone.
+MIN_TILES = 6
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ def common_quadratic(coeffs: list[np.ndarray], centres: np.ndarray, weights: np.
     channels = coeffs[0].shape[0]
     out = np.zeros((channels, n_terms(2)))
     n = len(coeffs)
-    if n < 3:
+    if n < MIN_TILES:
         return CommonSurface(out, (), QUADRATIC_TERMS)
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
@@ -97,6 +103,12 @@ def common_quadratic(coeffs: list[np.ndarray], centres: np.ndarray, weights: np.
         centred = slopes - (w[:, None] * slopes).sum(axis=0)
         target = -np.concatenate([centred[:, 0], centred[:, 1]]) * root_w
         q = right_t[keep].T @ ((left[:, keep].T @ target) / sing[keep])
+        # Only a curvature that explains the tiles' slopes: when they differ for another
+        # reason (the glow turned between panels, alt-az and equatorial tiles side by side)
+        # a fitted curvature would invent the bowl it is meant to remove; leave it alone.
+        before, after = np.sum(target ** 2), np.sum((target - a @ q) ** 2)
+        if after > MAX_UNEXPLAINED * before:
+            continue
         out[ch, 3:] = q
     determined = tuple(t for t, r in zip(QUADRATIC_TERMS, reach) if r > 0.5)
     undetermined = tuple(t for t in QUADRATIC_TERMS if t not in determined)
