@@ -146,6 +146,32 @@ def test_streamed_preview_equals_the_stretch_of_the_whole_strided_canvas(tmp_pat
     assert np.array_equal(np.asarray(Image.open(tmp_path / "preview.png")), want)
 
 
+@pytest.mark.parametrize("channels, step", [(3, 4), (3, 5), (1, 5)])
+def test_preview_sampled_from_the_mosaic_bands_equals_the_preview_read_on_its_own(tmp_path, channels, step):
+    """The run fills the preview from the bands write_mosaic streams (bands of 8 and 4 rows,
+    which the stride cuts at every phase): the PNG is the one write_preview reads itself."""
+    from PIL import Image
+
+    from zdask.io.outputs import PreviewSampler
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(1000.0, 10.0, (131, 97, channels)).astype(np.float32)
+    image[40:44, 10:90] = 30_000.0
+    image[:7] = np.nan
+    coverage = np.ones(image.shape[:2], np.float32)
+    z_image, z_cover = _zarr_canvas(tmp_path / "canvas.zarr", image, coverage, 32)
+    max_side = -(-131 // step)
+    sampler = PreviewSampler(z_image.shape, max_side=max_side)
+    assert sampler.step == step
+    write_mosaic(str(tmp_path / "mosaic.fits"), z_image, z_cover, WCS, band_rows=11,
+                 each_band=lambda y0, im, cov: sampler.add(y0, im))
+    sampler.save(str(tmp_path / "sampled.png"))
+    write_preview(str(tmp_path / "read.png"), z_image, max_side=max_side, band_rows=7)
+    got, want = (np.asarray(Image.open(tmp_path / name)) for name in ("sampled.png", "read.png"))
+    assert got.shape[:2] == (len(range(0, 131, step)), len(range(0, 97, step)))
+    assert np.array_equal(got, want)
+
+
 def test_bands_cover_the_rows_within_the_size_and_never_straddle_a_stored_chunk_row(tmp_path):
     from zdask.io.outputs import bands
 

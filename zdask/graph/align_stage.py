@@ -35,6 +35,14 @@ def _store(root: str, key: str, fp: str, result: AlignResult) -> None:
     group.attrs.update({"result": result.to_json(), "fingerprint": fp})
 
 
+def align_and_keep(src: AlignSource, ref: AlignSource, catalogue: dict, fp: str,
+                   threshold_px: float) -> AlignResult:
+    """Worker task: align one frame and keep the result in the store (``align/<key>``)."""
+    result = align_frame(src, ref, catalogue, wcs_threshold_px=threshold_px)
+    _store(src.root, src.key, fp, result)
+    return result
+
+
 def run_align_stage(ctx, client, plan) -> None:
     """Fill ctx.aligned (refined WCS) and ctx.excluded (frames that could not be aligned)."""
     config = ctx.config
@@ -70,21 +78,20 @@ def run_align_stage(ctx, client, plan) -> None:
                 todo.append((src, fp))
         if todo:
             catalogue = client.submit(reference_catalogue, ref, key=f"catalogue-{ref.token}")
-            futures = [client.submit(align_frame, src, ref, catalogue,
-                                     wcs_threshold_px=config.align_threshold_px,
+            futures = [client.submit(align_and_keep, src, ref, catalogue, fp, config.align_threshold_px,
                                      key=f"align-{fp}") for src, fp in todo]
             pending.extend(zip(todo, futures))
     done = wait_with_progress([f for _, f in pending], "align", ctx.console)
-    for ((src, fp), _), result in zip(pending, done):
-        _store(ctx.root, src.key, fp, result)
+    for ((src, _fp), _), result in zip(pending, done):
         results[src.path] = result
     counts: dict[str, int] = {}
+    header_of = {f.path: f.wcs_header for f in ctx.frames}
     for path, result in results.items():
         counts[result.status] = counts.get(result.status, 0) + 1
         if result.status == STATUS_EXCLUDED:
             ctx.excluded[path] = result.reason or "alignment failed"
             ctx.say(f"excluded {path}: {ctx.excluded[path]}")
-        elif result.wcs_header and result.wcs_header != _frame(ctx, path).wcs_header:
+        elif result.wcs_header and result.wcs_header != header_of[path]:
             ctx.aligned[path] = result.wcs_header
     ctx.report["alignment"] = {
         "counts": counts,
@@ -99,6 +106,3 @@ def _mean_finite(values) -> float:
     finite = finite[np.isfinite(finite)]
     return float(finite.mean()) if finite.size else float("nan")
 
-
-def _frame(ctx, path: str):
-    return next(f for f in ctx.frames if f.path == path)

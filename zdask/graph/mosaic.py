@@ -15,6 +15,8 @@ import numpy as np
 from zdask.graph.geometry import Grid, covering_grid, footprint_outline, wcs_from_header
 from zdask.ops.background import Surface
 from zdask.io import store
+from zdask.io.chunkrows import read_rows
+from zdask.ops.coadd import accumulate_tile, weighted_mean
 from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
 
 
@@ -65,32 +67,42 @@ def coadd_block(
         y0, y1, x0, x1 = tile.bbox
         if y1 <= r0 or y0 >= r1 or x1 <= c0 or x0 >= c1:
             continue
+        # One pixel map per (tile, block), shared by the image and its weight and coverage.
         map_x, map_y = pixel_map(wcs_pixel_transform(tile.grid.wcs(), dst), (r0, r1), (c0, c1), step)
         window = source_window(map_x, map_y, tile.grid.shape)
         if window is None:
             continue
-        wy0, wy1, wx0, wx1 = window
-        read = lambda key: store.open_array(tile.root, f"{tile.name}/{key}", tile.token)[wy0:wy1, wx0:wx1]  # noqa: E731
-        image = remap(read("image"), map_x, map_y, origin=(wy0, wx0))
+        image, aux = _read_window(tile, window)
+        image = remap(image, map_x, map_y, origin=window[::2])
         # Weight and effective coverage are resampled like the image, as one 2-channel image.
-        aux = np.stack([read("weight"), read("coverage") * read("alpha")], axis=-1)
-        aux = np.nan_to_num(remap(aux, map_x, map_y, origin=(wy0, wx0)))
-        if tile.gain:
-            image = image * np.asarray(tile.gain, dtype=np.float32) + np.asarray(tile.offset, dtype=np.float32)
+        aux = remap(aux, map_x, map_y, origin=window[::2])
+        surface = None
         if tile.surface is not None:
             coeffs, order, extent = tile.surface
-            image -= Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0)).evaluate(
+            surface = Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0)).evaluate(
                 (h, w), offset=(r0 + origin[0], c0 + origin[1]))
-        good = np.isfinite(image) & (aux[..., :1] > 0)
-        wts = np.where(good, aux[..., :1], 0.0)
-        total += np.where(good, image, 0.0) * wts
-        weight += wts
-        coverage += aux[..., 1]
+        accumulate_tile(total, weight, coverage, image, aux, tile.gain, tile.offset, surface)
     out = np.empty((h, w, channels + 1), dtype=np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out[..., :channels] = np.where(weight > 0, total / np.maximum(weight, 1e-30), np.nan)
+    weighted_mean(total, weight, out[..., :channels])
     out[..., channels] = coverage
     return out
+
+
+def _read_window(tile: PlacedTile, window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A tile's image (h, w, C) and its (weight, coverage × alpha) (h, w, 2) in ``window``.
+
+    Each array is read once, as whole stored rows decompressed only where the window's rows
+    are (a tile's chunk strip spans several canvas blocks; through zarr every block decoded
+    the whole strip again).
+    """
+    wy0, wy1, wx0, wx1 = window
+    read = lambda key: read_rows(store.open_array(tile.root, f"{tile.name}/{key}", tile.token),  # noqa: E731
+                                 wy0, wy1)[:, wx0:wx1]
+    image = read("image")
+    aux = np.empty((wy1 - wy0, wx1 - wx0, 2), dtype=np.float32)
+    aux[..., 0] = read("weight")
+    np.multiply(read("coverage"), read("alpha"), out=aux[..., 1])
+    return image, aux
 
 
 def mosaic_arrays(tiles: list[PlacedTile], canvas: Grid, channels: int, block: int, step: int,

@@ -32,10 +32,11 @@ from zdask.graph.plan import Plan, plan_master_tiles
 from zdask.graph.tile_stage import run_tile_stage
 from zdask.io import store
 from zdask.io.folderlock import FolderInUse, FolderLock
-from zdask.io.outputs import rows_per_band, write_json, write_mosaic, write_preview
+from zdask.io.outputs import PreviewSampler, rows_per_band, write_json, write_mosaic
 from zdask.io.platesolve import available_solver, plate_solve
 from zdask.io.scan import Frame, FrameTable, RejectedFile, scan, with_wcs
 from zdask.ops.framestats import FrameStats
+from zdask.ops.coadd import warm_up as coadd_warm_up
 from zdask.ops.stacking import warm_up
 
 class RunError(Exception):
@@ -179,6 +180,7 @@ def _run(inputs: Sequence[str], out_dir: str, config: Config, say, console) -> d
     # Compile the stacking kernel while the first stages run: in a fresh environment the
     # compile takes seconds of one core, and the tile stage would otherwise wait for it.
     threading.Thread(target=warm_up, args=(config.reject,), name="zdask-kernel-warm-up", daemon=True).start()
+    threading.Thread(target=coadd_warm_up, name="zdask-coadd-warm-up", daemon=True).start()
     t = time.perf_counter()
     table = scan(inputs)
     frames, rejected = usable_frames(table)
@@ -271,9 +273,13 @@ def stage_calibrate(ctx: RunContext, client, plan: Plan) -> None:
         if not store.is_complete(ctx.root, f"frames/{key}", fp):
             jobs.append(cal.CalibrationJob(f, ctx.root, key, fp, hot, ctx.channels, match_bin))
     futures = client.map(cal.calibrate_frame, jobs, key=[f"calibrate-{j.fingerprint}" for j in jobs])
-    wait_with_progress(futures, "calibrate", ctx.console)
-    ctx.stats = {f.path: FrameStats.from_dict(cal.stored_stats(ctx.root, ctx.calibrated[f.path][0]))
-                 for f in ctx.frames}
+    done = wait_with_progress(futures, "calibrate", ctx.console)
+    # The statistics come back with the tasks; only reused frames' are read from the store.
+    computed = {job.frame.path: stats for job, stats in zip(jobs, done)}
+    ctx.stats = {}
+    for f in ctx.frames:
+        stats = computed.get(f.path) or cal.stored_stats(ctx.root, ctx.calibrated[f.path][0])
+        ctx.stats[f.path] = FrameStats.from_dict(stats)
     # Before alignment: a frame without signal must never become a group's reference.
     for path, reason in cal.unusable_frames(ctx.stats, ctx.config).items():
         ctx.excluded[path] = reason
@@ -288,16 +294,18 @@ def stage_write(ctx: RunContext) -> None:
     image, coverage = group["image"], group["coverage"]
     band_rows = rows_per_band(image.shape, parse_bytes(ctx.config.budget))
     covered = 0
+    preview = PreviewSampler(image.shape)  # filled from the mosaic's bands: no second read
 
-    def count_covered(y0: int, image_band: np.ndarray, coverage_band: np.ndarray) -> None:
+    def each_band(y0: int, image_band: np.ndarray, coverage_band: np.ndarray) -> None:
         nonlocal covered
         covered += int(np.count_nonzero(np.isfinite(image_band).all(axis=-1) & (coverage_band > 0)))
+        preview.add(y0, image_band)
 
     # What went into the mosaic: its healthy tiles and their frames, excluded frames not counted.
     assembled = [entry for entry, grid, _ in ctx.tiles if grid is not None and entry.get("healthy", True)]
     ctx.report["frames_used"] = sum(entry["n_frames"] for entry in assembled)
     write_mosaic(os.path.join(ctx.out_dir, "mosaic.fits"), image, coverage, ctx.canvas_header,
                  {"NTILES": len(assembled), "NFRAMES": ctx.report["frames_used"]},
-                 band_rows=band_rows, each_band=count_covered)
+                 band_rows=band_rows, each_band=each_band)
     ctx.report["mosaic"]["covered_fraction"] = covered / max(1, coverage.shape[0] * coverage.shape[1])
-    write_preview(os.path.join(ctx.out_dir, "preview.png"), image, band_rows=band_rows)
+    preview.save(os.path.join(ctx.out_dir, "preview.png"))

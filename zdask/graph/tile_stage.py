@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 
 import dask
 import numpy as np
@@ -112,15 +113,19 @@ def run_tile_stage(ctx, client, plan) -> None:
         # read back from the store: summing the lazy arrays here as well would be optimised as
         # separate collections and warp every block once per sum.
         summary = dask.delayed(_finish)(writes, ctx.root, entry["zarr"], entry["mode"],
-                                        len(sources), cleanup, config)
+                                        len(sources), cleanup, config,
+                                        TileFile(os.path.join(ctx.out_dir, entry["file"]), entry["zarr"],
+                                                 grid.wcs_header, fp, entry["id"], entry["mode"],
+                                                 entry["n_frames"]))
         futures.append(client.compute(summary))
     done = wait_with_progress(futures, "master tiles", ctx.console)
     for (entry, _, fp, *_), summary in zip(pending, done):
         entry.update(summary, reused=False)
         store.mark_complete(ctx.root, entry["zarr"], fp, summary=summary)
     for entry, grid, fp in ctx.tiles:
-        if grid is not None:
-            write_tile_fits(ctx, entry, grid, fp)
+        if grid is not None:  # (the tiles just computed wrote theirs: this finds them up to date)
+            write_tile_fits(ctx.root, TileFile(os.path.join(ctx.out_dir, entry["file"]), entry["zarr"],
+                                               grid.wcs_header, fp, entry["id"], entry["mode"], entry["n_frames"]))
         if not entry.get("healthy", True):
             text = f"tile {entry['id']} excluded from the mosaic: {entry.get('health_reason')}"
             ctx.say(f"warning: {text}")
@@ -152,8 +157,10 @@ def _fit_sky(ctx, client, pending) -> None:
                    for s, sky in zip(p[3], surfaces)]
 
 
-def _finish(_writes, root, name, mode, n_frames, cleanup, config) -> dict:
+def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: TileFile) -> dict:
+    """Worker task: the finishing pass, the tile's FITS file, and the tile's summary."""
     summary = finish_tile(root, name, mode, n_frames, cleanup, config)
+    write_tile_fits(root, tile_file)
     group = zarr.open_group(root, path=name, mode="r")
     rejected = sum(int(np.asarray(group[k][:], dtype=np.int64).sum()) for k in ("rejected_low", "rejected_high"))
     total = rejected + int(np.asarray(group["count"][:], dtype=np.int64).sum())
@@ -165,21 +172,33 @@ def zarr_summary(root: str, name: str) -> dict:
     return dict(zarr.open_group(root, path=name, mode="r").attrs["summary"])
 
 
-def write_tile_fits(ctx, entry: dict, grid: Grid, fp: str) -> None:
+@dataclass(frozen=True)
+class TileFile:
+    """Where a master tile's FITS file goes and what its header says."""
+
+    path: str
+    zarr: str          # the tile's entry in the store
+    wcs_header: dict
+    fingerprint: str
+    tile_id: int
+    mode: str
+    n_frames: int
+
+
+def write_tile_fits(root: str, tile: TileFile) -> None:
     """The tile as FITS (image + WCS + COVERAGE + ALPHA), unless an up-to-date file is there."""
     from astropy.io import fits
 
-    path = os.path.join(ctx.out_dir, entry["file"])
-    if os.path.exists(path):
+    if os.path.exists(tile.path):
         try:
-            if fits.getheader(path).get("ZDASKFP") == fp:
+            if fits.getheader(tile.path).get("ZDASKFP") == tile.fingerprint:
                 return
         except OSError:
             pass  # unreadable leftovers are simply replaced
-    group = zarr.open_group(ctx.root, path=entry["zarr"], mode="r")
+    group = zarr.open_group(root, path=tile.zarr, mode="r")
     alpha = np.round(np.clip(np.asarray(group["alpha"][:]), 0, 1) * 255).astype(np.uint8)
     write_image_fits(
-        path, np.asarray(group["image"][:]), grid.wcs_header,
+        tile.path, np.asarray(group["image"][:]), tile.wcs_header,
         {"COVERAGE": np.asarray(group["coverage"][:]), "ALPHA": alpha},
-        {"ZDASKFP": fp, "TILEID": entry["id"], "MOUNT": entry["mode"], "NFRAMES": entry["n_frames"]},
+        {"ZDASKFP": tile.fingerprint, "TILEID": tile.tile_id, "MOUNT": tile.mode, "NFRAMES": tile.n_frames},
     )
