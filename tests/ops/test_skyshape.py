@@ -49,3 +49,36 @@ def test_pad_order_keeps_the_surface():
     x, y = np.meshgrid(np.arange(5.0), np.arange(4.0))
     extent = (0, 3, 0, 4)
     assert np.allclose(poly_terms(x, y, 1, extent) @ c[0], poly_terms(x, y, 2, extent) @ pad_order(c, 1, 2)[0])
+
+
+def _rotation(theta: float) -> np.ndarray:
+    return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+
+
+def _alt_az_corrections(glow_in_frame, angles_deg, brightness):
+    """Per frame, the gradient of its sky correction on the tile grid: the glow fixed in the
+    frame, turned with it, brightening and fading (zero-sum, as the consensus matching leaves it)."""
+    jacobians = np.stack([_rotation(np.deg2rad(a)) for a in angles_deg])
+    on_tile = np.stack([s * (np.linalg.inv(j).T @ glow_in_frame.T).T for j, s in zip(jacobians, brightness)])
+    return on_tile - on_tile.mean(axis=0), on_tile.mean(axis=0), jacobians
+
+
+def test_glow_from_rotation_recovers_the_glow_the_tile_still_carries():
+    from zdask.ops.skyshape import glow_from_rotation
+
+    glow = np.array([[0.30, -0.20], [0.10, 0.05]])  # (C, 2) per frame pixel
+    brightness = 1 + np.random.default_rng(1).normal(0, 0.08, 8)  # the glow fades and brightens
+    corrections, carried, jacobians = _alt_az_corrections(glow, np.linspace(-5, 5, 8), brightness)
+    found = glow_from_rotation(corrections, jacobians)
+    assert found.gradient is not None and found.explained > 0.99
+    assert np.allclose(found.gradient, carried, rtol=0.03, atol=0.003)
+
+
+def test_glow_from_rotation_leaves_an_equatorial_tile_undetermined():
+    from zdask.ops.skyshape import glow_from_rotation
+
+    glow = np.array([[0.30, -0.20]])
+    corrections, _, jacobians = _alt_az_corrections(glow, np.full(8, 0.2), np.ones(8))
+    noise = np.random.default_rng(2).normal(0, 0.01, corrections.shape)
+    found = glow_from_rotation(corrections + noise, jacobians)
+    assert found.gradient is None and found.rotation_rms_deg < 0.01

@@ -18,7 +18,9 @@ from zdask.ops.background import Surface, star_mask
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
 from zdask.ops.seams import seam_metric
 from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces, match_to_consensus
-from zdask.ops.skyshape import CommonSurface, common_quadratic, pad_order
+from zdask.ops.skyshape import (
+    CommonSurface, common_quadratic, glow_from_rotation, local_slopes, pad_order,
+)
 from zdask.ops.warp import (
     bin_image, binned_extent, binned_transform, pixel_map, remap, wcs_pixel_transform,
 )
@@ -97,6 +99,29 @@ def frame_sky_surfaces(sources: list, grid: Grid, factor: int, order: int) -> li
                                passes=FRAME_MATCH_PASSES)
     full_extent = list(binned_extent(shape_b, factor))
     return [(c.tolist(), order, full_extent) for c in match.coeffs]
+
+
+def tile_glow(sources: list, grid: Grid) -> dict:
+    """The glow a tile still carries after its frames' sky surfaces, where their field rotation
+    fixes it (:func:`zdask.ops.skyshape.glow_from_rotation`), for the tile's summary:
+    ``gradient`` (C, 2) per tile pixel, or None when undetermined, and why."""
+    with_sky = [s for s in sources if s.sky is not None and s.sky[1] >= 1]
+    if len(with_sky) < 3:
+        return {"gradient": None, "rotation_rms_deg": 0.0, "explained": 0.0}
+    tile_wcs = wcs_from_header(grid.wcs_header)
+    slopes, jacobians = [], []
+    for src in with_sky:
+        coeffs, _, (y0, y1, x0, x1) = src.sky
+        c = np.asarray(coeffs, dtype=np.float64)
+        slopes.append(np.stack([c[:, 1] * 2 / max(x1 - x0, 1e-12), c[:, 2] * 2 / max(y1 - y0, 1e-12)], axis=1))
+        h, w = src.shape
+        fx = np.array([(w - 1) / 2, (w - 1) / 2 + 1, (w - 1) / 2])
+        fy = np.array([(h - 1) / 2, (h - 1) / 2, (h - 1) / 2 + 1])
+        tx, ty = tile_wcs.all_world2pix(*wcs_from_header(src.wcs_header).all_pix2world(fx, fy, 0), 0)
+        jacobians.append([[tx[1] - tx[0], tx[2] - tx[0]], [ty[1] - ty[0], ty[2] - ty[0]]])
+    found = glow_from_rotation(np.asarray(slopes), np.asarray(jacobians))
+    return {"gradient": None if found.gradient is None else found.gradient.tolist(),
+            "rotation_rms_deg": round(found.rotation_rms_deg, 3), "explained": round(found.explained, 3)}
 
 
 def _read_binned(src, factor: int) -> np.ndarray:
@@ -178,7 +203,7 @@ def overlap_medians(items: list[CutOut], shape: tuple[int, int]) -> list[np.ndar
 
 
 def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: int, *, harmonize: bool,
-                         order: int) -> dict:
+                         order: int, glows: list | None = None) -> dict:
     """Gains, offsets and sky surfaces per tile, and the seam metric before and after.
 
     Pairs are fitted on the overlap of their binned cut-outs (both weights above half their
@@ -208,7 +233,7 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
         gains, offsets = solved.gains, solved.offsets
     corrected = [CutOut(it.image * gains[k] + offsets[k], it.weight, it.origin) for k, it in enumerate(items)]
     surfaces = [None] * n
-    common = None
+    common, from_rotation, implied = None, 0, None
     if order >= 0 and n > 1:
         extent_b = _binned_grid_extent(shape_b)
         coeffs = match_surfaces(corrected, shape_b, order=order, extent=extent_b)
@@ -223,8 +248,12 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
             padded = [pad_order(c, order, 2) for c in coeffs]
             common = common_quadratic(padded, centres, areas)
             coeffs, out_order = [c + common.coeffs for c in padded], 2
-            # The linear part is not determined by the tiles: as before, it is fitted on the
-            # assembled mosaic with sources masked (an assumption, reported as such).
+            # The linear part is not determined by the tiles' matching: it is fitted on the
+            # assembled mosaic with sources masked (an assumption, reported as such). Where
+            # alt-az tiles' field rotation fixed the glow they still carry, the plane that
+            # implies is reported beside it, not applied: on skykit surveys it is still biased
+            # (it flattened a star field less than the fit, and took a field-filling nebula out).
+            implied, from_rotation = _plane_from_glows(coeffs, glows, gains, centres, areas, shape_b, factor)
             flat = [CutOut(it.image - Surface(c, 2, extent_b, np.zeros(channels)).evaluate(
                 it.image.shape[:2], offset=it.origin), it.weight, it.origin) for it, c in zip(corrected, coeffs)]
             plane = fit_common_sky(*_assemble(flat, shape_b), order=1, extent=extent_b)
@@ -241,7 +270,25 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
             "seam_before": np.asarray(before).tolist(), "seam_after": np.asarray(after).tolist(),
             "pair_seam_before": pair_seam_metric(items).tolist(),
             "pair_seam_after": pair_seam_metric(corrected).tolist(), "pairs": len(pairs),
-            "common_surface": _common_report(common)}
+            "common_surface": _common_report(common, from_rotation, implied)}
+
+
+def _plane_from_glows(coeffs, glows, gains, centres, areas, shape_b, factor):
+    """The plane (C, 3) to add to every tile's correction so that the tiles whose glow is known
+    (``glows[k]``: (C, 2) d/dx, d/dy per full-resolution pixel, or None; times the tile's
+    ``gains[k]``, as its image) have it as their correction's local slope (area-weighted over
+    those tiles), and how many tiles fixed it; (None, 0) if none is known."""
+    known = [k for k, g in enumerate(glows or []) if g is not None]
+    if not known:
+        return None, 0
+    # Per binned pixel, then per unit of the normalised coordinates over the binned grid.
+    per_unit = np.array([factor * (shape_b[1] - 1) / 2.0, factor * (shape_b[0] - 1) / 2.0])
+    w = np.asarray([areas[k] for k in known], dtype=np.float64)
+    wanted = np.stack([np.asarray(glows[k], dtype=np.float64) * np.asarray(gains[k])[:, None] * per_unit
+                       for k in known])      # (m, C, 2)
+    have = np.stack([local_slopes(coeffs[k], centres[k]) for k in known])                     # (m, C, 2)
+    shift = np.tensordot(w / w.sum(), wanted - have, axes=1)                                   # (C, 2)
+    return np.concatenate([np.zeros((shift.shape[0], 1)), shift], axis=1), len(known)
 
 
 def _tile_centres(items: list[CutOut], extent) -> tuple[np.ndarray, np.ndarray]:
@@ -259,13 +306,16 @@ def _tile_centres(items: list[CutOut], extent) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(centres), np.asarray(areas)
 
 
-def _common_report(common) -> dict:
-    """How much of the surface all tiles share the data fixed, and how much was left alone."""
+def _common_report(common, from_rotation: int = 0, implied=None) -> dict:
+    """How much of the surface all tiles share the data fixed, and how much was left alone;
+    with the plane the field rotation of ``from_rotation`` alt-az tiles implies (not applied)."""
     if common is None:
         return {"determined": [], "undetermined": ["all (no tile surfaces)"], "quadratic": []}
     return {"determined": list(common.determined),
             "undetermined": list(common.undetermined),
-            "assumed_flat": ["1", "u", "v"], "surface": common.coeffs.tolist()}
+            "assumed_flat": ["1", "u", "v"], "surface": common.coeffs.tolist(),
+            "rotating_tiles": from_rotation,
+            "plane_implied_by_rotation": None if implied is None else np.asarray(implied).tolist()}
 
 
 def _assemble(items: list[CutOut], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -307,3 +357,4 @@ def _pair_overlap(a: CutOut, b: CutOut):
     if mask.sum() < 50:
         return None, None, None
     return a.image[sa], b.image[sb], mask
+

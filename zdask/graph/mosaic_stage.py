@@ -61,8 +61,9 @@ def run_mosaic_stage(ctx, client, plan) -> None:
                              key=f"cutout-{t.token}-{fp}") for t in placed]
     cutouts = wait_with_progress(futures, "tile photometry", ctx.console)
     shape_b = binned_shape(canvas.shape, factor)
+    glows = [(e.get("sky_glow") or {}).get("gradient") for e in entries]
     photometry = plan_tile_photometry(cutouts, shape_b, factor, harmonize=config.harmonize,
-                                      order=config.sky_surface_order)
+                                      order=config.sky_surface_order, glows=glows)
     box = (0, canvas.shape[0], 0, canvas.shape[1])
     if config.autocrop:
         covered = np.zeros(shape_b, dtype=np.float32)

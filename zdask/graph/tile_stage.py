@@ -17,7 +17,7 @@ import zarr
 
 from zdask.cluster import wait_with_progress
 from zdask.graph.geometry import Grid
-from zdask.graph.harmonize import frame_sky_surfaces
+from zdask.graph.harmonize import frame_sky_surfaces, tile_glow
 from zdask.graph.tiles import TileSource, finish_tile, master_tile, store_tile, tile_grid
 from zdask.io import store
 from zdask.io.outputs import write_image_fits
@@ -120,6 +120,7 @@ def run_tile_stage(ctx, client, plan) -> None:
         futures.append(client.compute(summary))
     done = wait_with_progress(futures, "master tiles", ctx.console)
     for (entry, _, fp, *_), summary in zip(pending, done):
+        summary = {**summary, "sky_glow": entry.get("sky_glow")}
         entry.update(summary, reused=False)
         store.mark_complete(ctx.root, entry["zarr"], fp, summary=summary)
     for entry, grid, fp in ctx.tiles:
@@ -155,6 +156,8 @@ def _fit_sky(ctx, client, pending) -> None:
     for p, surfaces in zip(todo, results):
         p[3][:] = [TileSource(s.root, s.key, s.token, s.wcs_header, s.shape, tuple(sky))
                    for s, sky in zip(p[3], surfaces)]
+        # Kept in the tile's summary: the mosaic's common sky plane is fixed by it.
+        p[0]["sky_glow"] = tile_glow(p[3], p[1])
 
 
 def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: TileFile) -> dict:

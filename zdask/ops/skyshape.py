@@ -113,3 +113,82 @@ def common_quadratic(coeffs: list[np.ndarray], centres: np.ndarray, weights: np.
     determined = tuple(t for t, r in zip(QUADRATIC_TERMS, reach) if r > 0.5)
     undetermined = tuple(t for t in QUADRATIC_TERMS if t not in determined)
     return CommonSurface(out, determined, undetermined)
+
+
+# --- the glow a tile still carries, from the field rotation of its frames ----------------------------
+
+# The frames' rotation must spread by at least this much (RMS about the mean, radians; 1°) for
+# their sky corrections to tell the glow's gradient apart from noise.
+MIN_ROTATION_RMS = np.deg2rad(1.0)
+# ... and the glow fixed in the frame must explain this much of the corrections' spread (the
+# rest: a glow that changed or turned with the horizon during the panel).
+MIN_EXPLAINED = 0.5
+# Rounds of the alternating solve of glow_from_rotation (it settles in a few).
+ALTERNATING_ROUNDS = 20
+
+
+@dataclass(frozen=True)
+class RotationGlow:
+    """What :func:`glow_from_rotation` found for one tile."""
+
+    gradient: np.ndarray | None  # (C, 2) d/dx, d/dy per tile pixel of the glow the tile still carries; None = undetermined
+    rotation_rms_deg: float      # spread of the frames' rotation on the tile grid
+    explained: float             # part of the corrections' spread a glow fixed in the frame explains
+
+
+def glow_from_rotation(slopes: np.ndarray, jacobians: np.ndarray) -> RotationGlow:
+    """The light-pollution gradient that the frames of one tile share, fixed by their rotation.
+
+    Matching a tile's frames to one another (:func:`zdask.ops.skymatch.match_to_consensus`)
+    removes what differs between them and leaves their mean gradient in the tile. A glow tied
+    to the horizon stays fixed in the frame of an alt-az mount while the sky (and the tile grid)
+    turns: frame ``k``'s gradient on the tile grid is ``(1 + e_k) B_k g`` with ``B_k = A_k^-T``
+    (``A_k`` its frame-to-tile Jacobian), ``g`` the one gradient in frame pixels and ``e_k`` the
+    frame's own brightening or fading of the glow (sky brightness changes from frame to frame),
+    so its correction is ``d_k = (B_k − mean B) g + e_k mean(B) g`` (to first order). The
+    rotation fixes ``g`` through the corrections ACROSS the glow (the ``e_k`` take whatever lies
+    along it: a glow that fades says nothing of its direction), hence the gradient the tile
+    still carries, ``mean(B) g``. Without rotation (an equatorial mount), or when that model
+    explains less than :data:`MIN_EXPLAINED` of the corrections across the glow, it is
+    undetermined.
+
+    ``slopes``: (n, C, 2) per frame the gradient (d/dx, d/dy, per tile pixel) of its sky
+    correction; ``jacobians``: (n, 2, 2) frame pixel offsets (x, y) to tile pixel offsets.
+    Solved per channel by alternating least squares (``g`` given the ``e_k``, then the ``e_k``
+    given ``g``), from ``e = 0``.
+    """
+    slopes = np.asarray(slopes, dtype=np.float64)
+    n, channels = slopes.shape[:2]
+    b = np.linalg.inv(np.asarray(jacobians, dtype=np.float64)).transpose(0, 2, 1)
+    mean_b = b.mean(axis=0)
+    moved = b - mean_b
+    angles = np.arctan2(b[:, 1, 0] - b[:, 0, 1], b[:, 0, 0] + b[:, 1, 1])
+    spread = float(np.rad2deg(np.sqrt(np.mean((angles - np.angle(np.mean(np.exp(1j * angles)))) ** 2)))) if n else 0.0
+    sing = np.linalg.svd(moved.reshape(2 * n, 2), compute_uv=False) if n >= 3 else np.zeros(1)
+    size = np.sqrt(np.mean(np.sum(b ** 2, axis=(1, 2))) / 2) if n else 1.0
+    if n < 3 or sing.min() < MIN_ROTATION_RMS * np.sqrt(n) * size:
+        return RotationGlow(None, spread, 0.0)
+    out = np.zeros((channels, 2))
+    explained = []
+    for ch in range(channels):
+        d = slopes[:, ch, :]                                            # (n, 2)
+        e = np.zeros(n)
+        for _ in range(ALTERNATING_ROUNDS):
+            design = (moved + e[:, None, None] * mean_b).reshape(2 * n, 2)
+            g = np.linalg.lstsq(design, d.reshape(2 * n), rcond=None)[0]
+            carried = mean_b @ g
+            norm = float(carried @ carried)
+            if norm <= 0:
+                break
+            e = ((d - moved @ g) @ carried) / norm
+        # How much of the corrections ACROSS the glow the rotation explains.
+        across = np.array([-carried[1], carried[0]]) / max(np.sqrt(norm), 1e-300)
+        seen = d @ across
+        left = seen - (moved @ g + e[:, None] * carried) @ across
+        total = float(seen @ seen)
+        explained.append(1.0 - float(left @ left) / total if total > 0 else 0.0)
+        out[ch] = carried
+    worst = float(min(explained))
+    if worst < MIN_EXPLAINED:
+        return RotationGlow(None, spread, worst)
+    return RotationGlow(out, spread, worst)
