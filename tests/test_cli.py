@@ -143,3 +143,18 @@ def test_plan_names_a_frame_outside_the_main_field_and_plans_without_it(small_su
     assert result.exit_code == 0, result.output
     assert f"excluded {tmp_path / 'far.fits'}: does not overlap the main field" in result.output
     assert "far.fits" not in result.stdout  # the plan itself holds the six frames only
+
+
+def test_the_command_keeps_its_output_and_status_when_it_exits_quickly(tmp_path):
+    """The console command leaves without the interpreter's teardown: everything it printed is
+    still there (flushed first), and its exit status is the command's."""
+    from zdask.config import describe_fields
+
+    listing = subprocess.run([sys.executable, "-m", "zdask.cli", "config"], capture_output=True, text=True)
+    assert listing.returncode == 0
+    names = [line.split(" = ")[0] for line in listing.stdout.splitlines() if not line.startswith(" ")]
+    assert names == [name for name, _, _ in describe_fields()]
+    missing = subprocess.run([sys.executable, "-m", "zdask.cli", "run", str(tmp_path / "none"),
+                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert len(missing.stderr.strip().splitlines()) == 1 and str(tmp_path / "none") in missing.stderr

@@ -251,8 +251,10 @@ def _quietly_close(closable) -> None:
         logger.setLevel(level)
 
 
-def wait_with_progress(futures: Sequence, description: str, console=None) -> list:
+def wait_with_progress(futures: Sequence, description: str, console=None, on_result=None) -> list:
     """Wait for futures, showing a progress bar; return their results in the given order.
+    ``on_result(index, result)``, if given, is called as each future finishes (e.g. to submit
+    the work that needs it while the others still run).
 
     The first failure is raised as the worker raised it (with its remote traceback), after
     cancelling the futures still pending: the failed one must not be cancelled before its
@@ -263,6 +265,7 @@ def wait_with_progress(futures: Sequence, description: str, console=None) -> lis
     futures = list(futures)
     if not futures:
         return []
+    index_of = {f.key: k for k, f in enumerate(futures)}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False, disable=console is None) as progress:
         task = progress.add_task(description, total=len(futures))
@@ -273,5 +276,7 @@ def wait_with_progress(futures: Sequence, description: str, console=None) -> lis
                     if other.key != future.key:
                         other.cancel()
                 raise error.with_traceback(traceback)
+            if on_result is not None:
+                on_result(index_of[future.key], future.result())
             progress.advance(task)
     return [f.result() for f in futures]

@@ -92,6 +92,14 @@ def test_outputs_exist_with_the_documented_layout(first_run):
             assert hdul[0].data.shape[0] == 3 and "COVERAGE" in hdul
 
 
+def test_the_tile_stage_frees_its_block_buffers(first_run):
+    """The in-process worker's threads reused one block buffer each while tiles stacked; none
+    is left once the run is over."""
+    from zdask.graph import tiles
+
+    assert tiles._BLOCK_BUFFERS == {}
+
+
 def test_bad_files_are_listed_and_inputs_untouched(first_run):
     _, _, frames, out, before, output = first_run
     report = json.loads((out / "report.json").read_text())

@@ -97,3 +97,63 @@ def test_finish_tile_twice_finishes_the_tile_once(tmp_path):
     assert second == first
     # The planted colour cast is removed once (within the gain clip), not twice.
     assert first["healthy"] and first["rgb_gains"] == pytest.approx([1 / 1.03, 1.0, 1 / 0.96], rel=1e-4)
+
+
+def _rotated_header(ra, dec, rot_deg, scale, crpix):
+    h = tan_header(ra, dec, scale, crpix)
+    c, s = np.cos(np.radians(rot_deg)), np.sin(np.radians(rot_deg))
+    cd = np.array([[h["CD1_1"], 0], [0, h["CD2_2"]]]) @ np.array([[c, -s], [s, c]])
+    h.update(CD1_1=cd[0, 0], CD1_2=cd[0, 1], CD2_1=cd[1, 0], CD2_2=cd[1, 1])
+    return h
+
+
+def test_block_warp_is_each_frames_whole_map_remap_minus_its_sky(tmp_path):
+    """warp_block (nodes once per block, maps band by band, reads cut to the rows reached) gives
+    what warping each frame with its whole pixel map, source window and remap gives, bit for
+    bit: rotated frames with sky surfaces, frames cut by the block and a frame that misses it."""
+    from zdask.graph.geometry import wcs_from_header
+    from zdask.graph.tiles import block_buffer, release_block_buffers, warp_block
+    from zdask.ops.background import Surface
+    from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
+
+    rng = np.random.default_rng(4)
+    root = str(tmp_path / "work.zarr")
+    group = store.open_store(root)
+    grid_header = tan_header(10.0, 40.0, SCALE, (120.5, 100.5))
+    shape = (150, 170)
+    # (rotation, dx, dy): the last frame lies 400 px away, beside every block
+    layout = [(0.2, 0, 0), (17.0, 30, -25), (-40.0, -60, 40), (4.0, 10, 95), (0.0, 400, 0)]
+    sources, frames = [], []
+    for k, (rot, dx, dy) in enumerate(layout):
+        image = rng.normal(100, 5, shape + (3,)).astype(np.float32)
+        store.create_array(group, f"frames/f{k}", image.shape, "float32", (64, shape[1], 3),
+                           compressor=store.FRAME_COMPRESSOR)[:] = image
+        header = _rotated_header(10.0, 40.0, rot, SCALE * 1.02, (85.5 - dx, 75.5 - dy))
+        sky = (rng.normal(0, 2, (3, 3)).tolist(), 1, (0.0, 200.0, 0.0, 240.0))
+        sources.append(TileSource(root, f"f{k}", "t", header, shape, sky))
+        frames.append(image)
+    dst = wcs_from_header(grid_header)
+    for rows, cols in [((0, 200), (0, 240)), ((37, 71), (0, 240)), ((120, 121), (0, 240)),
+                       ((60, 140), (50, 90)), ((0, 1), (0, 240)), ((199, 200), (0, 240))]:
+        info = {None: {"array-location": [(0, len(sources)), rows, cols, (0, 3)]}}
+        got = warp_block(sources, grid_header, 32, 3, block_info=info)
+        # Into a reused buffer holding another block's values (block_buffer): the same block.
+        reused = block_buffer(got.shape)
+        reused[...] = 1e30
+        assert np.array_equal(warp_block(sources, grid_header, 32, 3, block_info=info, out=reused), got,
+                              equal_nan=True)
+        for k, (src, image) in enumerate(zip(sources, frames)):
+            map_x, map_y = pixel_map(wcs_pixel_transform(wcs_from_header(src.wcs_header), dst), rows, cols, 32)
+            window = source_window(map_x, map_y, shape)
+            if window is None:
+                assert np.isnan(got[k]).all()
+                continue
+            assert k != 4
+            y0, y1, x0, x1 = window
+            expected = remap(image[y0:y1, x0:x1], map_x, map_y, origin=(y0, x0))
+            coeffs, order, extent = src.sky
+            expected -= Surface(np.asarray(coeffs), order, extent, np.zeros(0)).evaluate(
+                expected.shape[:2], offset=(rows[0], cols[0]))
+            assert np.array_equal(got[k], expected, equal_nan=True), (rows, cols, k)
+        assert np.isfinite(got[:4]).any()
+    assert release_block_buffers() == 1 and release_block_buffers() == 0

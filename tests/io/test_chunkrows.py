@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 import zarr
 
 from zdask.io import store
@@ -52,3 +53,43 @@ def test_a_chunk_never_written_reads_as_the_fill_value(tmp_path):
     arr[:64] = 1.0
     band = read_rows(arr, 60, 70)
     assert (band[:4] == 1.0).all() and np.isnan(band[4:]).all()
+
+
+def test_a_band_read_into_a_buffer_is_a_view_of_it_and_a_short_buffer_is_refused(tmp_path):
+    z, image = _frame(tmp_path)
+    buffer = np.full(200 * 200 * 3 * 4, 255, dtype=np.uint8)
+    for y0, y1 in [(5, 40), (120, 140), (100, 300)]:
+        band = read_rows(z, y0, y1, buffer)
+        assert np.shares_memory(band, buffer) and band.shape == (y1 - y0, 200, 3)
+        np.testing.assert_array_equal(band, image[y0:y1])
+    with pytest.raises(ValueError, match="cannot hold rows 0:201"):
+        read_rows(z, 0, 201, buffer)
+
+
+def test_write_rows_writes_the_chunk_files_zarr_writes(tmp_path):
+    """Same bytes in every chunk file as zarr's own write (partial last chunk padded with the
+    fill value; a chunk that is all fill value not written at all), and zarr reads them back."""
+    from zdask.io.chunkrows import write_rows
+
+    rng = np.random.default_rng(5)
+    image = (np.round(400 + 20 * rng.standard_normal((300, 200, 3))) / 4).astype(np.float32)
+    image[128:256] = np.nan  # the second chunk holds only the fill value
+    group = store.open_store(str(tmp_path / "work.zarr"))
+    made = {}
+    for name in ("by_zarr", "by_us"):
+        made[name] = store.create_array(group, name, image.shape, "float32", (128, 200, 3),
+                                        compressor=store.FRAME_COMPRESSOR)
+    made["by_zarr"][:] = image
+    write_rows(made["by_us"], image)
+
+    def chunk_files(name):
+        folder = tmp_path / "work.zarr" / name
+        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+                and p.name != "zarr.json"}
+
+    ours = chunk_files("by_us")
+    assert ours == chunk_files("by_zarr") and len(ours) == 2  # chunks 0 and 2; chunk 1 is fill
+    back = zarr.open_array(str(tmp_path / "work.zarr"), path="by_us", mode="r")
+    np.testing.assert_array_equal(back[:], image)
+    with pytest.raises(ValueError):
+        write_rows(made["by_us"], image[:10])

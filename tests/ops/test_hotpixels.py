@@ -1,5 +1,7 @@
 import numpy as np
+import pytest
 
+from zdask.ops import hotpixels as hp
 from zdask.ops.hotpixels import correct_hot_pixels, hot_pixel_candidates, hot_pixel_map
 
 
@@ -42,3 +44,21 @@ def test_correction_replaces_only_hot_pixels_with_same_colour_median():
     same_colour = raw[y - 2:y + 3:2, x - 2:x + 3:2]
     assert fixed[y, x] == np.median(same_colour)
     assert raw[y, x] == 9000  # the input is not modified
+
+
+@pytest.mark.parametrize("layout, shape", [("bayer", (64, 90)), ("bayer", (7, 9)), ("mono", (31, 27))])
+def test_correction_from_indices_equals_the_mask_of_the_whole_frame(layout, shape):
+    """Hot positions taken straight from the indices (repeats, corners and edges included) are
+    corrected exactly as marking them on a whole-frame mask and searching each plane does."""
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 65535, shape, dtype=np.uint16)
+    hot = np.concatenate([rng.choice(raw.size, raw.size // 5, replace=False),
+                          [0, raw.size - 1, shape[1] - 1, 5, 5]])
+    expected = raw.astype(np.float32)
+    mask = np.zeros(shape, dtype=bool)
+    mask.ravel()[hot] = True
+    for index, plane in hp._planes(expected, layout):
+        ys, xs = np.nonzero(mask[index])
+        plane[ys, xs] = hp._median3x3_at(plane, ys, xs)
+    got = correct_hot_pixels(raw, layout, hot)
+    assert np.array_equal(got, expected) and not np.array_equal(got, raw.astype(np.float32))

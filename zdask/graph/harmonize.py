@@ -14,6 +14,7 @@ import numpy as np
 from zdask.graph.geometry import Grid, wcs_from_header
 from zdask.graph.plan import spread_evenly
 from zdask.io import store
+from zdask.io.chunkrows import read_rows, read_whole
 from zdask.ops.background import Surface, star_mask
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
 from zdask.ops.seams import seam_metric
@@ -125,26 +126,14 @@ def tile_glow(sources: list, grid: Grid) -> dict:
 
 
 def _read_binned(src, factor: int) -> np.ndarray:
-    """A calibrated frame binned by ``factor``: the copy the calibration stored when it has one
-    at this factor, else the frame read and binned a block of rows at a time."""
-    name, fp = binned_entry(src.key, src.token, factor)
-    if store.is_complete(src.root, name, fp):
-        return np.asarray(store.open_array(src.root, name, fp)[:])
-    return bin_in_bands(store.open_array(src.root, f"frames/{src.key}", src.token), factor)
-
-
-def binned_entry(key: str, token: str, factor: int) -> tuple[str, str]:
-    """Store entry and fingerprint of the binned copy of calibrated frame ``key`` (``token``)."""
-    return f"binned/{key}", store.fingerprint(token, "binned", factor)
-
-
-def bin_in_bands(image, factor: int) -> np.ndarray:
-    """``bin_image(image, factor)`` of a frame in memory or in Zarr, a few MB of rows at a time."""
-    height = image.shape[0] // factor * factor
-    rows = max(factor, READ_ROWS // factor * factor)
+    """A calibrated frame binned by ``factor``, read a few MB of rows at a time (decompressing
+    in this thread, so that the sky fits of two groups run in parallel)."""
+    frame = store.open_array(src.root, f"frames/{src.key}", src.token)
+    height = frame.shape[0] // factor * factor
     if height == 0:  # smaller than one bin: as bin_image has it
-        return bin_image(np.asarray(image[:]), factor)
-    return np.concatenate([bin_image(np.asarray(image[r:min(r + rows, height)]), factor)
+        return bin_image(np.asarray(frame[:]), factor)
+    rows = max(factor, READ_ROWS // factor * factor)
+    return np.concatenate([bin_image(read_rows(frame, r, min(r + rows, height)), factor)
                            for r in range(0, height, rows)], axis=0)
 
 
@@ -174,8 +163,8 @@ def _stars_of(stack: np.ndarray) -> np.ndarray:
 def tile_cutout(root: str, name: str, token: str, grid: Grid, canvas: Grid, factor: int,
                 bbox: tuple[int, int, int, int]) -> CutOut:
     """Worker task: a tile's image and weight binned onto the binned canvas, within its bbox."""
-    image = np.asarray(store.open_array(root, f"{name}/image", token)[:])
-    weight = np.asarray(store.open_array(root, f"{name}/weight", token)[:])
+    # (decompressed in this thread: the cut-outs of two tiles run in parallel)
+    image, weight = (read_whole(store.open_array(root, f"{name}/{key}", token)) for key in ("image", "weight"))
     image = np.where((weight > 0)[..., None], image, np.nan)
     y0, y1, x0, x1 = bbox
     origin = (y0 // factor, x0 // factor)

@@ -263,7 +263,6 @@ def stage_hot_pixels(ctx: RunContext, client, plan: Plan) -> None:
 def stage_calibrate(ctx: RunContext, client, plan: Plan) -> None:
     """Calibrated RGB float32 frames in Zarr with their statistics; finished ones are reused."""
     ctx.channels = cal.output_channels(ctx.frames)
-    match_bin = ctx.config.match_bin if ctx.config.sky_surface_order >= 0 else 0  # for the sky fit
     jobs = []
     for f in ctx.frames:
         hot = ctx.hot[cal.sensor_key(f)]
@@ -271,7 +270,7 @@ def stage_calibrate(ctx: RunContext, client, plan: Plan) -> None:
         fp = cal.calibration_fingerprint(f, hot, ctx.channels)
         ctx.calibrated[f.path] = (key, fp)
         if not store.is_complete(ctx.root, f"frames/{key}", fp):
-            jobs.append(cal.CalibrationJob(f, ctx.root, key, fp, hot, ctx.channels, match_bin))
+            jobs.append(cal.CalibrationJob(f, ctx.root, key, fp, hot, ctx.channels))
     futures = client.map(cal.calibrate_frame, jobs, key=[f"calibrate-{j.fingerprint}" for j in jobs])
     done = wait_with_progress(futures, "calibrate", ctx.console)
     # The statistics come back with the tasks; only reused frames' are read from the store.

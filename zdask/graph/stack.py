@@ -65,10 +65,16 @@ def block_bytes(n: int, plane: int, dtype) -> int:
 
 
 def _split(size: int, parts: int) -> tuple[int, ...]:
-    """``size`` in ``parts`` chunks whose sizes differ by at most one (larger ones first)."""
-    parts = max(1, min(parts, size))
-    q, r = divmod(size, parts)
-    return (q + 1,) * r + (q,) * (parts - r) if size > 0 else (0,)
+    """``size`` in about ``parts`` chunks of one size and a smaller last one.
+
+    Regular, as a Zarr chunk grid is: stores written block by block then give every block
+    chunks of its own. (Balanced bands such as 126, 126, 125, 125 made two blocks share a
+    Zarr chunk, and two tasks writing one chunk at once lose one of the writes.)"""
+    if size <= 0:
+        return (0,)
+    step = -(-size // max(1, min(parts, size)))
+    count = -(-size // step)
+    return (step,) * (count - 1) + (size - step * (count - 1),)
 
 
 def stack_chunks(shape, dtype, budget, *, min_blocks: int = 1,
@@ -76,7 +82,7 @@ def stack_chunks(shape, dtype, budget, *, min_blocks: int = 1,
     """Dask chunks for a stack ``(N, H, W[, C])``: frame axis whole, blocks within ``budget``.
 
     Blocks are bands of whole rows (full width, C whole), as many rows as fit
-    the budget, balanced so that all bands have (nearly) the same height;
+    the budget, all of one height but a lower last one (a regular grid: see :func:`_split`);
     ``min_blocks`` asks for at least that many bands (when H allows), and the
     number of bands is rounded up to a multiple of ``multiple_of`` (default:
     the number of cores, so that the threads finish together).  If even one

@@ -16,10 +16,10 @@ import numpy as np
 import zarr
 
 from zdask.cluster import wait_with_progress
-from zdask.graph.geometry import Grid
 from zdask.graph.harmonize import frame_sky_surfaces, tile_glow
-from zdask.graph.tiles import TileSource, finish_tile, master_tile, store_tile, tile_grid
+from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile, tile_grid
 from zdask.io import store
+from zdask.io.chunkrows import read_whole
 from zdask.io.outputs import write_image_fits
 
 # Settings a master tile depends on (besides its calibrated frames and grid).
@@ -104,9 +104,10 @@ def run_tile_stage(ctx, client, plan) -> None:
                    for f, h in zip(frames, wcs)]
         pending.append((entry, grid, fp, sources, cleanup, [f.exptime_s for f in frames],
                         [ctx.stats[f.path] for f in frames]))
-    _fit_sky(ctx, client, pending)
-    futures = []
-    for entry, grid, fp, sources, cleanup, exptimes, stats in pending:
+    futures = [None] * len(pending)
+
+    def submit_tile(k: int) -> None:
+        entry, grid, fp, sources, cleanup, exptimes, stats = pending[k]
         arrays = master_tile(sources, stats, exptimes, grid, ctx.channels, config)
         writes = store_tile(arrays, ctx.root, entry["zarr"])
         # One future per tile: its Zarr writes, then the finishing pass. The report's counts are
@@ -117,8 +118,13 @@ def run_tile_stage(ctx, client, plan) -> None:
                                         TileFile(os.path.join(ctx.out_dir, entry["file"]), entry["zarr"],
                                                  grid.wcs_header, fp, entry["id"], entry["mode"],
                                                  entry["n_frames"]))
-        futures.append(client.compute(summary))
+        futures[k] = client.compute(summary)
+
+    # Each tile is submitted as soon as its frames' sky surfaces are known: its blocks run while
+    # the other groups are still fitted (no idle thread at the end of the fits).
+    _fit_sky(ctx, client, pending, submit_tile)
     done = wait_with_progress(futures, "master tiles", ctx.console)
+    client.run(release_block_buffers)
     for (entry, _, fp, *_), summary in zip(pending, done):
         summary = {**summary, "sky_glow": entry.get("sky_glow")}
         entry.update(summary, reused=False)
@@ -146,18 +152,26 @@ def run_tile_stage(ctx, client, plan) -> None:
     ctx.say(f"master tiles: {len(ctx.report['tiles_computed'])} computed, {len(ctx.report['tiles_reused'])} reused")
 
 
-def _fit_sky(ctx, client, pending) -> None:
-    """Per-frame sky surfaces of the groups about to be stacked (one task per group)."""
+def _fit_sky(ctx, client, pending, then) -> None:
+    """Per-frame sky surfaces of the groups about to be stacked (one task per group); ``then(k)``
+    is called for each group ``pending[k]`` once its sources carry their surfaces (at once for
+    a group that gets none)."""
     order = ctx.config.sky_surface_order
-    todo = [p for p in pending if order >= 0 and len(p[3]) >= 2]
-    futures = [client.submit(frame_sky_surfaces, p[3], p[1], ctx.config.match_bin, order,
-                             key=f"skyfit-{p[2]}") for p in todo]
-    results = wait_with_progress(futures, "sky surfaces", ctx.console)
-    for p, surfaces in zip(todo, results):
-        p[3][:] = [TileSource(s.root, s.key, s.token, s.wcs_header, s.shape, tuple(sky))
-                   for s, sky in zip(p[3], surfaces)]
+    todo = [k for k, p in enumerate(pending) if order >= 0 and len(p[3]) >= 2]
+    for k in sorted(set(range(len(pending))) - set(todo)):
+        then(k)
+    futures = [client.submit(frame_sky_surfaces, pending[k][3], pending[k][1], ctx.config.match_bin, order,
+                             key=f"skyfit-{pending[k][2]}") for k in todo]
+
+    def with_surfaces(index: int, surfaces: list) -> None:
+        sources = pending[todo[index]][3]
+        sources[:] = [TileSource(s.root, s.key, s.token, s.wcs_header, s.shape, tuple(sky))
+                      for s, sky in zip(sources, surfaces)]
         # Kept in the tile's summary: the mosaic's common sky plane is fixed by it.
-        p[0]["sky_glow"] = tile_glow(p[3], p[1])
+        pending[todo[index]][0]["sky_glow"] = tile_glow(sources, pending[todo[index]][1])
+        then(todo[index])
+
+    wait_with_progress(futures, "sky surfaces", ctx.console, on_result=with_surfaces)
 
 
 def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: TileFile) -> dict:
@@ -165,8 +179,8 @@ def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: Til
     summary = finish_tile(root, name, mode, n_frames, cleanup, config)
     write_tile_fits(root, tile_file)
     group = zarr.open_group(root, path=name, mode="r")
-    rejected = sum(int(np.asarray(group[k][:], dtype=np.int64).sum()) for k in ("rejected_low", "rejected_high"))
-    total = rejected + int(np.asarray(group["count"][:], dtype=np.int64).sum())
+    rejected = sum(int(read_whole(group[k]).sum(dtype=np.int64)) for k in ("rejected_low", "rejected_high"))
+    total = rejected + int(read_whole(group["count"]).sum(dtype=np.int64))
     summary["rejected_fraction"] = rejected / total if total else 0.0
     return summary
 
@@ -199,9 +213,9 @@ def write_tile_fits(root: str, tile: TileFile) -> None:
         except OSError:
             pass  # unreadable leftovers are simply replaced
     group = zarr.open_group(root, path=tile.zarr, mode="r")
-    alpha = np.round(np.clip(np.asarray(group["alpha"][:]), 0, 1) * 255).astype(np.uint8)
+    alpha = np.round(np.clip(read_whole(group["alpha"]), 0, 1) * 255).astype(np.uint8)
     write_image_fits(
-        tile.path, np.asarray(group["image"][:]), tile.wcs_header,
-        {"COVERAGE": np.asarray(group["coverage"][:]), "ALPHA": alpha},
+        tile.path, read_whole(group["image"]), tile.wcs_header,
+        {"COVERAGE": read_whole(group["coverage"]), "ALPHA": alpha},
         {"ZDASKFP": tile.fingerprint, "TILEID": tile.tile_id, "MOUNT": tile.mode, "NFRAMES": tile.n_frames},
     )

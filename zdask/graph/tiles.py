@@ -10,6 +10,7 @@ tile's plain description (:class:`TileStack`), never on per-frame results.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import dask.array as da
@@ -20,16 +21,16 @@ from zdask.config import Config
 from zdask.graph.geometry import Grid, covering_grid, footprint_outline, mean_direction, wcs_from_header
 from zdask.graph.stack import stack_chunks
 from zdask.io import store
-from zdask.io.chunkrows import read_rows
+from zdask.io.chunkrows import read_rows, read_whole, write_rows
 from zdask.io.scan import Frame
 from zdask.ops.background import Surface
+from zdask.ops.blockwarp import block_grid, block_map, warp_frame
 from zdask.ops.colour import equalize_rgb_medians, tile_health
 from zdask.ops.framestats import FrameStats
 from zdask.ops.masks import altaz_alpha, coverage_renormalisation_gain, feather_weights
 from zdask.ops.normalize import frame_weights, normalization_coefficients
 from zdask.ops._stacking_common import per_frame
 from zdask.ops.stacking import METHODS
-from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
 
 # The stack's arrays (master_tile's keys) and the names store_tile writes them under. The
 # stacked image is kept apart from the finished ``image``: finish_tile reads one and writes the
@@ -67,29 +68,43 @@ def tile_grid(frames: list[Frame], margin: int, wcs_headers: list[dict] | None =
 
 
 def warp_block(
-    sources: list[TileSource], grid_header: dict, step: int, channels: int, block_info=None
+    sources: list[TileSource], grid_header: dict, step: int, channels: int, block_info=None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Worker task: the (N, h, w, C) block of the warped stack; NaN outside each footprint."""
-    (_, _), (r0, r1), (c0, c1), _ = block_info[None]["array-location"]
-    # np.empty, not np.full(nan): every frame's slice is written once, by remap or below
-    out = np.empty((len(sources), r1 - r0, c1 - c0, channels), dtype=np.float32)
-    dst = wcs_from_header(grid_header)
+    """Worker task: the (N, h, w, C) block of the warped stack; NaN outside each footprint.
+
+    Each frame's pixel map comes from its transform on the block's nodes (the nodes' sky
+    positions computed once for all frames), its read stops at the rows the map reaches, and it
+    is warped and sky-corrected band by band (:mod:`zdask.ops.blockwarp`). ``out``: a float32
+    array of that shape to fill (see :func:`block_buffer`).
+    """
+    (_, _), rows, cols, _ = block_info[None]["array-location"]
+    shape = (len(sources), rows[1] - rows[0], cols[1] - cols[0], channels)
+    # np.empty, not np.full(nan): every frame's slice is written once, by warp_frame or below
+    out = np.empty(shape, dtype=np.float32) if out is None else out
+    grid = block_grid(tuple(rows), tuple(cols), step)
+    ra, dec = wcs_from_header(grid_header).all_pix2world(grid.node_x, grid.node_y, 0)
+    buffer = np.empty(0, dtype=np.uint8)
     for i, src in enumerate(sources):
-        map_x, map_y = pixel_map(
-            wcs_pixel_transform(wcs_from_header(src.wcs_header), dst), (r0, r1), (c0, c1), step
-        )
-        window = source_window(map_x, map_y, src.shape)
-        if window is None:
+        sx, sy = wcs_from_header(src.wcs_header).all_world2pix(ra, dec, 0)
+        bmap = block_map(grid, np.asarray(sx, dtype=np.float64), np.asarray(sy, dtype=np.float64))
+        window = bmap.window(src.shape)
+        reached = None if window is None else bmap.rows_reached(window)
+        if reached is None:  # the frame misses the block
             out[i] = np.nan
             continue
-        y0, y1, x0, x1 = window
+        ya, yb = reached
+        z = store.open_array(src.root, f"frames/{src.key}", src.token)
+        size = (yb - ya) * int(np.prod(z.shape[1:])) * np.dtype(z.dtype).itemsize
+        if buffer.nbytes < size:  # one buffer for all the task's reads: no page faults per read
+            buffer = np.empty(int(size * 1.25), dtype=np.uint8)
         # Whole rows, decompressing only what they need (a cost in the rows, not in the chunk)
-        pixels = read_rows(store.open_array(src.root, f"frames/{src.key}", src.token), y0, y1)[:, x0:x1]
-        remap(pixels, map_x, map_y, origin=(y0, x0), out=out[i])
+        pixels = read_rows(z, ya, yb, buffer)
+        sky = None
         if src.sky is not None:
             coeffs, order, extent = src.sky
-            out[i] -= Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0)).evaluate(
-                (r1 - r0, c1 - c0), offset=(r0, c0))
+            sky = Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0))
+        warp_frame(pixels[:, window[2]:window[3]], bmap, window, (ya, yb), out[i], sky)
     return out
 
 
@@ -119,10 +134,41 @@ def stack_tile_block(spec: TileStack, rows: tuple[int, int], cols: tuple[int, in
     task: it is never a task result that the scheduler could keep while other blocks are warped.
     """
     info = {None: {"array-location": [(0, len(spec.sources)), rows, cols, (0, spec.channels)]}}
-    block = warp_block(list(spec.sources), spec.grid_header, spec.step, spec.channels, block_info=info)
+    shape = (len(spec.sources), rows[1] - rows[0], cols[1] - cols[0], spec.channels)
+    block = warp_block(list(spec.sources), spec.grid_header, spec.step, spec.channels, block_info=info,
+                       out=block_buffer(shape))
     result = METHODS[spec.method](block, weights=spec.weights, scale=spec.scale, offset=spec.offset,
                                   **spec.params)
-    return tuple(result)
+    # (the results must not live in the buffer the thread's next block overwrites)
+    return tuple(np.array(r, copy=True) if np.may_share_memory(r, block) else r for r in result)
+
+
+# One warped-block buffer per worker thread, reused by its block tasks: a fresh block of up to the
+# budget (256 MiB) cost up to 0.5 s of page faults to touch, per block, when the page cache had
+# to give the memory back first; a reused one is written at memory speed. The tile stage
+# releases them when it ends (release_block_buffers), so they are held only while tiles stack.
+_BLOCK_BUFFERS: dict[int, np.ndarray] = {}
+_BLOCK_BUFFERS_LOCK = threading.Lock()
+
+
+def block_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of ``shape`` in this thread's reusable buffer (its contents undefined)."""
+    size = int(np.prod(shape))
+    thread = threading.get_ident()
+    with _BLOCK_BUFFERS_LOCK:
+        buffer = _BLOCK_BUFFERS.get(thread)
+        if buffer is None or buffer.size < size:
+            buffer = _BLOCK_BUFFERS[thread] = np.empty(size, dtype=np.float32)
+    return buffer[:size].reshape(shape)
+
+
+def release_block_buffers() -> int:
+    """Free every thread's block buffer (run on each worker when the tile stage ends); returns
+    how many were freed."""
+    with _BLOCK_BUFFERS_LOCK:
+        count = len(_BLOCK_BUFFERS)
+        _BLOCK_BUFFERS.clear()
+    return count
 
 
 def method_parameters(config: Config) -> dict:
@@ -232,8 +278,10 @@ def finish_tile(root: str, name: str, mode: str, n_frames: int, cleanup: bool, c
     they are, so a second call gives the same result. Returns the tile's summary for the report.
     """
     group = store.open_store(root)
-    image = np.asarray(group[f"{name}/{TILE_ARRAYS['image']}"][:])
-    coverage = np.nan_to_num(np.asarray(group[f"{name}/coverage"][:]))
+    # Read and written through chunkrows: (de)compressed in this thread, so that two tiles
+    # finishing at once do not queue in zarr's one I/O thread.
+    image = read_whole(group[f"{name}/{TILE_ARRAYS['image']}"])
+    coverage = np.nan_to_num(read_whole(group[f"{name}/coverage"]))
     health = tile_health(image, coverage)
     summary = {"healthy": bool(health.ok), "health_reason": health.reason, "alpha_applied": False,
                "alpha_note": None, "rgb_gains": [1.0] * image.shape[-1]}
@@ -253,7 +301,7 @@ def finish_tile(root: str, name: str, mode: str, n_frames: int, cleanup: bool, c
     feather = feather_weights(coverage, ramp_px=config.feather_px) if config.feather_px > 0 else 1.0
     weight = (coverage * alpha * feather).astype(np.float32)
     chunks = group[f"{name}/coverage"].chunks
-    store.create_array(group, f"{name}/image", image.shape, "float32", chunks + image.shape[2:])[:] = image
-    store.create_array(group, f"{name}/alpha", alpha.shape, "float32", chunks)[:] = alpha
-    store.create_array(group, f"{name}/weight", weight.shape, "float32", chunks)[:] = weight
+    write_rows(store.create_array(group, f"{name}/image", image.shape, "float32", chunks + image.shape[2:]), image)
+    write_rows(store.create_array(group, f"{name}/alpha", alpha.shape, "float32", chunks), alpha)
+    write_rows(store.create_array(group, f"{name}/weight", weight.shape, "float32", chunks), weight)
     return summary

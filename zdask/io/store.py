@@ -53,8 +53,10 @@ FRAME_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", blocksiz
 #: clipping solves Huber's equations exactly (was 10 truncated iterations); 3 = kappa-sigma
 #: bounds from the studentized leave-one-out test and the median of three samples (was
 #: median ± κ·std), linear-fit clipping in
-#: units of the robust σ about a line the outliers cannot pull (was the mean absolute residual).
-RESULTS_REVISION = 3
+#: units of the robust σ about a line the outliers cannot pull (was the mean absolute residual);
+#: 4 = tile blocks on a regular grid (balanced blocks shared Zarr chunks, and concurrent writes to
+#: one chunk could lose rows of a tile: such tiles are recomputed).
+RESULTS_REVISION = 4
 
 
 def fingerprint(*parts: Any) -> str:

@@ -110,9 +110,13 @@ class Surface:
         """
         h, w = (int(s) for s in shape)
         y0, x0 = offset
+        return self.evaluate_rows(self.row_factors(w, x0), h, y0)
+
+    def row_factors(self, width: int, x0: int = 0) -> np.ndarray:
+        """The ``(k, width · C)`` float32 row factors of columns ``x0 … x0 + width - 1`` for
+        :meth:`evaluate_rows` (k = order + 1): computed once, they serve any band of rows."""
         ey0, ey1, ex0, ex1 = self.extent
-        u = _normalise(np.arange(w) + x0, ex0, ex1)
-        v = _normalise(np.arange(h) + y0, ey0, ey1)
+        u = _normalise(np.arange(int(width)) + x0, ex0, ex1)
         # Separable: surface = V · M_c · Uᵀ with V[:, j] = v^j, U[:, i] = u^i and M_c[j, i] the
         # coefficient of u^i v^j in channel c.  The row factors R[j, x, c] = (M_c · Uᵀ)[j, x]
         # are small and computed in float64; the image is then ONE float32 matrix product
@@ -120,9 +124,8 @@ class Surface:
         # 8× faster than one float64 product per channel written through a strided view).
         k = self.order + 1
         powers_u = np.stack([u ** i for i in range(k)], axis=1)
-        powers_v = np.stack([v ** j for j in range(k)], axis=1)
         n_channels = self.coeffs.shape[0]
-        rows = np.empty((k, w, n_channels))
+        rows = np.empty((k, u.size, n_channels))
         for c in range(n_channels):
             m = np.zeros((k, k))
             t = 0
@@ -131,9 +134,16 @@ class Surface:
                     m[j, d - j] = self.coeffs[c, t]
                     t += 1
             rows[:, :, c] = m @ powers_u.T
-        out = powers_v.astype(np.float32) @ rows.reshape(k, w * n_channels).astype(np.float32)
-        return out.reshape(h, w, n_channels)
-        return out
+        return rows.reshape(k, u.size * n_channels).astype(np.float32)
+
+    def evaluate_rows(self, factors: np.ndarray, height: int, y0: int = 0) -> np.ndarray:
+        """The surface on rows ``y0 … y0 + height - 1`` of the columns ``factors`` were made for
+        (:meth:`row_factors`): ``(height, W, C)`` float32, as :meth:`evaluate` gives them."""
+        ey0, ey1, _, _ = self.extent
+        v = _normalise(np.arange(int(height)) + y0, ey0, ey1)
+        powers_v = np.stack([v ** j for j in range(self.order + 1)], axis=1)
+        out = powers_v.astype(np.float32) @ factors
+        return out.reshape(int(height), -1, self.coeffs.shape[0])
 
 
 def fit_surface(

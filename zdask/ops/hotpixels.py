@@ -79,6 +79,18 @@ def correct_hot_pixels(raw: np.ndarray, layout: str, hot_indices: np.ndarray) ->
     out = np.array(raw, dtype=np.float32, copy=True)
     if hot_indices.size == 0:
         return out
+    if layout in ("bayer", "mono"):
+        # Positions straight from the indices (a frame has a few hundred): building a mask of
+        # the whole frame and searching each plane for them cost more than the correction.
+        ys, xs = np.divmod(np.unique(np.asarray(hot_indices, dtype=np.int64)), out.shape[1])
+        for (rows, cols), plane in _planes(out, layout):
+            r, c = rows.start or 0, cols.start or 0
+            step = rows.step or 1
+            on = (ys % step == r) & (xs % step == c)
+            py, px = ys[on] // step, xs[on] // step
+            if py.size:
+                plane[py, px] = _median3x3_at(plane, py, px)
+        return out
     hot = np.zeros(out.shape, dtype=bool)
     hot.ravel()[hot_indices] = True
     for index, plane in _planes(out, layout):

@@ -85,11 +85,16 @@ def source_window(
     May be a few pixels larger than needed, never smaller; None only when no destination
     pixel can sample the source.
     """
-    h, w = src_shape
     # The maps are smooth: every 8th row and column (plus the last ones) bound the sampled
     # region to within 8 × the map's slope, which the extra padding covers.
-    sub_x = _every_eighth(map_x)
-    sub_y = _every_eighth(map_y)
+    return window_of_samples(_every_eighth(map_x), _every_eighth(map_y), src_shape, pad)
+
+
+def window_of_samples(
+    sub_x: np.ndarray, sub_y: np.ndarray, src_shape: tuple[int, int], pad: int = 2
+) -> tuple[int, int, int, int] | None:
+    """:func:`source_window` from the map's every-eighth rows and columns (and last ones)."""
+    h, w = src_shape
     slope = max(np.abs(np.diff(sub_x, axis=1)).max(initial=0), np.abs(np.diff(sub_y, axis=0)).max(initial=0),
                 np.abs(np.diff(sub_x, axis=0)).max(initial=0), np.abs(np.diff(sub_y, axis=1)).max(initial=0))
     pad += int(np.ceil(slope))
