@@ -114,8 +114,8 @@ class Config:
     )
     budget: str = _doc(
         "Memory budget of one stacking task, a dask byte size such as '256MiB' (bytes); blocks "
-        "holding the whole frame axis are sized to fit it, and so are the bands of rows the "
-        "final write streams the canvas in.",
+        "holding the whole frame axis are sized to fit it, and the bands of rows the final "
+        "write streams the canvas in to a quarter of it.",
         default="256MiB",
     )
     warp_grid_step: int = _doc(

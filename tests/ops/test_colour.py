@@ -98,3 +98,24 @@ def test_tile_health_uses_coverage_and_mono():
     cov[0, 0] = np.nan
     h = tile_health(img, cov)
     assert h.ok and h.finite_fraction == pytest.approx((64 * 20 - 1) / (64 * 80))
+
+
+def test_large_images_are_sampled_by_rows_and_sparse_masks_still_found(monkeypatch):
+    from zdask.ops import colour
+
+    monkeypatch.setattr(colour, "MAX_SAMPLES", 1024)  # every 4th row of 64 x 64 is read
+    rng = np.random.default_rng(3)
+    img = rng.normal(100.0, 1.0, (64, 64, 3)).astype(np.float32)
+    img[..., 0] *= 1.02
+    # A gradient along the rows: a sample of some rows only would be biased; a stride is not.
+    img += np.linspace(-5, 5, 64, dtype=np.float32)[:, None, None]
+    _, gains = equalize_rgb_medians(img, gain_range=(0.5, 2))
+    full = np.median(img.reshape(-1, 3), axis=0)
+    assert gains == pytest.approx(full[1] / full, rel=0.01)
+    # Kept pixels only on rows the stride skips: the medians come from all rows instead.
+    mask = np.zeros((64, 64), bool)
+    mask[1::2] = True
+    _, masked = equalize_rgb_medians(img, mask=mask, gain_range=(0.5, 2))
+    assert masked[0] == pytest.approx(gains[0], rel=0.01) and masked[0] < 0.99
+    health = tile_health(img, coverage=mask.astype(np.float32))
+    assert health.ok and health.finite_fraction == pytest.approx(0.5)

@@ -56,6 +56,7 @@ from zdask.graph.calibrate import stored_stars
 from zdask.graph.geometry import wcs_from_header
 from zdask.io import store
 from zdask.io.scan import Frame
+from zdask.ops.framestats import STAR_COUNT_LIMIT, star_channel
 from zdask.ops.register import (
     apply_transform,
     match_by_offset_vote,
@@ -68,7 +69,6 @@ from zdask.ops.register import (
     transform_agrees,
     translation,
 )
-from zdask.ops.framestats import STAR_COUNT_LIMIT, star_channel
 from zdask.ops.stars import detect_stars
 
 __all__ = [

@@ -6,21 +6,21 @@ own I/O, so tasks stay small and the client holds no pixels.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import base64
 import dataclasses
+import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from zdask.config import Config
+from zdask.graph.plan import spread_evenly
 from zdask.io import store
 from zdask.io.chunkrows import write_rows
 from zdask.io.errors import writing
 from zdask.io.pixels import read_frame
 from zdask.io.scan import Frame
-from zdask.graph.plan import spread_evenly
 from zdask.ops.debayer import debayer_bilinear
 from zdask.ops.framestats import FrameStats, frame_defect, frame_statistics, frame_stars
 from zdask.ops.hotpixels import correct_hot_pixels, hot_pixel_candidates, hot_pixel_map

@@ -9,6 +9,8 @@ numbers per frame or tile, which the full-resolution warp and coadd tasks then a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from zdask.graph.geometry import Grid, wcs_from_header
@@ -192,12 +194,13 @@ def overlap_medians(items: list[CutOut], shape: tuple[int, int]) -> list[np.ndar
 
 
 def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: int, *, harmonize: bool,
-                         order: int, glows: list | None = None) -> dict:
+                         order: int, glows: list | None = None, map_pairs: Callable = map) -> dict:
     """Gains, offsets and sky surfaces per tile, and the seam metric before and after.
 
     Pairs are fitted on the overlap of their binned cut-outs (both weights above half their
     maxima, so thin low-coverage edges stay out); the solve fixes the anchor tile (the one with
-    the most overlap) at gain 1, offset 0.
+    the most overlap) at gain 1, offset 0. ``map_pairs(fn, pairs)`` runs the independent pair
+    fits (a thread pool's ``map``: their median filters release the GIL); same result either way.
     """
     n = len(items)
     channels = items[0].image.shape[-1] if items else 1
@@ -206,17 +209,17 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
     offsets = np.zeros((n, channels))
     pairs, overlap_px = [], np.zeros(n)
     if harmonize and n > 1:
-        for i in range(n):
-            for j in range(i + 1, n):
-                ref, tgt, mask = _pair_overlap(items[i], items[j])
-                if mask is None:
-                    continue
-                # Gains from sources: transparency scales the astronomical signal only, and
-                # on sky a gain cannot be told from an offset or a gradient.
-                fit = fit_source_gain(ref, tgt, mask=mask)
-                if fit.n_pixels > 0:
-                    pairs.append((i, j, fit.gain, fit.offset, float(fit.n_pixels)))
-                    overlap_px[[i, j]] += fit.n_pixels
+        def fit_pair(ij: tuple[int, int]):
+            ref, tgt, mask = _pair_overlap(items[ij[0]], items[ij[1]])
+            # Gains from sources: transparency scales the astronomical signal only, and on sky
+            # a gain cannot be told from an offset or a gradient.
+            return None if mask is None else fit_source_gain(ref, tgt, mask=mask)
+
+        candidates = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        for (i, j), fit in zip(candidates, map_pairs(fit_pair, candidates)):
+            if fit is not None and fit.n_pixels > 0:
+                pairs.append((i, j, fit.gain, fit.offset, float(fit.n_pixels)))
+                overlap_px[[i, j]] += fit.n_pixels
         anchor = int(np.argmax(overlap_px)) if pairs else 0
         solved = solve_tile_photometry(n, pairs, anchor=anchor, n_channels=channels)
         gains, offsets = solved.gains, solved.offsets

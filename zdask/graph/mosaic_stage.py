@@ -6,6 +6,9 @@ after) is stored with the canvas so a reused mosaic reports it too.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import dask
 import dask.array as da
 import numpy as np
@@ -19,6 +22,10 @@ from zdask.graph.harmonize import binned_shape, plan_tile_photometry, tile_cutou
 from zdask.graph.mosaic import PlacedTile, canvas_grid, crop_grid, mosaic_arrays
 from zdask.io import store
 from zdask.ops.crop import autocrop_box
+
+# The tile pairs' photometric fits run here, in the client, while the workers wait for the plan:
+# on this machine's cores (a few: each holds two binned overlaps).
+PAIR_FIT_THREADS = min(4, os.cpu_count() or 1)
 
 MOSAIC_FIELDS = ("harmonize", "sky_surface_order", "match_bin", "autocrop", "canvas_block", "warp_grid_step")
 
@@ -62,8 +69,9 @@ def run_mosaic_stage(ctx, client, plan) -> None:
     cutouts = wait_with_progress(futures, "tile photometry", ctx.console)
     shape_b = binned_shape(canvas.shape, factor)
     glows = [(e.get("sky_glow") or {}).get("gradient") for e in entries]
-    photometry = plan_tile_photometry(cutouts, shape_b, factor, harmonize=config.harmonize,
-                                      order=config.sky_surface_order, glows=glows)
+    with ThreadPoolExecutor(PAIR_FIT_THREADS, thread_name_prefix="zdask-pair-fit") as pool:
+        photometry = plan_tile_photometry(cutouts, shape_b, factor, harmonize=config.harmonize,
+                                          order=config.sky_surface_order, glows=glows, map_pairs=pool.map)
     box = (0, canvas.shape[0], 0, canvas.shape[1])
     if config.autocrop:
         covered = np.zeros(shape_b, dtype=np.float32)

@@ -248,15 +248,14 @@ def stage_hot_pixels(ctx: RunContext, client, plan: Plan) -> None:
         by_sensor.setdefault(cal.sensor_key(f), []).append(f)
     for sensor, frames in by_sensor.items():
         fp = cal.hotmap_fingerprint(frames, ctx.config)
+        sample = cal.hot_pixel_frames(frames, ctx.config)
         if not store.is_complete(ctx.root, f"hotpixels/{sensor}", fp):
-            sample = cal.hot_pixel_frames(frames, ctx.config)
             futures = client.map(cal.frame_hot_candidates, sample, sigma=ctx.config.hot_pixel_sigma,
                                  key=[f"hotcand-{store.fingerprint(f.fingerprint(), fp)}" for f in sample])
             candidates = wait_with_progress(futures, f"hot pixels {sensor}", ctx.console)
             cal.save_hot_map(ctx.root, sensor, cal.combine_hot_candidates(candidates, ctx.config), fp)
         ctx.hot[sensor] = cal.load_hot_map(ctx.root, sensor)
-        used = len(cal.hot_pixel_frames(frames, ctx.config))
-        ctx.say(f"sensor {sensor}: {ctx.hot[sensor].size} hot pixel(s) from {used} of {len(frames)} frame(s)")
+        ctx.say(f"sensor {sensor}: {ctx.hot[sensor].size} hot pixel(s) from {len(sample)} of {len(frames)} frame(s)")
     ctx.report["hot_pixels"] = {s: int(v.size) for s, v in ctx.hot.items()}
 
 
@@ -291,7 +290,9 @@ def stage_write(ctx: RunContext) -> None:
     bands of rows of at most the stacking budget, so no process ever holds the whole canvas."""
     group = zarr.open_group(ctx.root, path="mosaic", mode="r")
     image, coverage = group["image"], group["coverage"]
-    band_rows = rows_per_band(image.shape, parse_bytes(ctx.config.budget))
+    # Bands of a quarter of the budget: two are in memory at once (one read while the other is
+    # written), and bands of hundreds of MB cost more in page faults than their fewer writes save.
+    band_rows = rows_per_band(image.shape, parse_bytes(ctx.config.budget) // 4)
     covered = 0
     preview = PreviewSampler(image.shape)  # filled from the mosaic's bands: no second read
 

@@ -114,10 +114,7 @@ def run_tile_stage(ctx, client, plan) -> None:
         # read back from the store: summing the lazy arrays here as well would be optimised as
         # separate collections and warp every block once per sum.
         summary = dask.delayed(_finish)(writes, ctx.root, entry["zarr"], entry["mode"],
-                                        len(sources), cleanup, config,
-                                        TileFile(os.path.join(ctx.out_dir, entry["file"]), entry["zarr"],
-                                                 grid.wcs_header, fp, entry["id"], entry["mode"],
-                                                 entry["n_frames"]))
+                                        len(sources), cleanup, config, _tile_file(ctx, entry, grid, fp))
         futures[k] = client.compute(summary)
 
     # Each tile is submitted as soon as its frames' sky surfaces are known: its blocks run while
@@ -130,9 +127,8 @@ def run_tile_stage(ctx, client, plan) -> None:
         entry.update(summary, reused=False)
         store.mark_complete(ctx.root, entry["zarr"], fp, summary=summary)
     for entry, grid, fp in ctx.tiles:
-        if grid is not None:  # (the tiles just computed wrote theirs: this finds them up to date)
-            write_tile_fits(ctx.root, TileFile(os.path.join(ctx.out_dir, entry["file"]), entry["zarr"],
-                                               grid.wcs_header, fp, entry["id"], entry["mode"], entry["n_frames"]))
+        if entry.get("reused"):  # (the tiles just computed wrote theirs in their finishing task)
+            write_tile_fits(ctx.root, _tile_file(ctx, entry, grid, fp))
         if not entry.get("healthy", True):
             text = f"tile {entry['id']} excluded from the mosaic: {entry.get('health_reason')}"
             ctx.say(f"warning: {text}")
@@ -200,6 +196,11 @@ class TileFile:
     tile_id: int
     mode: str
     n_frames: int
+
+
+def _tile_file(ctx, entry: dict, grid, fp: str) -> TileFile:
+    return TileFile(os.path.join(ctx.out_dir, entry["file"]), entry["zarr"], grid.wcs_header, fp,
+                    entry["id"], entry["mode"], entry["n_frames"])
 
 
 def write_tile_fits(root: str, tile: TileFile) -> None:

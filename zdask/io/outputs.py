@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
@@ -112,8 +113,9 @@ def write_mosaic(path: str, image, coverage, wcs_header: dict, cards: dict | Non
     coverage_band)``, when given, sees every band once, in order (to gather statistics in the
     same pass).
 
-    Memory: one band of image and coverage (``rows_per_band`` sizes it), one channel of it in
-    FITS byte order, and one stored chunk being decoded.
+    Memory: two bands of image and coverage (``rows_per_band`` sizes them; the next one is read
+    while this one is written), one channel of a band in FITS byte order, and one stored chunk
+    being decoded.
     """
     height, width = coverage.shape[:2]
     channels = image.shape[2] if len(image.shape) == 3 else 1
@@ -140,8 +142,7 @@ def write_mosaic(path: str, image, coverage, wcs_header: dict, cards: dict | Non
         for header, data_start in layout:
             fh.seek(data_start - len(header))
             fh.write(header)
-        for y0, y1 in bands(coverage, band_rows):
-            image_band, coverage_band = read_band(image, y0, y1), read_band(coverage, y0, y1)
+        for y0, image_band, coverage_band in _bands_read_ahead(image, coverage, band_rows):
             planes = image_band[..., None] if image_band.ndim == 2 else image_band
             for c in range(channels):
                 fh.seek(layout[0][1] + c * plane_bytes + y0 * width * 4)
@@ -152,7 +153,24 @@ def write_mosaic(path: str, image, coverage, wcs_header: dict, cards: dict | Non
             fh.write(alpha_from_coverage(coverage_band))
             if each_band is not None:
                 each_band(y0, image_band, coverage_band)
-            del image_band, coverage_band, planes  # before the next band is read, not after
+            del image_band, coverage_band, planes  # freed before the band after next is read
+
+
+def _bands_read_ahead(image, coverage, band_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(y0, image band, coverage band)`` in order, the next band read in a second thread
+    while the caller writes this one (decoding and writing overlap: a third off the write)."""
+    spans = list(bands(coverage, band_rows))
+
+    def read(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        return read_band(image, *span), read_band(coverage, *span)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="zdask-band-reader") as reader:
+        pending = reader.submit(read, spans[0]) if spans else None
+        for k, span in enumerate(spans):
+            image_band, coverage_band = pending.result()
+            pending = reader.submit(read, spans[k + 1]) if k + 1 < len(spans) else None
+            yield span[0], image_band, coverage_band
+            del image_band, coverage_band
 
 
 def bands(array, rows: int) -> Iterator[tuple[int, int]]:
@@ -253,7 +271,7 @@ class PreviewSampler:
 
     def save(self, path: str) -> None:
         """Asinh-stretched 8-bit PNG, north up (FITS row 0 is the bottom row, PNG row 0 the top)."""
-        from PIL import Image
+        import cv2
 
         preview = self.pixels
         levels = asinh_levels(preview)
@@ -264,9 +282,16 @@ class PreviewSampler:
             pixels[rows - y1:rows - y0] = apply_asinh(preview[y0:y1], levels)[::-1]
         if pixels.ndim == 3 and pixels.shape[-1] == 1:
             pixels = pixels[..., 0]
-        with writing(path), atomic_path(path) as tmp:
-            # zlib level 1: a third of the default's time on a mosaic-sized preview, ~15 % larger
-            Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG", compress_level=1)
+        if pixels.ndim == 3:
+            pixels = pixels[..., ::-1]  # OpenCV takes colour as BGR
+        # zlib level 1 with run-length matching: on a mosaic-sized preview, half the time of
+        # Pillow's level 1 and a smaller file (a third of Pillow's default level's time)
+        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels),
+                                   [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+        if not ok:
+            raise OSError(f"{path}: the PNG encoder failed")
+        with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(encoded.tobytes())
 
 
 def write_preview(path: str, image, max_side: int = 4096, band_rows: int = 512) -> None:

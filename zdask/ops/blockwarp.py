@@ -213,13 +213,34 @@ def _band_positions(left, w_left, w_right, tx, ty, a, b, x0, y0, shift, hi_x, hi
 
 
 @njit(**JIT)
-def _finish_band(out, outside, sky, has_sky):
-    """``out`` ``(rows, w · C)``: the sky subtracted (float32), then NaN where ``outside``."""
+def _finish_band(out, outside, powers, factors, has_sky):
+    """``out`` ``(rows, w · C)``: the sky ``powers @ factors`` subtracted (float32, see
+    ``Surface.row_powers`` and ``row_factors``), then NaN where ``outside``. The surface is
+    summed here, not built as an array first: that array's write and read cost a third of
+    the warp itself."""
     channels = out.shape[1] // outside.shape[1]
+    k = powers.shape[1]
     for r in range(out.shape[0]):
-        if has_sky:
+        # Orders 0-2 spelled out, so that the loop over the row vectorises (a loop over the
+        # terms inside it does not); the same products and sums, in the same order.
+        if has_sky and k == 1:
+            p0 = powers[r, 0]
             for j in range(out.shape[1]):
-                out[r, j] = out[r, j] - sky[r, j]
+                out[r, j] = out[r, j] - p0 * factors[0, j]
+        elif has_sky and k == 2:
+            p0, p1 = powers[r, 0], powers[r, 1]
+            for j in range(out.shape[1]):
+                out[r, j] = out[r, j] - (p0 * factors[0, j] + p1 * factors[1, j])
+        elif has_sky and k == 3:
+            p0, p1, p2 = powers[r, 0], powers[r, 1], powers[r, 2]
+            for j in range(out.shape[1]):
+                out[r, j] = out[r, j] - ((p0 * factors[0, j] + p1 * factors[1, j]) + p2 * factors[2, j])
+        elif has_sky:
+            for j in range(out.shape[1]):
+                sky = powers[r, 0] * factors[0, j]
+                for t in range(1, k):
+                    sky += powers[r, t] * factors[t, j]
+                out[r, j] = out[r, j] - sky
         for c in range(outside.shape[1]):
             if outside[r, c]:
                 for ch in range(channels):
@@ -269,7 +290,7 @@ def warp_frame(
                             interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             if not np.shares_memory(got, dst):  # OpenCV did not take ``dst``
                 dst[:, c0:c1] = got.reshape(dst[:, c0:c1].shape)
-        surface = no_sky if sky is None else sky.evaluate_rows(factors, b - a, g.rows[0] + a).reshape(b - a, -1)
+        powers = no_sky if sky is None else sky.row_powers(b - a, g.rows[0] + a)
         # NaN minus the sky is NaN: subtracting before blanking changes no value
-        _finish_band(dst.reshape(b - a, -1), off, surface, sky is not None)
+        _finish_band(dst.reshape(b - a, -1), off, powers, no_sky if sky is None else factors, sky is not None)
     return out

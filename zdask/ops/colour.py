@@ -11,7 +11,13 @@ import numpy as np
 
 from zdask.ops.backend import array_module
 
-__all__ = ["TileHealth", "equalize_rgb_medians", "tile_health"]
+__all__ = ["TileHealth", "equalize_rgb_medians", "tile_health", "MAX_SAMPLES"]
+
+#: Medians and percentiles here are taken on every ``step``-th row of the image, ``step`` chosen
+#: so that about this many valid pixels remain: a master tile has millions, and sorting them all
+#: cost more than the rest of its finishing pass. The median of 2^18 samples is within 0.3 % of
+#: the sky noise of the median of all; the 0.5 / 99.5 percentiles keep 1 300 samples beyond them.
+MAX_SAMPLES = 1 << 18
 
 
 def _as_hwc(image, name: str = "image"):
@@ -22,6 +28,19 @@ def _as_hwc(image, name: str = "image"):
     if img.ndim != 3:
         raise ValueError(f"{name} must be (H, W, C) or (H, W); got shape {img.shape}")
     return xp, img
+
+
+def _sampled(xp, channel, keep, n_keep: int):
+    """The finite values of a 2-D ``channel`` where ``keep`` (None: everywhere), on every
+    ``step``-th row that leaves about :data:`MAX_SAMPLES` of its ``n_keep`` kept pixels; all
+    rows when the stride misses every kept finite pixel (kept pixels on skipped rows only)."""
+    step = max(1, -(-int(n_keep) // MAX_SAMPLES))
+    while True:
+        values = channel[::step] if keep is None else channel[::step][keep[::step]]
+        values = values[xp.isfinite(values)]
+        if values.size or step == 1:
+            return values
+        step = 1
 
 
 def _pixel_mask(xp, mask, shape: tuple[int, int], name: str = "mask"):
@@ -40,7 +59,8 @@ def equalize_rgb_medians(
 
     The target is the median of the per-channel medians (for RGB: the middle one), not green's:
     it moves no channel when two already agree, and is not tied to a sensor's colour order.
-    Meant as a gentle final white balance of the sky, hence the narrow default clip.
+    Meant as a gentle final white balance of the sky, hence the narrow default clip. The
+    medians are those of a row-strided sample of at most about :data:`MAX_SAMPLES` pixels.
 
     Parameters
     ----------
@@ -72,9 +92,9 @@ def equalize_rgb_medians(
     if c == 1:
         return out, gains
     medians = np.full(c, np.nan)
+    n_keep = h * w if m is None else int(m.sum())
     for k in range(c):
-        values = out[:, :, k] if m is None else out[:, :, k][m]
-        values = values[xp.isfinite(values)]
+        values = _sampled(xp, out[:, :, k], m, n_keep)
         if values.size:
             medians[k] = float(xp.median(values))
     usable = np.isfinite(medians) & (medians > 0)
@@ -123,6 +143,8 @@ def tile_health(image, coverage=None, *, rel_eps: float = 1e-6) -> TileHealth:
       most a few odd pixels;
     * otherwise ok.
 
+    The percentiles are those of a row-strided sample (see :data:`MAX_SAMPLES`).
+
     Parameters
     ----------
     image : array
@@ -154,7 +176,7 @@ def tile_health(image, coverage=None, *, rel_eps: float = 1e-6) -> TileHealth:
     flat = []
     tiny = float(np.finfo(np.float32).tiny)
     for k in range(c):
-        values = img[:, :, k][valid].astype(xp.float64)
+        values = _sampled(xp, img[:, :, k], valid, n_valid).astype(xp.float64)
         p_lo, p_med, p_hi = (float(v) for v in xp.percentile(values, [0.5, 50.0, 99.5]))
         robust = p_hi - p_lo
         ranges.append(robust)
