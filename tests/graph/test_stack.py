@@ -54,6 +54,17 @@ def test_stack_chunks_are_a_regular_grid_so_no_two_blocks_share_a_zarr_chunk():
                     assert np.all(starts % sizes[0] == 0), (shape, budget, sizes)
 
 
+def test_stack_chunks_that_fill_the_budget_hold_the_same_bytes_whatever_the_frame_count():
+    budget = budget_bytes("64MiB")
+    for n in (7, 16, 40, 60, 144):
+        for h in (97, 1080, 2250):
+            rows, cols = stack_chunks((n, h, 1928, 3), np.float32, "64MiB", fill_budget=True)[1:3]
+            row = n * 1928 * 3 * 4
+            assert sum(rows) == h and cols == (1928,) and len(set(rows[:-1])) <= 1
+            # the largest block is the budget less at most one row (or the whole tile)
+            assert max(rows) * row <= budget and (max(rows) == h or max(rows) * row > budget - row)
+
+
 def test_stack_chunks_fit_the_budget():
     shape = (50, 1080, 1920, 3)
     for budget in ("256MiB", "64MiB", 10_000_000, "1MiB"):

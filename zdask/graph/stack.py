@@ -78,7 +78,7 @@ def _split(size: int, parts: int) -> tuple[int, ...]:
 
 
 def stack_chunks(shape, dtype, budget, *, min_blocks: int = 1,
-                 multiple_of: int | None = None) -> tuple[tuple[int, ...], ...]:
+                 multiple_of: int | None = None, fill_budget: bool = False) -> tuple[tuple[int, ...], ...]:
     """Dask chunks for a stack ``(N, H, W[, C])``: frame axis whole, blocks within ``budget``.
 
     Blocks are bands of whole rows (full width, C whole), as many rows as fit
@@ -88,6 +88,11 @@ def stack_chunks(shape, dtype, budget, *, min_blocks: int = 1,
     the number of cores, so that the threads finish together).  If even one
     row of all frames exceeds the budget, the rows are split into column
     blocks (1 row × as many columns as fit; at least one pixel).
+
+    ``fill_budget``: bands of exactly as many rows as fit (the last one lower), neither evened
+    out nor rounded to the cores: a stage whose peak memory is its largest block then holds the
+    same memory whatever the frame count (evened-out bands fill 50-100 % of the budget,
+    depending on how the rows divide).
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (3, 4):
@@ -101,9 +106,13 @@ def stack_chunks(shape, dtype, budget, *, min_blocks: int = 1,
     if row <= b:
         rows = max(1, min(max(h, 1), b // row))
         parts = max(-(-h // rows), int(min_blocks))
-        if parts > 1:
-            parts = -(-parts // k) * k
-        rchunks, cchunks = _split(h, parts), (w,)
+        if fill_budget:
+            rchunks = (rows,) * (h // rows) + ((h % rows,) if h % rows else ())
+        else:
+            if parts > 1:
+                parts = -(-parts // k) * k
+            rchunks = _split(h, parts)
+        cchunks = (w,)
     else:
         cols = max(1, b // pixel)
         rchunks, cchunks = _split(h, h), _split(w, -(-w // cols))

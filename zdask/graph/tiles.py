@@ -226,7 +226,9 @@ def master_tile(
     """
     spec = tile_stack_spec(sources, stats, exptimes, grid, channels, config)
     n = len(sources)
-    _, rchunks, cchunks, _ = stack_chunks((n, *grid.shape, channels), np.float32, config.budget)
+    # Blocks that fill the budget: the stage's memory then does not depend on the frame count.
+    _, rchunks, cchunks, _ = stack_chunks((n, *grid.shape, channels), np.float32, config.budget,
+                                          fill_budget=True)
     token = store.fingerprint([s.token for s in sources], [s.sky for s in sources], grid.to_json(),
                               channels, config.digest("reject", "kappa", "iterations", "normalization",
                                                       "weights", "warp_grid_step", "budget"))

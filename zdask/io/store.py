@@ -61,7 +61,7 @@ FRAME_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", block
 #: 4 = tile blocks on a regular grid (balanced blocks shared Zarr chunks, and concurrent writes to
 #: one chunk could lose rows of a tile: such tiles are recomputed); 5 = a tile's colour medians
 #: from a row-strided sample (zdask.ops.colour.MAX_SAMPLES), the mosaic's common sky fitted on
-#: every other binned pixel.
+#: every other binned pixel, tile blocks that fill the budget (their warp maps' nodes moved).
 RESULTS_REVISION = 5
 
 
