@@ -254,16 +254,23 @@ def run(
 @app.command()
 def compare(
     mosaic: Path = typer.Argument(..., help="mosaic.fits written by zdask run."),
-    truth: Path = typer.Argument(..., help="truth.fits written by zdask simulate."),
-    manifest: Optional[Path] = typer.Option(None, help="manifest.json of the survey (trail check)."),
+    truth: Path = typer.Argument(..., help="truth.fits written by zdask simulate (or by the survey kit)."),
+    manifest: Optional[Path] = typer.Option(None, help="manifest.json of the survey (trails, seams, coverage)."),
 ) -> None:
-    """Measure a mosaic against the simulated truth (residual, coverage, trails)."""
-    from zdask.compare import compare as compare_mosaic
+    """Measure a mosaic against a survey's truth: residual, large-scale residual, seams by panel,
+    extended light kept, coverage, trails. A table of the scores on stderr, all figures as JSON
+    on stdout."""
+    from zdask.compare import compare as compare_mosaic, format_scores
+    from zdask.io.errors import FileError
 
     for path in (mosaic, truth, manifest):
         if path is not None and not path.exists():
             _fail(f"{path}: no such file")
-    result = compare_mosaic(str(mosaic), str(truth), str(manifest) if manifest else None)
+    try:
+        result = compare_mosaic(str(mosaic), str(truth), str(manifest) if manifest else None)
+    except FileError as exc:  # e.g. a truth that cannot tell its stars from its extended light
+        _fail(_one_line(exc))
+    console.print(format_scores(result["scores"]), highlight=False, markup=False)
     print(json.dumps(result, indent=2))
 
 
