@@ -270,7 +270,7 @@ def compare(
         result = compare_mosaic(str(mosaic), str(truth), str(manifest) if manifest else None)
     except FileError as exc:  # e.g. a truth that cannot tell its stars from its extended light
         _fail(_one_line(exc))
-    console.print(format_scores(result["scores"]), highlight=False, markup=False)
+    console.print(format_scores(result["scores"]), highlight=False, markup=False, soft_wrap=True)
     print(json.dumps(result, indent=2))
 
 

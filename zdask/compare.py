@@ -262,6 +262,6 @@ def format_scores(scores: dict) -> str:
         for b in seams["boundaries"]:
             p, q = b["panels"]
             rows.append((f"  panels {p} | {q}", f"{b['step']:+.2f}",
-                         f"step from panel {p} to panel {q}; overlap off their mean by {b['excess']:+.2f}"))
+                         f"step {p} → {q}; their overlap off their mean by {b['excess']:+.2f}"))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value:>6}  {note}" for name, value, note in rows)

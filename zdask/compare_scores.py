@@ -31,7 +31,8 @@ from zdask.ops.quality import polygon_mask, survey_scores
 from zdask.ops.warp import pixel_map, remap, wcs_pixel_transform
 
 KIT_STARS_FILE = "truth_stars.fits"
-TRAIL_MARGIN_PX = 7.5  # beyond 6 σ of a trail's profile: what resampling spreads, plus a margin
+TRAIL_MARGIN_PX = 6.0  # beyond 6 σ of a trail's profile: what resampling spreads, plus a margin
+TRAIL_GROW_PX = 2      # the zone then grows by this (city-block distance), as the kit's does
 FWHM_PER_SIGMA = 2.3548
 
 
@@ -97,8 +98,10 @@ def footprints(frames: list[dict], grid: WCS, shape: tuple[int, int]) -> tuple[n
 
 
 def trail_zone(frames: list[dict], grid: WCS, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels of ``grid`` within 6 σ + ``TRAIL_MARGIN_PX`` of a trail, inside its frame."""
+    """Pixels of ``grid`` within 6 σ + ``TRAIL_MARGIN_PX`` of a trail, inside its frame, and
+    those ``TRAIL_GROW_PX`` from them."""
     import cv2
+    from scipy import ndimage
 
     zone = np.zeros(shape, bool)
     for frame in frames:
@@ -120,7 +123,7 @@ def trail_zone(frames: list[dict], grid: WCS, shape: tuple[int, int]) -> np.ndar
         distance = np.abs((fx - x0) * (y1 - y0) - (fy - y0) * (x1 - x0)) / max(length, 1e-9)
         near = (distance < half) & (fx >= -0.5) & (fy >= -0.5) & (fx < w - 0.5) & (fy < h - 0.5)
         zone[yy[near], xx[near]] = True
-    return zone
+    return ndimage.binary_dilation(zone, iterations=TRAIL_GROW_PX) if zone.any() else zone
 
 
 def score_on_truth(mosaic: np.ndarray, coverage: np.ndarray, mosaic_cards: dict, truth_path: str,
