@@ -183,15 +183,15 @@ class Config:
         default=1,
     )
     background_mesh: int = _doc(
-        "Sky model: 0 (default) keeps extended emission (the matched surfaces of "
-        "sky_surface_order); N > 0 "
-        "gives SWarp-like flatness instead: each frame's own background, SExtractor/SWarp-style "
-        "(the frame cut into cells of N raw-frame pixels, a clipped median/mode per cell, a "
-        "3 x 3 median filter of the cell grid, bicubic interpolation), is subtracted from it "
-        "before stacking, and the matched surfaces (frames and tiles) are not used. The "
-        "flattest sky, but extended emission larger than about N pixels goes with the "
-        "background: galaxy halos, nebulae, the faint sky between them (pixels of the raw "
-        "frame; 0 off, or >= 32; 64-256 are usual).",
+        "Sky model. 0 (default) keeps extended emission: the matched surfaces of "
+        "sky_surface_order. N > 0 gives SWarp-like flatness instead: each frame's own "
+        "background, SExtractor/SWarp-style (the frame cut into cells of N raw-frame pixels, a "
+        "clipped median/mode per cell, a 3 x 3 median filter of the cell grid, bicubic "
+        "interpolation), is subtracted from it before stacking, and no matched surface (frames "
+        "or tiles) is used. The flattest sky, but extended emission larger than about N pixels "
+        "goes with the background: galaxy halos, nebulae, the faint light between them (pixels "
+        "of the raw frame; 0 off, or >= 32; 64-256 are usual, SWarp's default is 128 on its "
+        "input's pixels).",
         default=0,
     )
     harmonize: bool = _doc(
