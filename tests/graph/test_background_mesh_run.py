@@ -22,10 +22,16 @@ MAX_LARGE_SCALE_WITH_MESH = 2.0
 
 
 @pytest.fixture(scope="module")
-def both_runs(tmp_path_factory):
-    """The default run, scored, then a run with the mesh into the same folder, scored."""
+def steep_survey(tmp_path_factory):
     survey = tmp_path_factory.mktemp("steep")
     simulate_survey(survey, STEEP_SKY)
+    return survey
+
+
+@pytest.fixture(scope="module")
+def both_runs(steep_survey):
+    """The default run, scored, then a run with the mesh into the same folder, scored."""
+    survey = steep_survey
     out = survey / "out"
     results = {}
     for name, extra in (("default", []), ("mesh", ["--background-mesh", "64"])):
@@ -59,3 +65,14 @@ def test_the_report_says_which_sky_model_ran_and_the_setting_recomputes_the_tile
     assert all(entry["surface"] is None for entry in mesh["mosaic"]["photometry"].values())
     # a tile made without the mesh is not reused for a run with it
     assert mesh["tiles_reused"] == [] and len(mesh["tiles_computed"]) == len(default["tiles_computed"])
+
+
+def test_a_mesh_as_large_as_the_frames_is_named_in_a_warning(steep_survey, tmp_path):
+    # frames 270 wide, 480 high under a 256 px mesh: one cell across, their gradients stay
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(steep_survey / "frames"), "--out", str(out), *CLUSTER,
+                                      "--background-mesh", "256"])
+    assert result.exit_code == 0, result.output
+    warnings = json.loads((out / "report.json").read_text())["warnings"]
+    assert any("background_mesh 256 px leaves frames of 270x480 fewer than 2 cells across" in w
+               and "at most 135 px" in w for w in warnings), warnings

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from zdask.ops.bgmesh import MIN_MESH, mesh_background, sample_background
+from zdask.ops.bgmesh import MIN_MESH, cells_across, mesh_background, sample_background
 from zdask.ops.warp import bin_image
 
 H, W = 540, 960
@@ -115,3 +115,11 @@ def test_frames_smaller_than_a_cell_and_bad_arguments():
         mesh_background(small, 0, 64)
     with pytest.raises(ValueError, match="binned"):
         mesh_background(np.zeros((2, 2, 2, 2)), FACTOR, 64)
+
+
+def test_cells_across_counts_the_cells_the_background_gets():
+    assert cells_across((135, 240), FACTOR, 64) == (16, 30) == mesh_background(
+        np.zeros((135, 240, 1), np.float32), FACTOR, 64).values.shape[:2]
+    # a 540 x 960 frame under a 512 px mesh: one cell across, its gradient cannot be followed
+    assert cells_across((120, 67), FACTOR, 512) == (1, 1)
+    assert cells_across((120, 67), FACTOR, 256) == (3, 2)

@@ -22,6 +22,7 @@ from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_bloc
 from zdask.io import store
 from zdask.io.chunkrows import read_whole
 from zdask.io.outputs import write_image_fits
+from zdask.ops.bgmesh import cells_across
 
 # Settings a master tile depends on (besides its calibrated frames and grid).
 TILE_FIELDS = (
@@ -176,7 +177,17 @@ def _fit_sky(ctx, client, pending, then) -> None:
 
 
 def _fit_backgrounds(ctx, client, pending, then, mesh: int) -> None:
-    """Each frame's local background on cells of ``mesh`` pixels (one task per group)."""
+    """Each frame's local background on cells of ``mesh`` pixels (one task per group); a
+    warning when frames get fewer than 2 cells across (their gradients then stay)."""
+    factor = ctx.config.match_bin
+    shapes = sorted({s.shape for p in pending for s in p[3]})
+    coarse = [s for s in shapes if min(cells_across((s[0] // factor, s[1] // factor), factor, mesh)) < 2]
+    if coarse:
+        h, w = coarse[0]
+        text = (f"background_mesh {mesh} px leaves frames of {w}x{h} fewer than 2 cells across: "
+                f"their gradients stay (a mesh of at most {min(h, w) // 2} px removes them)")
+        ctx.say(f"warning: {text}")
+        ctx.report["warnings"].append(text)
     futures = [client.submit(frame_backgrounds, p[3], ctx.config.match_bin, mesh, key=f"bgmesh-{p[2]}")
                for p in pending]
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MIN_MESH", "MeshBackground", "UpsampledBackground", "mesh_background", "sample_background"]
+__all__ = ["MIN_MESH", "MeshBackground", "UpsampledBackground", "cells_across", "mesh_background",
+           "sample_background"]
 
 MIN_MESH = 32  # pixels: smaller cells follow the wings of bright stars and the noise
 # Clipping of a cell's samples: SExtractor's κ = 3 around the median, until no sample moves.
@@ -156,6 +157,15 @@ def _extend(grid: np.ndarray, axis: int) -> np.ndarray:
     return np.concatenate([first, grid, last], axis=axis)
 
 
+def cells_across(binned_shape: tuple[int, int], factor: int, mesh: int) -> tuple[int, int]:
+    """The cells ``(ny, nx)`` :func:`mesh_background` makes of a frame binned to
+    ``binned_shape`` by ``factor``: with fewer than 2 along an axis, the background is flat
+    along it and the frame's gradient stays."""
+    side = max(1, int(round(mesh / factor)))
+    h, w = binned_shape
+    return max(1, h // min(side, h)), max(1, w // min(side, w))
+
+
 def mesh_background(binned: np.ndarray, factor: int, mesh: int) -> MeshBackground:
     """The background of a frame from its image binned by ``factor`` (block means, as
     :func:`zdask.ops.warp.bin_image` gives: binned pixel ``i`` is frame pixels ``[i·factor,
@@ -186,9 +196,9 @@ def mesh_background(binned: np.ndarray, factor: int, mesh: int) -> MeshBackgroun
     if int(mesh) != mesh or mesh < MIN_MESH:
         raise ValueError(f"mesh must be an integer >= {MIN_MESH} (pixels); got {mesh!r}")
     h, w, channels = img.shape
+    ny, nx = cells_across((h, w), factor, mesh)
     side = max(1, int(round(mesh / factor)))
     ch, cw = min(side, h), min(side, w)
-    ny, nx = h // ch, w // cw
     y0, x0 = (h - ny * ch) // 2, (w - nx * cw) // 2
     cells = img[y0:y0 + ny * ch, x0:x0 + nx * cw].reshape(ny, ch, nx, cw, channels)
     samples = cells.transpose(0, 2, 4, 1, 3).reshape(ny, nx, channels, ch * cw).astype(np.float64)
