@@ -212,6 +212,9 @@ def run(
     harmonize: Optional[bool] = typer.Option(None, "--harmonize/--no-harmonize",
                                              help="Match gains and offsets between tiles."),
     sky_surface_order: Optional[int] = typer.Option(None, help="Sky surfaces: -1 off, 0, 1 or 2."),
+    background_mesh: Optional[int] = typer.Option(
+        None, help="Flattest sky: subtract each frame's local background on cells of N pixels "
+                   "(removes extended emission larger than ~N px; 0 keeps it, the default)."),
     autocrop: Optional[bool] = typer.Option(None, "--autocrop/--no-autocrop", help="Crop to the covered area."),
     tiles: Optional[Path] = typer.Option(None, "--tiles",
                                          help="Assemble existing master tiles (FITS with WCS) from this folder."),
@@ -228,7 +231,7 @@ def run(
             kappa=kappa, iterations=iterations, normalization=normalization, weights=weights, budget=budget,
             max_group_size=max_group_size, link_fov_fraction=link_fov_fraction,
             altaz_cleanup=altaz_cleanup, harmonize=harmonize, sky_surface_order=sky_surface_order,
-            autocrop=autocrop,
+            autocrop=autocrop, background_mesh=background_mesh,
         )
     except ConfigError as exc:
         _fail(str(exc))

@@ -18,6 +18,7 @@ from zdask.graph.plan import spread_evenly
 from zdask.io import store
 from zdask.io.chunkrows import read_rows, read_whole
 from zdask.ops.background import Surface, star_mask
+from zdask.ops.bgmesh import MeshBackground, mesh_background
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
 from zdask.ops.seams import seam_metric
 from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces, match_to_consensus
@@ -102,6 +103,14 @@ def frame_sky_surfaces(sources: list, grid: Grid, factor: int, order: int) -> li
                                passes=FRAME_MATCH_PASSES)
     full_extent = list(binned_extent(shape_b, factor))
     return [(c.tolist(), order, full_extent) for c in match.coeffs]
+
+
+def frame_backgrounds(sources: list, factor: int, mesh: int) -> list[MeshBackground]:
+    """Worker task: per frame of a group, its own local background on cells of ``mesh`` frame
+    pixels (:func:`zdask.ops.bgmesh.mesh_background`), from the frame binned by ``factor`` as
+    the sky fits read it. Each frame is read once, a few MB of rows at a time; a result is a
+    few thousand numbers."""
+    return [mesh_background(_read_binned(src, factor), factor, mesh) for src in sources]
 
 
 def tile_glow(sources: list, grid: Grid) -> dict:
