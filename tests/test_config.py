@@ -27,6 +27,8 @@ def test_defaults_are_valid_and_every_field_is_documented():
         ("max_saturated_fraction", 1.5, "[0, 1]"),
         ("min_frame_stars", -1, ">= 0"),
         ("max_canvas_pixels", 0, ">= 1"),
+        ("background_mesh", 16, "0 (off) or an integer >= 32"),
+        ("background_mesh", -64, "0 (off) or an integer >= 32"),
     ],
 )
 def test_bad_values_name_the_field_and_the_allowed_values(field, value, words):
@@ -122,6 +124,8 @@ BAD_TOML = [
     ("workers = true", "workers"),
     ("kappa = inf", "kappa"),
     ("[stacking]\nbudget = 256", "budget"),
+    ("background_mesh = 8", "background_mesh"),
+    ("background_mesh = 64.5", "background_mesh"),
 ]
 
 
@@ -140,3 +144,25 @@ def test_bad_toml_values_end_the_run_with_one_line_and_status_2(toml, field, tmp
 def test_kappa_that_is_not_finite_is_refused_on_the_command_line(kappa, tmp_path):
     result = CliRunner().invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "out"), "--kappa", kappa])
     assert result.exit_code == 2 and "'kappa'" in result.output and "finite" in result.output, result.output
+
+
+def test_background_mesh_from_the_command_line_and_toml(tmp_path):
+    path = tmp_path / "zdask.toml"
+    path.write_text("[sky]\nbackground_mesh = 128\n")
+    assert load_config(path).background_mesh == 128
+    assert load_config(path, background_mesh=64).background_mesh == 64
+    assert Config().background_mesh == 0  # off by default: extended emission is kept
+    result = CliRunner().invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "out"),
+                                      "--background-mesh", "31"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "'background_mesh'" in lines[0] and ">= 32" in lines[0], result.output
+
+
+def test_zdask_config_says_what_each_sky_model_does():
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0
+    text = result.output[result.output.index("background_mesh = 0"):]
+    doc = text.split("\n", 2)[1]
+    assert "keeps extended emission" in doc and "flattest" in doc.lower()
+    assert "galaxy halos, nebulae" in doc

@@ -212,6 +212,9 @@ def run(
     harmonize: Optional[bool] = typer.Option(None, "--harmonize/--no-harmonize",
                                              help="Match gains and offsets between tiles."),
     sky_surface_order: Optional[int] = typer.Option(None, help="Sky surfaces: -1 off, 0, 1 or 2."),
+    background_mesh: Optional[int] = typer.Option(
+        None, help="Flattest sky: subtract each frame's local background on cells of N pixels "
+                   "(removes extended emission larger than ~N px; 0 keeps it, the default)."),
     autocrop: Optional[bool] = typer.Option(None, "--autocrop/--no-autocrop", help="Crop to the covered area."),
     tiles: Optional[Path] = typer.Option(None, "--tiles",
                                          help="Assemble existing master tiles (FITS with WCS) from this folder."),
@@ -228,7 +231,7 @@ def run(
             kappa=kappa, iterations=iterations, normalization=normalization, weights=weights, budget=budget,
             max_group_size=max_group_size, link_fov_fraction=link_fov_fraction,
             altaz_cleanup=altaz_cleanup, harmonize=harmonize, sky_surface_order=sky_surface_order,
-            autocrop=autocrop,
+            autocrop=autocrop, background_mesh=background_mesh,
         )
     except ConfigError as exc:
         _fail(str(exc))
@@ -254,16 +257,23 @@ def run(
 @app.command()
 def compare(
     mosaic: Path = typer.Argument(..., help="mosaic.fits written by zdask run."),
-    truth: Path = typer.Argument(..., help="truth.fits written by zdask simulate."),
-    manifest: Optional[Path] = typer.Option(None, help="manifest.json of the survey (trail check)."),
+    truth: Path = typer.Argument(..., help="truth.fits written by zdask simulate (or by the survey kit)."),
+    manifest: Optional[Path] = typer.Option(None, help="manifest.json of the survey (trails, seams, coverage)."),
 ) -> None:
-    """Measure a mosaic against the simulated truth (residual, coverage, trails)."""
-    from zdask.compare import compare as compare_mosaic
+    """Measure a mosaic against a survey's truth: residual, large-scale residual, seams by panel,
+    extended light kept, coverage, trails. A table of the scores on stderr, all figures as JSON
+    on stdout."""
+    from zdask.compare import compare as compare_mosaic, format_scores
+    from zdask.io.errors import FileError
 
     for path in (mosaic, truth, manifest):
         if path is not None and not path.exists():
             _fail(f"{path}: no such file")
-    result = compare_mosaic(str(mosaic), str(truth), str(manifest) if manifest else None)
+    try:
+        result = compare_mosaic(str(mosaic), str(truth), str(manifest) if manifest else None)
+    except FileError as exc:  # e.g. a truth that cannot tell its stars from its extended light
+        _fail(_one_line(exc))
+    console.print(format_scores(result["scores"]), highlight=False, markup=False, soft_wrap=True)
     print(json.dumps(result, indent=2))
 
 

@@ -1,8 +1,15 @@
-"""``zdask compare``: a mosaic against the simulator's truth, in numbers a user can read.
+"""``zdask compare``: a mosaic against a survey's truth, in numbers a user can read.
 
 The truth is reprojected onto the mosaic's grid; per channel, the truth is mapped onto the
 mosaic by a global linear fit (the mosaic's units and sky level are arbitrary), and the
 residual is measured away from stars (the PSF of a stack never equals the truth's exactly).
+
+``scores`` holds the figures of the survey kit's scorer, with its definitions, measured on the
+truth's grid (``zdask.compare_scores``): the large-scale residual, the seams by panel region,
+the extended light kept, the residual and the coverage, in units of the mosaic's own sky noise.
+The truth is the simulator's (RGB with an EXTENDED extension and a STARS catalogue) or the
+survey kit's (luminance, with truth_stars.fits beside it; no catalogue, so no star positions
+or aperture photometry).
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ import os
 import numpy as np
 from astropy.io import fits
 
+from zdask.compare_scores import FWHM_PER_SIGMA, frames_of, read_truth, score_on_truth
 from zdask.graph.geometry import wcs_from_header
 from zdask.io.fitsheader import celestial_cards
 from zdask.ops.quality import aperture_fluxes, centroid_offsets, large_scale_background, linear_fit, pixel_noise
 
-BACKGROUND_BOX = 64  # px: cells of the large-scale background removed for the small-scale residual
 from zdask.ops.warp import pixel_map, remap, wcs_pixel_transform
+
+BACKGROUND_BOX = 64  # px: cells of the large-scale background removed for the small-scale residual
 
 
 def _read_image(path: str, extension: int | str = 0) -> tuple[np.ndarray, dict]:
@@ -38,23 +47,27 @@ def reproject_onto(image: np.ndarray, src_cards: dict, dst_cards: dict, shape: t
 
 def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
             star_threshold: float = 0.5) -> dict:
-    """Residual RMS after a linear fit relative to the mosaic's pixel noise, coverage, trails.
+    """Residual RMS after a linear fit relative to the mosaic's pixel noise, coverage, trails,
+    and the survey ``scores`` (``zdask.compare_scores``).
 
-    Pixels where the truth's stars (truth minus its EXTENDED extension) exceed
-    ``star_threshold`` × the mosaic noise are left out of the residual. With the simulator's
-    manifest, the residual along each satellite trail is measured too (in noise units).
+    Pixels where the truth's stars (truth minus its extended light) exceed
+    ``star_threshold`` × the mosaic noise are left out of the residual. With the survey's
+    manifest, the residual along each satellite trail is measured too (in noise units), and
+    the scores include the seams by panel region and the coverage of the frames' footprints.
     """
     mosaic, mcards = _read_image(mosaic_path)
     with fits.open(mosaic_path, memmap=False) as hdul:
         coverage = np.asarray(hdul["COVERAGE"].data, dtype=np.float32)
-    truth, tcards = _read_image(truth_path)
-    extended, _ = _read_image(truth_path, "EXTENDED")
+    with fits.open(truth_path, memmap=False) as hdul:
+        catalogue = "STARS" in hdul  # the simulator's truth has one, the survey kit's not
+    truth, stars, tcards = read_truth(truth_path)
     shape = mosaic.shape[:2]
     truth_m = reproject_onto(truth, tcards, mcards, shape)
-    stars_m = truth_m - reproject_onto(extended, tcards, mcards, shape)
+    stars_m = reproject_onto(stars, tcards, mcards, shape)
+    del truth, stars
     covered = (coverage > 0) & np.isfinite(mosaic).all(axis=-1) & np.isfinite(truth_m).all(axis=-1)
     channels, residuals, skies = [], [], []
-    scales = photometric_scales(truth_path, mosaic, mcards)
+    scales = photometric_scales(truth_path, mosaic, mcards) if catalogue else [None] * mosaic.shape[-1]
     for c in range(mosaic.shape[-1]):
         tc = truth_m[..., min(c, truth_m.shape[-1] - 1)]
         sc = stars_m[..., min(c, stars_m.shape[-1] - 1)]
@@ -73,7 +86,8 @@ def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
                          "sky_fraction": float(sky.mean())})
         residuals.append(small / noise)
         channels[-1]["star_flux_scale"] = scales[c]
-        channels[-1].update(extended_kept(mosaic[..., c], sc, tc - sc, covered, scales[c]))
+        if scales[c] is not None:
+            channels[-1].update(extended_kept(mosaic[..., c], sc, tc - sc, covered, scales[c]))
         skies.append(sky)
     result = {
         "mosaic": os.path.basename(mosaic_path),
@@ -81,10 +95,11 @@ def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
         "channels": channels,
         "residual_rms_over_noise": max(ch["residual_rms_over_noise"] for ch in channels),
         "small_scale_rms_over_noise": max(ch["small_scale_rms_over_noise"] for ch in channels),
-        "extended_kept": min(ch["extended_kept"] for ch in channels),
-        "large_scale_rms_over_noise": max(ch["large_scale_rms_over_noise"] for ch in channels),
     }
-    result.update(star_positions(truth_path, mosaic, mcards, channels[min(1, len(channels) - 1)]["noise"]))
+    if catalogue:
+        result["extended_kept"] = min(ch["extended_kept"] for ch in channels)
+        result["large_scale_rms_over_noise"] = max(ch["large_scale_rms_over_noise"] for ch in channels)
+        result.update(star_positions(truth_path, mosaic, mcards, channels[min(1, len(channels) - 1)]["noise"]))
     report_path = os.path.join(os.path.dirname(os.path.abspath(mosaic_path)), "report.json")
     if os.path.exists(report_path):  # the seam metrics zdask run measured on its tiles
         with open(report_path) as fh:
@@ -95,6 +110,7 @@ def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
         levels = [t["median_residual_over_noise"] for t in result["trails"]
                   if t["median_residual_over_noise"] is not None]
         result["trail_residual_over_noise"] = max(levels) if levels else None
+    result["scores"] = score_on_truth(mosaic, coverage, mcards, truth_path, manifest_path)
     return result
 
 
@@ -193,18 +209,17 @@ def trail_residuals(manifest_path: str, mosaic_cards: dict, residuals: list, ski
     mosaic_wcs = wcs_from_header(mosaic_cards)
     h, w = residuals[0].shape
     out = []
-    for frame in manifest["frames"]:
-        trail = frame.get("trail")
+    for frame, geometry in zip(manifest["frames"], frames_of(manifest)):
+        trail = geometry["trail"]
         if not trail:
             continue
+        x0, y0, x1, y1 = trail["ends"]
         t = np.linspace(0.0, 1.0, 400)
-        fx = trail["x0"] + t * (trail["x1"] - trail["x0"])
-        fy = trail["y0"] + t * (trail["y1"] - trail["y0"])
-        ra, dec = wcs_from_header(frame["wcs_true"]).all_pix2world(fx, fy, 0)
+        ra, dec = geometry["wcs"].all_pix2world(x0 + t * (x1 - x0), y0 + t * (y1 - y0), 0)
         mx, my = mosaic_wcs.all_world2pix(ra, dec, 0)
         direction = np.array([mx[-1] - mx[0], my[-1] - my[0]])
         normal = np.array([-direction[1], direction[0]]) / max(np.hypot(*direction), 1e-9)
-        side = max(8.0, 3.0 * float(trail.get("width_px", 3.0)))
+        side = max(8.0, 3.0 * FWHM_PER_SIGMA * trail["sigma_px"])
         points = [(mx, my), (mx + side * normal[0], my + side * normal[1]),
                   (mx - side * normal[0], my - side * normal[1])]
         idx = [(np.round(px).astype(int), np.round(py).astype(int)) for px, py in points]
@@ -225,3 +240,28 @@ def trail_residuals(manifest_path: str, mosaic_cards: dict, residuals: list, ski
 
 def format_report(result: dict) -> str:
     return json.dumps(result, indent=2)
+
+
+def format_scores(scores: dict) -> str:
+    """The survey scores as a table, σ = the mosaic's own per-pixel sky noise."""
+    def figure(value, fmt=".2f"):
+        return "-" if value is None else format(value, fmt)
+
+    rows = [("large-scale residual (σ)", figure(scores["large_scale"]),
+             "RMS of 32 px block medians of mosaic − fitted truth"),
+            ("extended light kept", figure(scores["extended_kept"]),
+             scores.get("extended_note", "fitted extended light / star light scale; 1 = all kept")),
+            ("residual (σ)", figure(scores["residual"]), "RMS of mosaic − fitted truth, bright star cores left out"),
+            ("coverage", figure(scores.get("coverage"), ".3f"),
+             "covered part of the frames' footprints" if "coverage" in scores else "needs --manifest")]
+    seams = scores["seams"]
+    if seams is None:
+        rows.append(("seams (σ)", "-", scores["seams_note"]))
+    else:
+        rows.append(("seams (σ)", figure(seams["std"]), "spread of the median residual of the panels and overlaps"))
+        for b in seams["boundaries"]:
+            p, q = b["panels"]
+            rows.append((f"  panels {p} | {q}", f"{b['step']:+.2f}",
+                         f"step {p} → {q}; their overlap off their mean by {b['excess']:+.2f}"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value:>6}  {note}" for name, value, note in rows)

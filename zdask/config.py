@@ -175,8 +175,24 @@ class Config:
     sky_surface_order: int = _doc(
         "Order of the sky surfaces matched between overlapping frames (inside a tile) and "
         "tiles (in the mosaic): -1 off, 0 offset, 1 plane, 2 quadratic. Each is fitted against "
-        "the others covering the same sky, so emission fixed on the sky is kept.",
+        "the others covering the same sky, so emission fixed on the sky is kept. With 1 or 2, "
+        "the surface all tiles share gets the quadratic part fixed by the tiles' own skies "
+        "being alike (a horizon glow curves every frame the same way) instead of a bowl as "
+        "wide as the mosaic; its plane is fitted on the mosaic with sources masked. Not used "
+        "when background_mesh > 0.",
         default=1,
+    )
+    background_mesh: int = _doc(
+        "Sky model. 0 (default) keeps extended emission: the matched surfaces of "
+        "sky_surface_order. N > 0 gives SWarp-like flatness instead: each frame's own "
+        "background, SExtractor/SWarp-style (the frame cut into cells of N raw-frame pixels, a "
+        "clipped median/mode per cell, a 3 x 3 median filter of the cell grid, bicubic "
+        "interpolation), is subtracted from it before stacking, and no matched surface (frames "
+        "or tiles) is used. The flattest sky, but extended emission larger than about N pixels "
+        "goes with the background: galaxy halos, nebulae, the faint light between them (pixels "
+        "of the raw frame; 0 off, or >= 32; 64-256 are usual, SWarp's default is 128 on its "
+        "input's pixels).",
+        default=0,
     )
     harmonize: bool = _doc(
         "Match gain and offset per channel between overlapping master tiles before the "
@@ -314,6 +330,8 @@ class Config:
             raise bad("rgb_gain_range", "must be two numbers low, high with 0 < low <= 1 <= high")
         if self.sky_surface_order not in (-1, 0, 1, 2):
             raise bad("sky_surface_order", "allowed values are -1 (off), 0, 1, 2")
+        if not (self.background_mesh == 0 or self.background_mesh >= 32):  # zdask.ops.bgmesh.MIN_MESH
+            raise bad("background_mesh", "must be 0 (off) or an integer >= 32 (pixels of the raw frame)")
         if not (isinstance(self.match_bin, int) and 1 <= self.match_bin <= 64):
             raise bad("match_bin", "must be an integer in 1..64")
         if not (isinstance(self.canvas_block, int) and 256 <= self.canvas_block <= 8192):

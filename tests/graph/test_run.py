@@ -38,6 +38,10 @@ MIN_EXTENDED_KEPT = 0.9
 # RMS of 64 px cells of the residual against the truth, in pixel-noise units: measured 0.8 with
 # harmonisation, 20 without (light-pollution gradients and tile offsets left in).
 MAX_LARGE_SCALE_RESIDUAL = 2.0
+# The survey kit's scores of the same mosaic (σ = its own sky noise), as `zdask compare`
+# reports them: measured large-scale 0.69, seams 0.74, extended light kept 1.01.
+MAX_SCORE_LARGE_SCALE = 1.5
+MAX_SCORE_SEAMS = 1.5
 
 
 def _digest(folder) -> dict:
@@ -122,6 +126,56 @@ def test_mosaic_agrees_with_truth_and_trails_are_gone(first_run):
         assert 0.6 < ch["star_flux_scale"] < 1.1  # the frames' photometric scale (transparency)
     assert result["extended_kept"] > MIN_EXTENDED_KEPT, result
     assert result["large_scale_rms_over_noise"] < MAX_LARGE_SCALE_RESIDUAL, result
+
+
+def test_compare_reports_the_survey_scores(first_run, tmp_path):
+    """`zdask compare` prints the survey scores (the kit's definitions) in its table and JSON;
+    without the manifest it says the seams need it; the kit's truth format reads too."""
+    survey, _, _, out, _, _ = first_run
+    args = ["compare", str(out / "mosaic.fits"), str(survey / "truth.fits")]
+    with_manifest = CliRunner().invoke(app, [*args, "--manifest", str(survey / "manifest.json")])
+    assert with_manifest.exit_code == 0, with_manifest.output
+    scores = json.loads(with_manifest.stdout)["scores"]
+    assert scores["large_scale"] < MAX_SCORE_LARGE_SCALE, scores
+    assert MIN_EXTENDED_KEPT < scores["extended_kept"] < 1.1, scores
+    assert scores["coverage"] > 0.95  # alt-az corners masked by --altaz-cleanup
+    # the four panels of the 2 x 2 survey: their own regions and the overlaps of neighbours
+    assert {tuple(b["panels"]) for b in scores["seams"]["boundaries"]} >= {(0, 1), (0, 2), (1, 3), (2, 3)}
+    assert scores["seams"]["std"] < MAX_SCORE_SEAMS, scores["seams"]
+    for line in ("large-scale residual", "extended light kept", "seams", "panels 0 | 1"):
+        assert line in with_manifest.stderr
+    bare = CliRunner().invoke(app, args)
+    assert bare.exit_code == 0 and "seams: needs --manifest" in bare.stderr
+    assert json.loads(bare.stdout)["scores"]["seams"] is None
+    # The same survey in the survey kit's format: a luminance truth, its stars in a file beside
+    # it, frames with their WCS as (ctype, crval, crpix, cd) and trails with a Gaussian σ.
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    with fits.open(survey / "truth.fits") as hdul:
+        truth, extended = hdul[0].data, hdul["EXTENDED"].data
+        header = WCS(hdul[0].header).celestial.to_header()
+    luminance = lambda cube: ((cube[0] + 2 * cube[1] + cube[2]) / 4).astype(np.float32)
+    fits.writeto(kit / "truth.fits", luminance(truth), header)
+    fits.writeto(kit / "truth_stars.fits", luminance(truth - extended), header)
+    manifest = json.loads((survey / "manifest.json").read_text())
+    frames = []
+    for frame in manifest["frames"]:
+        wcs = wcs_from_header(frame["wcs_true"])
+        trail = frame["trail"] and dict(frame["trail"], sigma_px=frame["trail"]["width_px"] / 2.3548)
+        frames.append({"file": frame["file"], "panel": frame["panel"], "trail": trail,
+                       "wcs": {"ctype": list(wcs.wcs.ctype), "crval": list(wcs.wcs.crval),
+                               "crpix": list(wcs.wcs.crpix), "cd": wcs.wcs.cd.tolist()}})
+    h, w = manifest["frame_shape"]
+    (kit / "manifest.json").write_text(json.dumps({"camera": {"width": w, "height": h}, "frames": frames}))
+    kit_run = CliRunner().invoke(app, ["compare", str(out / "mosaic.fits"), str(kit / "truth.fits"),
+                                       "--manifest", str(kit / "manifest.json")])
+    assert kit_run.exit_code == 0, kit_run.output
+    kit_scores = json.loads(kit_run.stdout)["scores"]
+    assert kit_scores["planes"] == "luminance" and kit_scores["coverage"] == scores["coverage"]
+    assert abs(kit_scores["extended_kept"] - scores["extended_kept"]) < 0.05, (kit_scores, scores)
+    (kit / "truth_stars.fits").unlink()
+    no_stars = CliRunner().invoke(app, ["compare", str(out / "mosaic.fits"), str(kit / "truth.fits")])
+    assert no_stars.exit_code == 2 and "truth_stars.fits" in no_stars.stderr
 
 
 def test_cleanup_runs_on_alt_az_tiles_only_and_is_logged(first_run):

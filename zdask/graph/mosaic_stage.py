@@ -27,7 +27,20 @@ from zdask.ops.crop import autocrop_box
 # on this machine's cores (a few: each holds two binned overlaps).
 PAIR_FIT_THREADS = min(4, os.cpu_count() or 1)
 
-MOSAIC_FIELDS = ("harmonize", "sky_surface_order", "match_bin", "autocrop", "canvas_block", "warp_grid_step")
+MOSAIC_FIELDS = ("harmonize", "sky_surface_order", "match_bin", "autocrop", "canvas_block", "warp_grid_step",
+                 "background_mesh")
+
+
+def sky_model(mesh: int, frames_meshed: bool) -> dict:
+    """What the run's sky model does, for the report: ``name`` and ``description``."""
+    if mesh > 0 and frames_meshed:
+        return {"name": "local_background_mesh", "mesh_px": mesh,
+                "description": f"local background mesh {mesh} px (flattest; removes extended emission "
+                               f"larger than ~{mesh} px): each frame's own background subtracted before "
+                               "stacking; no matched sky surfaces (frames or tiles)"}
+    return {"name": "matched_surfaces",
+            "description": "matched surfaces (keeps extended emission): per-frame and per-tile surfaces "
+                           "fitted to what differs between overlapping frames and tiles"}
 
 
 def run_mosaic_stage(ctx, client, plan) -> None:
@@ -68,9 +81,18 @@ def run_mosaic_stage(ctx, client, plan) -> None:
                              key=f"cutout-{t.token}-{fp}") for t in placed]
     cutouts = wait_with_progress(futures, "tile photometry", ctx.console)
     shape_b = binned_shape(canvas.shape, factor)
+    glows = [(e.get("sky_glow") or {}).get("gradient") for e in entries]
+    # Frames flattened by their own local backgrounds carry no sky for the tiles to match (master
+    # tiles given with --tiles were made elsewhere: matched as usual).
+    model = sky_model(config.background_mesh, frames_meshed=bool(ctx.frames))
+    meshed = model["name"] == "local_background_mesh"
     with ThreadPoolExecutor(PAIR_FIT_THREADS, thread_name_prefix="zdask-pair-fit") as pool:
         photometry = plan_tile_photometry(cutouts, shape_b, factor, harmonize=config.harmonize,
-                                          order=config.sky_surface_order, map_pairs=pool.map)
+                                          order=-1 if meshed else config.sky_surface_order, glows=glows,
+                                          map_pairs=pool.map)
+    if meshed:  # nothing of the sky is left to determine: the local backgrounds assumed it all
+        photometry["common_surface"] = {"determined": [], "undetermined": [],
+                                        "assumed_flat": ["all (each frame's local background removed)"]}
     box = (0, canvas.shape[0], 0, canvas.shape[1])
     if config.autocrop:
         covered = np.zeros(shape_b, dtype=np.float32)
@@ -114,6 +136,7 @@ def run_mosaic_stage(ctx, client, plan) -> None:
         "seam_after": photometry["seam_after"], "pair_seam_before": photometry["pair_seam_before"],
         "pair_seam_after": photometry["pair_seam_after"], "photometry_pairs": photometry["pairs"],
         "photometry": {str(k): v for k, v in per_tile.items()},
+        "common_surface": photometry["common_surface"], "sky_model": model,
     }
     store.mark_complete(ctx.root, "mosaic", fp, wcs=cropped.wcs_header, summary=summary)
     ctx.report["mosaic"] = {**summary, "reused": False}
@@ -123,6 +146,10 @@ def run_mosaic_stage(ctx, client, plan) -> None:
             f"after {np.round(summary['seam_after'], 2).tolist()}; steps between overlapping tiles: "
             f"before {np.round(summary['pair_seam_before'], 2).tolist()}, "
             f"after {np.round(summary['pair_seam_after'], 2).tolist()}")
+    ctx.say(f"sky model: {model['description']}")
+    common = summary["common_surface"]
+    ctx.say(f"sky surface shared by all tiles: determined by the data {common['determined'] or 'nothing'}, "
+            f"left as matched {common['undetermined'] or 'nothing'}, assumed flat {common.get('assumed_flat', [])}")
 
 
 def _tile_photometry_into_report(tiles, photometry: dict) -> None:

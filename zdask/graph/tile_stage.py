@@ -7,6 +7,7 @@ give it is reused as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -16,17 +17,18 @@ import numpy as np
 import zarr
 
 from zdask.cluster import wait_with_progress
-from zdask.graph.harmonize import frame_sky_surfaces
+from zdask.graph.harmonize import frame_backgrounds, frame_sky_surfaces, tile_glow
 from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile, tile_grid
 from zdask.io import store
 from zdask.io.chunkrows import read_whole
 from zdask.io.outputs import write_image_fits
+from zdask.ops.bgmesh import cells_across
 
 # Settings a master tile depends on (besides its calibrated frames and grid).
 TILE_FIELDS = (
     "reject", "kappa", "iterations", "normalization", "weights", "warp_grid_step", "tile_margin",
     "altaz_min_abs", "altaz_min_frac", "altaz_opening_px", "altaz_ramp_px", "rgb_equalize",
-    "rgb_gain_range", "sky_surface_order", "match_bin", "coverage_renorm", "feather_px",
+    "rgb_gain_range", "sky_surface_order", "match_bin", "coverage_renorm", "feather_px", "background_mesh",
 )
 MODE_ALTAZ = "ALT_AZ"
 TILES_FOLDER = "tiles"
@@ -123,6 +125,7 @@ def run_tile_stage(ctx, client, plan) -> None:
     done = wait_with_progress(futures, "master tiles", ctx.console)
     client.run(release_block_buffers)
     for (entry, _, fp, *_), summary in zip(pending, done):
+        summary = {**summary, "sky_glow": entry.get("sky_glow")}
         entry.update(summary, reused=False)
         store.mark_complete(ctx.root, entry["zarr"], fp, summary=summary)
     for entry, grid, fp in ctx.tiles:
@@ -150,7 +153,12 @@ def run_tile_stage(ctx, client, plan) -> None:
 def _fit_sky(ctx, client, pending, then) -> None:
     """Per-frame sky surfaces of the groups about to be stacked (one task per group); ``then(k)``
     is called for each group ``pending[k]`` once its sources carry their surfaces (at once for
-    a group that gets none)."""
+    a group that gets none). With ``background_mesh``, each frame's own local background
+    instead (every group, whatever its size)."""
+    mesh = ctx.config.background_mesh
+    if mesh > 0:
+        _fit_backgrounds(ctx, client, pending, then, mesh)
+        return
     order = ctx.config.sky_surface_order
     todo = [k for k, p in enumerate(pending) if order >= 0 and len(p[3]) >= 2]
     for k in sorted(set(range(len(pending))) - set(todo)):
@@ -160,11 +168,35 @@ def _fit_sky(ctx, client, pending, then) -> None:
 
     def with_surfaces(index: int, surfaces: list) -> None:
         sources = pending[todo[index]][3]
-        sources[:] = [TileSource(s.root, s.key, s.token, s.wcs_header, s.shape, tuple(sky))
-                      for s, sky in zip(sources, surfaces)]
+        sources[:] = [dataclasses.replace(s, sky=tuple(sky)) for s, sky in zip(sources, surfaces)]
+        # Kept in the tile's summary: the mosaic's common sky plane is fixed by it.
+        pending[todo[index]][0]["sky_glow"] = tile_glow(sources, pending[todo[index]][1])
         then(todo[index])
 
     wait_with_progress(futures, "sky surfaces", ctx.console, on_result=with_surfaces)
+
+
+def _fit_backgrounds(ctx, client, pending, then, mesh: int) -> None:
+    """Each frame's local background on cells of ``mesh`` pixels (one task per group); a
+    warning when frames get fewer than 2 cells across (their gradients then stay)."""
+    factor = ctx.config.match_bin
+    shapes = sorted({s.shape for p in pending for s in p[3]})
+    coarse = [s for s in shapes if min(cells_across((s[0] // factor, s[1] // factor), factor, mesh)) < 2]
+    if coarse:
+        h, w = coarse[0]
+        text = (f"background_mesh {mesh} px leaves frames of {w}x{h} fewer than 2 cells across: "
+                f"their gradients stay (a mesh of at most {min(h, w) // 2} px removes them)")
+        ctx.say(f"warning: {text}")
+        ctx.report["warnings"].append(text)
+    futures = [client.submit(frame_backgrounds, p[3], ctx.config.match_bin, mesh, key=f"bgmesh-{p[2]}")
+               for p in pending]
+
+    def with_backgrounds(k: int, backgrounds: list) -> None:
+        sources = pending[k][3]
+        sources[:] = [dataclasses.replace(s, background=b) for s, b in zip(sources, backgrounds)]
+        then(k)
+
+    wait_with_progress(futures, "local backgrounds", ctx.console, on_result=with_backgrounds)
 
 
 def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: TileFile) -> dict:

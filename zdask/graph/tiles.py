@@ -24,6 +24,7 @@ from zdask.io import store
 from zdask.io.chunkrows import read_rows, read_whole, write_rows
 from zdask.io.scan import Frame
 from zdask.ops.background import Surface
+from zdask.ops.bgmesh import MeshBackground
 from zdask.ops.blockwarp import block_grid, block_map, warp_frame
 from zdask.ops.colour import equalize_rgb_medians, tile_health
 from zdask.ops.framestats import FrameStats
@@ -52,6 +53,7 @@ class TileSource:
     wcs_header: dict
     shape: tuple[int, int]
     sky: tuple | None = None  # (coefficients, order, extent) of the frame's sky surface on the tile grid
+    background: MeshBackground | None = None  # the frame's own background (background_mesh > 0)
 
 
 def tile_grid(frames: list[Frame], margin: int, wcs_headers: list[dict] | None = None) -> Grid:
@@ -104,7 +106,8 @@ def warp_block(
         if src.sky is not None:
             coeffs, order, extent = src.sky
             sky = Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0))
-        warp_frame(pixels[:, window[2]:window[3]], bmap, window, (ya, yb), out[i], sky)
+        warp_frame(pixels[:, window[2]:window[3]], bmap, window, (ya, yb), out[i], sky,
+                   background=src.background)
     return out
 
 
@@ -188,9 +191,10 @@ def tile_stack_spec(
     in a worker; the probe also compiles the kernel)."""
     n = len(sources)
     scale, offset = normalization_coefficients(stats, config.normalization)
-    if any(s.sky is not None for s in sources):
-        # The sky surfaces already brought every frame's background to the group's consensus;
-        # offsets from whole-frame statistics (measured before that) would undo it.
+    if any(s.sky is not None or s.background is not None for s in sources):
+        # The sky surfaces already brought every frame's background to the group's consensus
+        # (a local background, to zero); offsets from whole-frame statistics (measured before
+        # that) would undo it.
         offset = np.zeros_like(offset)
     weights = frame_weights(stats, config.weights, exptimes=exptimes)
     params = method_parameters(config)
@@ -229,7 +233,8 @@ def master_tile(
     # Blocks that fill the budget: the stage's memory then does not depend on the frame count.
     _, rchunks, cchunks, _ = stack_chunks((n, *grid.shape, channels), np.float32, config.budget,
                                           fill_budget=True)
-    token = store.fingerprint([s.token for s in sources], [s.sky for s in sources], grid.to_json(),
+    backgrounds = [None if s.background is None else s.background.digest() for s in sources]
+    token = store.fingerprint([s.token for s in sources], [s.sky for s in sources], backgrounds, grid.to_json(),
                               channels, config.digest("reject", "kappa", "iterations", "normalization",
                                                       "weights", "warp_grid_step", "budget"))
     spec_key = f"tile-stack-spec-{token}"

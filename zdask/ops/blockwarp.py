@@ -35,6 +35,7 @@ import numpy as np
 from numba import njit
 
 from zdask.ops.background import Surface
+from zdask.ops.bgmesh import MeshBackground, sample_background
 from zdask.ops.warp import _eighths, _interp_matrix, _nodes, window_of_samples
 
 # Rows of one band: maps, footprint and output of a band (~1 MB at 1141 columns) stay in L2.
@@ -250,6 +251,7 @@ def _finish_band(out, outside, powers, factors, has_sky):
 def warp_frame(
     pixels: np.ndarray, bmap: BlockMap, window: tuple[int, int, int, int], read_rows: tuple[int, int],
     out: np.ndarray, sky: Surface | None = None, band: int = BAND,
+    background: MeshBackground | None = None,
 ) -> np.ndarray:
     """Bilinear warp of one frame onto its block, minus its sky surface, into ``out``.
 
@@ -257,7 +259,10 @@ def warp_frame(
     (within ``window``, e.g. :meth:`BlockMap.rows_reached`) of the columns of ``window =
     (y0, y1, x0, x1)`` (:meth:`BlockMap.window`); ``out`` ``(h, w, C)`` float32 receives the
     warp, NaN outside the frame's footprint; ``sky``, when given, is evaluated on the block
-    (``grid.rows[0], grid.cols[0]`` its origin) and subtracted.
+    (``grid.rows[0], grid.cols[0]`` its origin) and subtracted. ``background``, when given, is
+    the frame's own background (:mod:`zdask.ops.bgmesh`, in the frame's pixels): it is sampled
+    at each warped pixel's source position, the position the pixel itself was sampled at, and
+    subtracted.
     """
     import cv2
 
@@ -278,6 +283,7 @@ def warp_frame(
     lo, hi_x, hi_y = np.float32(-_EPS), np.float32(x1 - x0 - 1 + _EPS), np.float32(y1 - y0 - 1 + _EPS)
     no_sky = np.zeros((0, 0), np.float32)
     factors = None if sky is None else sky.row_factors(w, g.cols[0])  # the same for every band
+    upsampled = None if background is None else background.upsampled()
     for a in range(0, h, rows):
         b = min(h, a + rows)
         mx, my, off = map_x[:b - a], map_y[:b - a], outside[:b - a]
@@ -290,6 +296,9 @@ def warp_frame(
                             interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             if not np.shares_memory(got, dst):  # OpenCV did not take ``dst``
                 dst[:, c0:c1] = got.reshape(dst[:, c0:c1].shape)
+            if upsampled is not None:
+                # The band's positions are relative to the window's columns and the read rows.
+                dst[:, c0:c1] -= sample_background(upsampled, mx[:, c0:c1], my[:, c0:c1], x0, ya)
         powers = no_sky if sky is None else sky.row_powers(b - a, g.rows[0] + a)
         # NaN minus the sky is NaN: subtracting before blanking changes no value
         _finish_band(dst.reshape(b - a, -1), off, powers, no_sky if sky is None else factors, sky is not None)

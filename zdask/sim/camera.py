@@ -40,7 +40,7 @@ def cfa_channels(pattern: str) -> np.ndarray:
 
 
 def sky_background(x: np.ndarray, y: np.ndarray, level: float, frac: float, angle_deg: float,
-                   ref: tuple[float, float], norm: float) -> np.ndarray:
+                   ref: tuple[float, float], norm: float, quad: float = 0.0) -> np.ndarray:
     """Light-pollution sky of one channel, linear in pixel position.
 
     ``level * (1 + frac * ((x - xr) cos a + (y - yr) sin a) / norm)`` with
@@ -56,7 +56,13 @@ def sky_background(x: np.ndarray, y: np.ndarray, level: float, frac: float, angl
     a = np.deg2rad(angle_deg)
     gx = (np.asarray(x, dtype=np.float64) - ref[0]) * (frac * np.cos(a) / norm)
     gy = (np.asarray(y, dtype=np.float64) - ref[1]) * (frac * np.sin(a) / norm)
-    return (level * (1.0 + gx + gy)).astype(np.float32)
+    if quad == 0.0:
+        return (level * (1.0 + gx + gy)).astype(np.float32)
+    # The quadratic part (``quad * (s² - 1/3)``, s the position along the gradient, -1..1)
+    # curves the sky the way a horizon glow does; it moves and turns with the frame.
+    s = ((np.asarray(x, dtype=np.float64) - ref[0]) * np.cos(a)
+         + (np.asarray(y, dtype=np.float64) - ref[1]) * np.sin(a)) / norm
+    return (level * (1.0 + gx + gy + quad * (s * s - 1.0 / 3.0))).astype(np.float32)
 
 
 def render_trail(shape: tuple[int, int], p0: tuple[float, float], p1: tuple[float, float],
@@ -106,7 +112,7 @@ def interp_matrix(nodes: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
 
 def frame_signal(shape, cfa, to_truth, extended, stars_xy, star_flux, fwhm, transparency,
-                 sky_levels, gradient_frac, gradient_angle, trail=None) -> np.ndarray:
+                 sky_levels, gradient_frac, gradient_angle, trail=None, gradient_quad=(0.0, 0.0, 0.0)) -> np.ndarray:
     """Expected ADU above pedestal of every raw pixel (no noise).
 
     Parameters
@@ -134,6 +140,8 @@ def frame_signal(shape, cfa, to_truth, extended, stars_xy, star_flux, fwhm, tran
         Direction of increasing sky, degrees.
     trail : dict, optional
         ``{"x0", "y0", "x1", "y1", "width_px", "peak_adu"}``.
+    gradient_quad : sequence of 3 float
+        Per-channel quadratic part of the gradient (:func:`sky_background`).
 
     Returns
     -------
@@ -158,7 +166,7 @@ def frame_signal(shape, cfa, to_truth, extended, stars_xy, star_flux, fwhm, tran
             gal = cv2.remap(extended[ch], map_x, map_y, interpolation=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
             sky = sky_background(xs[None, :], ys[:, None], sky_levels[ch], gradient_frac[ch],
-                                 gradient_angle, ref, norm)
+                                 gradient_angle, ref, norm, gradient_quad[ch])
             signal[py::2, px::2] = sky + np.float32(transparency) * gal
     sx, sy = stars_xy
     signal += render_stars(shape, sx, sy, transparency * np.asarray(star_flux), fwhm,

@@ -235,6 +235,31 @@ def make_galaxy(spec: SurveySpec, x0: float = 0.0, y0: float = 0.0) -> GalaxyMod
     )
 
 
+NEBULA_COLOR = (1.4, 1.0, 0.8)  # (R, G, B) relative to green: H-alpha red, some H-beta / [O III]
+
+
+def make_nebula(rng: np.random.Generator, shape: tuple[int, int], mean_adu: float) -> np.ndarray:
+    """(3, H, W) float32 emission nebula filling the grid, mean ``mean_adu`` in green.
+
+    A Gaussian random field with power spectrum ``k^-3`` (as much contrast per octave at every
+    scale, the largest as large as the grid), exponentiated so it is positive and patchy, like
+    emission nebulae are; it has no edge inside the grid.
+    """
+    h, w = shape
+    ky = np.fft.fftfreq(h)[:, None]
+    kx = np.fft.rfftfreq(w)[None, :]
+    k = np.hypot(kx, ky)
+    k[0, 0] = np.inf  # no mean term: the level is set below
+    amplitude = np.maximum(k, 1.0 / max(h, w)) ** -1.5
+    amplitude[0, 0] = 0.0
+    noise = rng.normal(size=k.shape) + 1j * rng.normal(size=k.shape)
+    field = np.fft.irfft2(noise * amplitude, s=(h, w))
+    field = (field - field.mean()) / max(field.std(), 1e-12)
+    green = np.exp(0.6 * field)
+    green *= mean_adu / green.mean()
+    return np.stack([c * green for c in NEBULA_COLOR]).astype(np.float32)
+
+
 def render_truth(shape: tuple[int, int], origin: tuple[float, float], stars: StarCatalog,
                  galaxy: GalaxyModel, fwhm: float) -> tuple[np.ndarray, np.ndarray]:
     """Noiseless (R, G, B) sky on the truth grid.

@@ -128,6 +128,17 @@ class SurveySpec:
     """Light-pollution gradient in green: the sky changes by +/- this
     fraction of its level from the frame centre to the farthest corner."""
 
+    gradient_quad_frac: float = 0.0
+    """Quadratic part of the light-pollution gradient, as a fraction of the sky level: the
+    sky adds ``gradient_quad_frac * (s² - 1/3)`` with ``s`` the position along the gradient
+    direction (-1 .. 1 at the farthest corners), tied to the frame like the linear part (so
+    tiles at different places of a mosaic each carry it around their own centre)."""
+
+    nebula_adu_per_s: float = 0.0
+    """Mean surface brightness in green of an emission nebula that fills the whole survey
+    (ADU per pixel per second; 0 = none): a positive random field with a power-law spectrum,
+    structure at every scale from a few pixels to larger than the mosaic."""
+
     gradient_color: tuple[float, float, float] = (1.2, 1.0, 0.7)
     """Gradient amplitude of (R, G, B) relative to green (the glow near the
     horizon is redder)."""

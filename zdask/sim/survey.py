@@ -25,7 +25,7 @@ from astropy.time import Time
 
 from .camera import cfa_channels, digitise, frame_signal
 from .layout import FramePlan, fits_float, frame_wcs, plan_frames, plane_wcs, wcs_cards
-from .sky import make_galaxy, make_star_catalog, render_truth
+from .sky import make_galaxy, make_nebula, make_star_catalog, render_truth
 from .spec import SurveySpec
 
 __all__ = ["simulate_survey", "FRAME_PATTERN"]
@@ -37,7 +37,7 @@ _GRID_STEP_PX = 64   # coarse frame-to-truth grid spacing; the map is near affin
 _TRUTH_MARGIN_PX = 32
 _STAR_MARGIN_PX = 24  # stars this far off a frame still spill light onto it
 
-_SEED_PLAN, _SEED_STARS, _SEED_NOISE, _SEED_HOT, _SEED_TRAILS = range(5)
+_SEED_PLAN, _SEED_STARS, _SEED_NOISE, _SEED_HOT, _SEED_TRAILS, _SEED_NEBULA = range(6)
 
 
 def _atomic_write_fits(hdul: fits.HDUList, path: Path) -> None:
@@ -127,7 +127,8 @@ def _render_one(spec, plan, cfa, truth_wcs, extended, stars, origin, hot_xy, hot
     signal = frame_signal((h, w), cfa, (nodes_x, nodes_y, grid_x, grid_y), extended,
                           (fx[keep], fy[keep]), stars.flux[sel[keep]], plan.psf_fwhm_px,
                           plan.transparency, plan.sky_level_adu, plan.gradient_frac,
-                          plan.gradient_angle_deg, trail)
+                          plan.gradient_angle_deg, trail,
+                          tuple(spec.gradient_quad_frac * v for v in spec.gradient_color))
     rng = np.random.default_rng([spec.seed, _SEED_NOISE, plan.index])
     data = digitise(rng, signal, spec.gain_e_per_adu, spec.read_noise_e, spec.pedestal_adu,
                     hot_xy, hot_adu)
@@ -209,6 +210,11 @@ def simulate_survey(out_dir: str | os.PathLike, spec: SurveySpec | None = None) 
     galaxy = make_galaxy(spec)
     fwhm_med = float(np.median([p.psf_fwhm_px for p in plans]))
     truth, extended = render_truth((th, tw), (x0, y0), stars, galaxy, fwhm_med)
+    if spec.nebula_adu_per_s > 0:
+        nebula = make_nebula(np.random.default_rng([spec.seed, _SEED_NEBULA]), (th, tw),
+                             spec.nebula_adu_per_s * spec.exptime_s)
+        truth += nebula
+        extended += nebula
 
     rng_hot = np.random.default_rng([spec.seed, _SEED_HOT])
     n_hot = spec.n_hot_pixels_effective
@@ -271,7 +277,9 @@ def _manifest(spec, plans, names, cards, trails, hot_xy, hot_adu, twcs, tshape, 
         "channels": "RGB",
         "units": "ADU per pixel per frame of EXPTIME",
         "sky_model": "sky_c(x,y) = level_adu[c] * (1 + gradient_frac[c] * ((x-ref_x)*cos(a) + "
-                     "(y-ref_y)*sin(a)) / norm_px), a = gradient_angle_deg, 0-based frame pixels",
+                     "(y-ref_y)*sin(a)) / norm_px + gradient_quad_frac * g[c] * (s*s - 1/3)), "
+                     "s = ((x-ref_x)*cos(a) + (y-ref_y)*sin(a)) / norm_px, g = gradient_color, "
+                     "a = gradient_angle_deg, 0-based frame pixels",
         "truth": {"file": "truth.fits", "shape": [3, tshape[0], tshape[1]], "wcs": wcs_cards(twcs),
                   "psf_fwhm_px": fwhm, "n_stars": n_stars,
                   "plane_origin_px": list(origin), "extension_extended": "EXTENDED",
