@@ -111,7 +111,10 @@ def test_ctrl_c_stops_a_run_promptly_with_status_130(small_survey, tmp_path, wor
     survey, _ = small_survey
     cmd = [sys.executable, "-m", "zdask.cli", "run", str(survey / "frames"), "--out", str(tmp_path / "out"),
            "--workers", workers]
-    run = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child: a test started in the background of a shell inherits
+    # it ignored, and Python then installs no KeyboardInterrupt handler (the run ends with 0).
+    run = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in run.stderr:
             if line.startswith("local cluster:"):
