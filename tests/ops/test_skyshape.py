@@ -82,3 +82,52 @@ def test_glow_from_rotation_leaves_an_equatorial_tile_undetermined():
     noise = np.random.default_rng(2).normal(0, 0.01, corrections.shape)
     found = glow_from_rotation(corrections + noise, jacobians)
     assert found.gradient is None and found.rotation_rms_deg < 0.01
+
+
+# Where the alt-az tiles of a skykit-like 3 x 3 mosaic sit: one in the middle row, the bottom row.
+ALTAZ = (5, 6, 7, 8)
+
+
+def _drifting_glow_tiles(quad: np.ndarray, plane: np.ndarray):
+    """Per tile its correction from matching and the slope its correction must have: every tile
+    carries its own glow (the amplitude drifted from panel to panel, in raster order), the
+    matching leaves each correction short of it by one unknown common surface (``quad`` and
+    ``plane``)."""
+    coeffs, glows = [], []
+    for k, (u, v) in enumerate(CENTRES):
+        glow = np.array([[1.0, -1.2]]) * (1 + 0.06 * k)            # (C, 2), drifting
+        qa, qb, qc = quad
+        common_slope = plane + np.array([2 * qa * u + qb * v, qb * u + 2 * qc * v])
+        tile = np.zeros((1, 6))
+        tile[0, 0] = 5.0 + k
+        tile[0, 1:3] = glow[0] - common_slope                       # local slope at the centre
+        coeffs.append(tile)
+        glows.append(glow)
+    return coeffs, glows
+
+
+def test_curvature_from_glows_recovers_the_common_curvature_when_the_glow_drifts():
+    from zdask.ops.skyshape import curvature_from_glows
+
+    quad, plane = np.array([0.8, -0.3, 0.5]), np.array([0.4, -0.2])
+    coeffs, glows = _drifting_glow_tiles(quad, plane)
+    wanted = [g if k in ALTAZ else None for k, g in enumerate(glows)]
+    found = curvature_from_glows(coeffs, CENTRES, np.ones(len(CENTRES)), wanted)
+    assert found.tiles == 4
+    assert np.allclose(found.quadratic[0], quad, atol=1e-9)
+    assert found.misfit < 1e-9
+    # Making the tiles' slopes alike reads the drift as curvature: it misses the planted one.
+    alike = common_quadratic(coeffs, CENTRES, np.ones(len(CENTRES)))
+    assert np.abs(alike.coeffs[0, 3:] - quad).max() > 0.1
+
+
+def test_curvature_from_glows_needs_four_known_tiles_that_span_it():
+    from zdask.ops.skyshape import curvature_from_glows
+
+    coeffs, glows = _drifting_glow_tiles(np.array([0.8, -0.3, 0.5]), np.zeros(2))
+    three = [g if k in ALTAZ[:3] else None for k, g in enumerate(glows)]
+    assert curvature_from_glows(coeffs, CENTRES, np.ones(9), three).quadratic is None
+    # four tiles in one row say nothing about the curvature across it
+    row = np.array([(u, 0.0) for u in (-0.6, -0.2, 0.2, 0.6)])
+    found = curvature_from_glows(coeffs[:4], row, np.ones(4), glows[:4])
+    assert found.quadratic is None and found.tiles == 4

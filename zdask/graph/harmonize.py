@@ -23,7 +23,8 @@ from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
 from zdask.ops.seams import seam_metric
 from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces, match_to_consensus
 from zdask.ops.skyshape import (
-    CommonSurface, common_quadratic, glow_from_rotation, local_slopes, pad_order,
+    QUADRATIC_TERMS, CommonSurface, common_quadratic, curvature_from_glows, glow_from_rotation, local_slopes,
+    pad_order,
 )
 from zdask.ops.warp import (
     bin_image, binned_extent, binned_transform, pixel_map, remap, wcs_pixel_transform,
@@ -234,27 +235,38 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
         gains, offsets = solved.gains, solved.offsets
     corrected = [CutOut(it.image * gains[k] + offsets[k], it.weight, it.origin) for k, it in enumerate(items)]
     surfaces = [None] * n
-    common, from_rotation, implied = None, 0, None
+    common, from_rotation, implied, from_glows = None, 0, None, None
     if order >= 0 and n > 1:
         extent_b = _binned_grid_extent(shape_b)
         coeffs = match_surfaces(corrected, shape_b, order=order, extent=extent_b)
         # The matching fixes what differs between tiles; the surface they all share is free.
         # It is NOT fitted on the assembled mosaic as if the sky were flat (that takes out
-        # emission larger than the mosaic): its quadratic part is fixed by the shape of the
-        # tiles' own skies (zdask.ops.skyshape), its linear part is left as the matching
-        # left it and reported as undetermined.
+        # emission larger than the mosaic): its quadratic part is fixed by the glows that
+        # alt-az tiles' field rotation measured, else by the shape of the tiles' own skies
+        # (zdask.ops.skyshape); its linear part is fitted below and reported as assumed.
         out_order = order
         if order >= 1:
             centres, areas = _tile_centres(corrected, extent_b)
             padded = [pad_order(c, order, 2) for c in coeffs]
+            wanted = _wanted_slopes(glows, gains, n, shape_b, factor)
             common = common_quadratic(padded, centres, areas)
+            # Where alt-az tiles' field rotation fixed the glow they carry, the curvature is
+            # the one that takes it out of them; the tiles' slopes made alike is the fallback
+            # (it reads a glow that drifted between panels as curvature).
+            from_glows = curvature_from_glows(padded, centres, areas, wanted)
+            if from_glows.quadratic is not None:
+                quad = np.zeros_like(common.coeffs)
+                quad[:, 3:] = from_glows.quadratic
+                common = CommonSurface(quad, QUADRATIC_TERMS, ())
             coeffs, out_order = [c + common.coeffs for c in padded], 2
             # The linear part is not determined by the tiles' matching: it is fitted on the
             # assembled mosaic with sources masked (an assumption, reported as such). Where
             # alt-az tiles' field rotation fixed the glow they still carry, the plane that
-            # implies is reported beside it, not applied: on skykit surveys it is still biased
-            # (it flattened a star field less than the fit, and took a field-filling nebula out).
-            implied, from_rotation = _plane_from_glows(coeffs, glows, gains, centres, areas, shape_b, factor)
+            # implies is reported beside it, not applied: the glows are right to a few per cent
+            # on full-size skykit frames, but one tile's error (-18 % on one M31 tile) moves the
+            # plane more than the flat fit errs; the curvature, fitted with 3 slopes to spare,
+            # does not move with it.
+            implied, from_rotation = _plane_from_glows(coeffs, wanted, centres, areas)
             flat = [CutOut(it.image - Surface(c, 2, extent_b, np.zeros(channels)).evaluate(
                 it.image.shape[:2], offset=it.origin), it.weight, it.origin) for it, c in zip(corrected, coeffs)]
             plane = fit_common_sky(*_assemble(flat, shape_b), order=1, extent=extent_b)
@@ -271,24 +283,31 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
             "seam_before": np.asarray(before).tolist(), "seam_after": np.asarray(after).tolist(),
             "pair_seam_before": pair_seam_metric(items).tolist(),
             "pair_seam_after": pair_seam_metric(corrected).tolist(), "pairs": len(pairs),
-            "common_surface": _common_report(common, from_rotation, implied)}
+            "common_surface": _common_report(common, from_rotation, implied, from_glows)}
 
 
-def _plane_from_glows(coeffs, glows, gains, centres, areas, shape_b, factor):
+def _wanted_slopes(glows, gains, n: int, shape_b, factor: int) -> list:
+    """Per tile, the local slope (C, 2) per unit of the normalised coordinates over the binned
+    grid that its correction must have to take out the glow its field rotation fixed
+    (``glows[k]``: (C, 2) d/dx, d/dy per full-resolution pixel, times the tile's ``gains[k]``,
+    as its image), or None where unknown."""
+    glows = list(glows or []) + [None] * n
+    per_unit = np.array([factor * (shape_b[1] - 1) / 2.0, factor * (shape_b[0] - 1) / 2.0])
+    return [None if glows[k] is None else
+            np.asarray(glows[k], dtype=np.float64) * np.asarray(gains[k])[:, None] * per_unit
+            for k in range(n)]
+
+
+def _plane_from_glows(coeffs, wanted, centres, areas):
     """The plane (C, 3) to add to every tile's correction so that the tiles whose glow is known
-    (``glows[k]``: (C, 2) d/dx, d/dy per full-resolution pixel, or None; times the tile's
-    ``gains[k]``, as its image) have it as their correction's local slope (area-weighted over
-    those tiles), and how many tiles fixed it; (None, 0) if none is known."""
-    known = [k for k, g in enumerate(glows or []) if g is not None]
+    have the slope ``wanted[k]`` (area-weighted over those tiles), and how many tiles fixed it;
+    (None, 0) if none is known."""
+    known = [k for k, g in enumerate(wanted) if g is not None]
     if not known:
         return None, 0
-    # Per binned pixel, then per unit of the normalised coordinates over the binned grid.
-    per_unit = np.array([factor * (shape_b[1] - 1) / 2.0, factor * (shape_b[0] - 1) / 2.0])
     w = np.asarray([areas[k] for k in known], dtype=np.float64)
-    wanted = np.stack([np.asarray(glows[k], dtype=np.float64) * np.asarray(gains[k])[:, None] * per_unit
-                       for k in known])      # (m, C, 2)
     have = np.stack([local_slopes(coeffs[k], centres[k]) for k in known])                     # (m, C, 2)
-    shift = np.tensordot(w / w.sum(), wanted - have, axes=1)                                   # (C, 2)
+    shift = np.tensordot(w / w.sum(), np.stack([wanted[k] for k in known]) - have, axes=1)     # (C, 2)
     return np.concatenate([np.zeros((shift.shape[0], 1)), shift], axis=1), len(known)
 
 
@@ -307,7 +326,7 @@ def _tile_centres(items: list[CutOut], extent) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(centres), np.asarray(areas)
 
 
-def _common_report(common, from_rotation: int = 0, implied=None) -> dict:
+def _common_report(common, from_rotation: int = 0, implied=None, from_glows=None) -> dict:
     """How much of the surface all tiles share the data fixed, and how much was left alone;
     with the plane the field rotation of ``from_rotation`` alt-az tiles implies (not applied)."""
     if common is None:
@@ -316,6 +335,10 @@ def _common_report(common, from_rotation: int = 0, implied=None) -> dict:
             "undetermined": list(common.undetermined),
             "assumed_flat": ["1", "u", "v"], "surface": common.coeffs.tolist(),
             "rotating_tiles": from_rotation,
+            "quadratic_from": ("field rotation of alt-az tiles" if from_glows is not None
+                               and from_glows.quadratic is not None else "tiles' local slopes made alike"),
+            "rotation_misfit": None if from_glows is None or from_glows.quadratic is None
+            else round(from_glows.misfit, 4),
             "plane_implied_by_rotation": None if implied is None else np.asarray(implied).tolist()}
 
 

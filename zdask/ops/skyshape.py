@@ -192,3 +192,62 @@ def glow_from_rotation(slopes: np.ndarray, jacobians: np.ndarray) -> RotationGlo
     if worst < MIN_EXPLAINED:
         return RotationGlow(None, spread, worst)
     return RotationGlow(out, spread, worst)
+
+
+# --- the common curvature, from the glows that alt-az tiles' field rotation fixed ------------------
+
+# Tiles whose glow is known needed to fix the common curvature (2 slopes each for 2 linear and
+# 3 quadratic unknowns: 4 tiles leave 3 slopes to spare against one tile's error).
+MIN_GLOW_TILES = 4
+
+
+@dataclass(frozen=True)
+class GlowCurvature:
+    """What :func:`curvature_from_glows` found."""
+
+    quadratic: np.ndarray | None  # (C, 3) u², u·v, v² of P; None = the known glows do not fix it
+    tiles: int                    # tiles whose known glow took part
+    misfit: float                 # RMS of the slopes left over / RMS of the wanted slopes (worst channel)
+
+
+def curvature_from_glows(coeffs: list[np.ndarray], centres: np.ndarray, weights: np.ndarray,
+                         wanted: list[np.ndarray | None]) -> GlowCurvature:
+    """The quadratic part of ``P`` that gives the tiles whose glow is known that glow as their
+    correction's local slope.
+
+    A tile's correction must take out the glow it still carries; where the field rotation of an
+    alt-az tile fixed that glow (:func:`glow_from_rotation`), the local slope of
+    ``coeffs[k] + P`` at the tile's centre must be ``wanted[k]`` (C, 2), per unit of the
+    normalised coordinates (None where unknown). Unlike :func:`common_quadratic` this holds
+    when the glow's amplitude drifted between panels (each tile's own glow is measured, not
+    assumed alike). ``P``'s linear part is fitted with it (the tiles' slopes share an unknown
+    plane) but not returned: one tile's error moves it more than the curvature, so the plane
+    stays the caller's to choose. Returns None unless :data:`MIN_GLOW_TILES` tiles are known
+    and their centres span all five unknowns.
+    """
+    known = [k for k, g in enumerate(wanted) if g is not None]
+    if len(known) < MIN_GLOW_TILES:
+        return GlowCurvature(None, len(known), 0.0)
+    c = np.asarray(centres, dtype=np.float64)[known]
+    w = np.asarray(weights, dtype=np.float64)[known]
+    w = w / w.sum()
+    # Local slope shift of P = (a_u + 2·Quu·u + Quv·v, a_v + Quv·u + 2·Qvv·v).
+    one, zero = np.ones(len(known)), np.zeros(len(known))
+    design = np.concatenate([np.stack([one, zero, 2 * c[:, 0], c[:, 1], zero], axis=1),
+                             np.stack([zero, one, zero, c[:, 0], 2 * c[:, 1]], axis=1)])
+    root_w = np.sqrt(np.concatenate([w, w]))
+    a = design * root_w[:, None]
+    sing = np.linalg.svd(a, compute_uv=False)
+    if sing.min() < MIN_RELATIVE_SINGULAR * sing.max():
+        return GlowCurvature(None, len(known), 0.0)
+    channels = np.asarray(coeffs[0]).shape[0]
+    out, misfit = np.zeros((channels, 3)), 0.0
+    for ch in range(channels):
+        have = np.stack([local_slopes(coeffs[k], c_k)[ch] for k, c_k in zip(known, c)])
+        want = np.stack([np.asarray(wanted[k], dtype=np.float64)[ch] for k in known])
+        target = np.concatenate([(want - have)[:, 0], (want - have)[:, 1]]) * root_w
+        p = np.linalg.lstsq(a, target, rcond=None)[0]
+        out[ch] = p[2:]
+        scale = float(np.sqrt(np.sum((np.concatenate([want[:, 0], want[:, 1]]) * root_w) ** 2)))
+        misfit = max(misfit, float(np.sqrt(np.sum((target - a @ p) ** 2))) / max(scale, 1e-300))
+    return GlowCurvature(out, len(known), misfit)
