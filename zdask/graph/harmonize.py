@@ -9,6 +9,7 @@ numbers per frame or tile, which the full-resolution warp and coadd tasks then a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -65,6 +66,15 @@ STAR_MASK_FRAMES = 32
 READ_ROWS = 256
 # Rows of the binned stack whose median is taken at a time.
 MEDIAN_ROWS = 16
+
+
+def group_sky(sources: list, grid: Grid, factor: int, order: int) -> tuple[list, dict]:
+    """Worker task: the group's sources carrying their frames' sky surfaces
+    (:func:`frame_sky_surfaces`), and the glow the tile still carries (:func:`tile_glow`),
+    worked out here beside the fit rather than in the client, which submits the tiles."""
+    surfaces = frame_sky_surfaces(sources, grid, factor, order)
+    with_sky = [dataclasses.replace(s, sky=tuple(sky)) for s, sky in zip(sources, surfaces)]
+    return with_sky, tile_glow(with_sky, grid)
 
 
 def frame_sky_surfaces(sources: list, grid: Grid, factor: int, order: int) -> list[tuple]:
@@ -249,15 +259,16 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
             centres, areas = _tile_centres(corrected, extent_b)
             padded = [pad_order(c, order, 2) for c in coeffs]
             wanted = _wanted_slopes(glows, gains, n, shape_b, factor)
-            common = common_quadratic(padded, centres, areas)
             # Where alt-az tiles' field rotation fixed the glow they carry, the curvature is
             # the one that takes it out of them; the tiles' slopes made alike is the fallback
             # (it reads a glow that drifted between panels as curvature).
             from_glows = curvature_from_glows(padded, centres, areas, wanted)
             if from_glows.quadratic is not None:
-                quad = np.zeros_like(common.coeffs)
+                quad = np.zeros((channels, 6))
                 quad[:, 3:] = from_glows.quadratic
                 common = CommonSurface(quad, QUADRATIC_TERMS, ())
+            else:
+                common = common_quadratic(padded, centres, areas)
             coeffs, out_order = [c + common.coeffs for c in padded], 2
             # The linear part is not determined by the tiles' matching: it is fitted on the
             # assembled mosaic with sources masked (an assumption, reported as such). Where

@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from zdask.cluster import wait_with_progress
-from zdask.graph.harmonize import frame_backgrounds, frame_sky_surfaces, tile_glow
+from zdask.graph.harmonize import frame_backgrounds, group_sky
 from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile, tile_grid
 from zdask.io import store
 from zdask.io.chunkrows import read_whole
@@ -163,14 +163,14 @@ def _fit_sky(ctx, client, pending, then) -> None:
     todo = [k for k, p in enumerate(pending) if order >= 0 and len(p[3]) >= 2]
     for k in sorted(set(range(len(pending))) - set(todo)):
         then(k)
-    futures = [client.submit(frame_sky_surfaces, pending[k][3], pending[k][1], ctx.config.match_bin, order,
+    futures = [client.submit(group_sky, pending[k][3], pending[k][1], ctx.config.match_bin, order,
                              key=f"skyfit-{pending[k][2]}") for k in todo]
 
-    def with_surfaces(index: int, surfaces: list) -> None:
-        sources = pending[todo[index]][3]
-        sources[:] = [dataclasses.replace(s, sky=tuple(sky)) for s, sky in zip(sources, surfaces)]
-        # Kept in the tile's summary: the mosaic's common sky plane is fixed by it.
-        pending[todo[index]][0]["sky_glow"] = tile_glow(sources, pending[todo[index]][1])
+    def with_surfaces(index: int, result: tuple) -> None:
+        entry, _, _, sources, *_ = pending[todo[index]]
+        sources[:], glow = result
+        # Kept in the tile's summary: the mosaic's common sky curvature is fixed by it.
+        entry["sky_glow"] = glow
         then(todo[index])
 
     wait_with_progress(futures, "sky surfaces", ctx.console, on_result=with_surfaces)

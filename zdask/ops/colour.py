@@ -34,13 +34,12 @@ def _sampled(xp, channel, keep, n_keep: int):
     """The finite values of a 2-D ``channel`` where ``keep`` (None: everywhere), on every
     ``step``-th row that leaves about :data:`MAX_SAMPLES` of its ``n_keep`` kept pixels; all
     rows when the stride misses every kept finite pixel (kept pixels on skipped rows only)."""
-    step = max(1, -(-int(n_keep) // MAX_SAMPLES))
-    while True:
+    def finite_on_rows(step: int):
         values = channel[::step] if keep is None else channel[::step][keep[::step]]
-        values = values[xp.isfinite(values)]
-        if values.size or step == 1:
-            return values
-        step = 1
+        return values[xp.isfinite(values)]
+
+    values = finite_on_rows(max(1, -(-int(n_keep) // MAX_SAMPLES)))
+    return values if values.size else finite_on_rows(1)
 
 
 def _pixel_mask(xp, mask, shape: tuple[int, int], name: str = "mask"):
