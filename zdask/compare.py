@@ -20,12 +20,11 @@ import os
 import numpy as np
 from astropy.io import fits
 
-from zdask.compare_scores import FWHM_PER_SIGMA, frames_of, read_truth, score_on_truth
+from zdask.compare_scores import FWHM_PER_SIGMA, frames_of, read_truth, reproject_onto, score_on_truth
 from zdask.graph.geometry import wcs_from_header
 from zdask.io.fitsheader import celestial_cards
 from zdask.ops.quality import aperture_fluxes, centroid_offsets, large_scale_background, linear_fit, pixel_noise
 
-from zdask.ops.warp import pixel_map, remap, wcs_pixel_transform
 
 BACKGROUND_BOX = 64  # px: cells of the large-scale background removed for the small-scale residual
 
@@ -36,13 +35,6 @@ def _read_image(path: str, extension: int | str = 0) -> tuple[np.ndarray, dict]:
         cards = celestial_cards(hdul[extension].header)
     image = np.moveaxis(data, 0, -1) if data.ndim == 3 else data[..., None]
     return image, cards
-
-
-def reproject_onto(image: np.ndarray, src_cards: dict, dst_cards: dict, shape: tuple[int, int]) -> np.ndarray:
-    """``image`` (h, w, C) on grid ``src_cards`` resampled onto ``dst_cards`` of ``shape``."""
-    transform = wcs_pixel_transform(wcs_from_header(src_cards), wcs_from_header(dst_cards))
-    mx, my = pixel_map(transform, (0, shape[0]), (0, shape[1]), step=32)
-    return remap(image, mx, my)
 
 
 def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
@@ -64,6 +56,7 @@ def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
     shape = mosaic.shape[:2]
     truth_m = reproject_onto(truth, tcards, mcards, shape)
     stars_m = reproject_onto(stars, tcards, mcards, shape)
+    scores = score_on_truth(mosaic, coverage, mcards, truth, stars, tcards, manifest_path)
     del truth, stars
     covered = (coverage > 0) & np.isfinite(mosaic).all(axis=-1) & np.isfinite(truth_m).all(axis=-1)
     channels, residuals, skies = [], [], []
@@ -110,7 +103,7 @@ def compare(mosaic_path: str, truth_path: str, manifest_path: str | None = None,
         levels = [t["median_residual_over_noise"] for t in result["trails"]
                   if t["median_residual_over_noise"] is not None]
         result["trail_residual_over_noise"] = max(levels) if levels else None
-    result["scores"] = score_on_truth(mosaic, coverage, mcards, truth_path, manifest_path)
+    result["scores"] = scores
     return result
 
 

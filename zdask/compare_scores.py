@@ -24,7 +24,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from zdask.graph.geometry import wcs_from_header
+from zdask.graph.geometry import footprint_outline, wcs_from_header
 from zdask.io.errors import FileError
 from zdask.io.fitsheader import celestial_cards
 from zdask.ops.quality import polygon_mask, survey_scores
@@ -82,15 +82,11 @@ def footprints(frames: list[dict], grid: WCS, shape: tuple[int, int]) -> tuple[n
     """(pixels inside any frame, {panel: pixels inside any of its frames}) on ``grid``."""
     panels: dict = {}
     for frame in frames:
-        h, w = frame["shape"]
-        corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
         # edges sampled every 1/8: a frame's edges are not quite straight on another TAN grid
-        t = np.linspace(0, 1, 9)[:-1, None]
-        edge = np.concatenate([corners[i] + (corners[(i + 1) % 4] - corners[i]) * t for i in range(4)])
-        ra, dec = frame["wcs"].all_pix2world(edge[:, 0], edge[:, 1], 0)
-        x, y = grid.all_world2pix(ra, dec, 0)
+        x, y = grid.all_world2pix(*footprint_outline(frame["wcs"], frame["shape"], per_side=8), 0)
         mask = polygon_mask(shape, x, y)
-        panels[frame["panel"]] = panels.get(frame["panel"], np.zeros(shape, bool)) | mask
+        panel = frame["panel"]
+        panels[panel] = panels[panel] | mask if panel in panels else mask
     inside = np.zeros(shape, bool)
     for mask in panels.values():
         inside |= mask
@@ -126,19 +122,24 @@ def trail_zone(frames: list[dict], grid: WCS, shape: tuple[int, int]) -> np.ndar
     return ndimage.binary_dilation(zone, iterations=TRAIL_GROW_PX) if zone.any() else zone
 
 
-def score_on_truth(mosaic: np.ndarray, coverage: np.ndarray, mosaic_cards: dict, truth_path: str,
-                   manifest_path: str | None) -> dict:
-    """The survey scores of ``mosaic`` (h, w, C) against the truth, per scored plane and worst
-    over planes. Without a manifest the seams are not measured and "covered" is where the
-    mosaic has data (not the frames' true footprints), so no coverage figure either."""
-    truth, stars, cards = read_truth(truth_path)
-    shape = truth.shape[:2]
-    transform = wcs_pixel_transform(wcs_from_header(mosaic_cards), wcs_from_header(cards))
+def reproject_onto(image: np.ndarray, src_cards: dict, dst_cards: dict, shape: tuple[int, int]) -> np.ndarray:
+    """``image`` (h, w[, C]) on grid ``src_cards`` resampled (bilinearly) onto ``dst_cards`` of ``shape``."""
+    transform = wcs_pixel_transform(wcs_from_header(src_cards), wcs_from_header(dst_cards))
     mx, my = pixel_map(transform, (0, shape[0]), (0, shape[1]), step=32)
-    image = remap(mosaic, mx, my)
+    return remap(image, mx, my)
+
+
+def score_on_truth(mosaic: np.ndarray, coverage: np.ndarray, mosaic_cards: dict, truth: np.ndarray,
+                   stars: np.ndarray, cards: dict, manifest_path: str | None) -> dict:
+    """The survey scores of ``mosaic`` (h, w, C) against the truth (:func:`read_truth`: the
+    truth, its stars and its grid's cards), per scored plane and worst over planes. Without a
+    manifest the seams are not measured and "covered" is where the mosaic has data (not the
+    frames' true footprints), so no coverage figure either."""
+    shape = truth.shape[:2]
+    image = reproject_onto(mosaic, mosaic_cards, cards, shape)
     if image.ndim == 2:
         image = image[..., None]
-    observed = remap(coverage, mx, my)
+    observed = reproject_onto(coverage, mosaic_cards, cards, shape)
     if truth.shape[-1] == 1 and image.shape[-1] == 3:  # a luminance truth: score the luminance
         image = (image[..., :1] + 2 * image[..., 1:2] + image[..., 2:]) / 4
     covered = np.isfinite(image).all(axis=-1) & (image != 0).all(axis=-1) & (observed > 0)
@@ -170,8 +171,6 @@ def score_on_truth(mosaic: np.ndarray, coverage: np.ndarray, mosaic_cards: dict,
         result["seams"] = None
         result["seams_note"] = "seams: needs --manifest (the panels' footprints)"
     else:
-        worst = max(planes, key=lambda p: p["seams"]["std"])["seams"]
-        result["seams"] = dict(worst, std=max(p["seams"]["std"] for p in planes),
-                               max_step=max(p["seams"]["max_step"] for p in planes),
-                               max_excess=max(p["seams"]["max_excess"] for p in planes))
+        # the worst plane's seams, its figures and boundaries together
+        result["seams"] = max(planes, key=lambda p: p["seams"]["std"])["seams"]
     return result

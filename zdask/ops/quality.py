@@ -129,7 +129,7 @@ def clipped_least_squares(columns: list, y: np.ndarray, iterations: int = 3, cli
     for _ in range(iterations):
         coef, *_ = np.linalg.lstsq(design[keep], y[keep], rcond=None)
         residual = y - design @ coef
-        spread = 1.4826 * np.median(np.abs(residual[keep] - np.median(residual[keep])))
+        spread = robust_sigma(residual[keep])
         keep &= np.abs(residual) < clip * max(spread, 1e-12)
     return coef
 
@@ -219,6 +219,8 @@ def panel_seams(residual: np.ndarray, background: np.ndarray, panels: dict, nois
                 boundaries.append({"panels": [p, q], "step": own[q] - own[p],
                                    "excess": level - 0.5 * (own[p] + own[q])})
     levels = [r["median"] for r in regions]
+    # max_excess is the kit's seam_max_step_rel (an overlap against its two panels); max_step
+    # is zdask's own: one panel's level against its neighbour's
     return {"std": float(np.std(levels)) if len(levels) > 1 else float("nan"),
             "max_excess": max((abs(b["excess"]) for b in boundaries), default=float("nan")),
             "max_step": max((abs(b["step"]) for b in boundaries), default=float("nan")),
