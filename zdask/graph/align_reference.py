@@ -13,6 +13,7 @@ import numpy as np
 
 from zdask.graph.geometry import wcs_from_header
 from zdask.graph.plan import unit_vectors
+from zdask.ops.robust import mad_sigma
 
 
 def _centre_sky(src) -> np.ndarray:
@@ -41,7 +42,7 @@ def _typical(solved: list[int], noise: list[float], n_stars, background) -> list
         bg = np.array([background[i] for i in solved], dtype=np.float64)
         if np.isfinite(bg).any():
             median = float(np.nanmedian(bg))
-            spread = 1.4826 * float(np.nanmedian(np.abs(bg - median)))
+            spread = float(mad_sigma(bg, median, skip_nan=True))
             typical_noise = [noise[i] for i in solved if math.isfinite(noise[i])]
             floor = float(np.median(typical_noise)) if typical_noise else 0.0
             limit = TYPICAL_BACKGROUND_SIGMAS * max(spread, floor)

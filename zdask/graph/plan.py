@@ -24,6 +24,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from zdask.io.scan import MOUNT_ALTAZ, MOUNT_EQ, MOUNT_UNKNOWN, Frame
+from zdask.ops.unionfind import UnionFind
 
 __all__ = ["TileGroup", "Plan", "plan_master_tiles", "infer_group_mode", "summarize", "spread_evenly"]
 
@@ -158,18 +159,11 @@ def linked_components(xyz: np.ndarray, chord: float) -> np.ndarray:
     _, cell_label = connected_components(graph, directed=False)
 
     if len(heavy):  # few crowded cells: union-find on labels, test only unlinked pairs
-        parent = list(range(int(cell_label.max()) + 1))
-
-        def find(x: int) -> int:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
+        links = UnionFind(int(cell_label.max()) + 1)
         trees: dict[int, cKDTree] = {}
         for a, b in heavy[np.argsort(work[work > _LIGHT_PAIR_WORK], kind="stable")]:
-            ra_, rb_ = find(int(cell_label[a])), find(int(cell_label[b]))
-            if ra_ == rb_:
+            la, lb = int(cell_label[a]), int(cell_label[b])
+            if links.find(la) == links.find(lb):
                 continue
             if counts[a] < counts[b]:
                 a, b = b, a
@@ -178,8 +172,8 @@ def linked_components(xyz: np.ndarray, chord: float) -> np.ndarray:
                 tree = trees[int(a)] = cKDTree(pts[starts[a]:starts[a] + counts[a]])
             dist, _ = tree.query(pts[starts[b]:starts[b] + counts[b]], k=1, distance_upper_bound=limit)
             if np.any(np.isfinite(dist)):
-                parent[ra_] = rb_
-        cell_label = np.array([find(int(c)) for c in cell_label], dtype=np.int64)
+                links.union(la, lb)
+        cell_label = np.array([links.find(int(c)) for c in cell_label], dtype=np.int64)
     return cell_label[cell_of]
 
 

@@ -36,9 +36,8 @@ MIN_SAMPLES_FOR_REJECTION = 3
 #: for such small stacks, at the cost of 16 % more noise on those pixels alone.
 THREE_SAMPLE_MEDIAN = 3
 
-#: Gaussian consistency factor of the median absolute deviation
-MAD_TO_SIGMA = 1.4826
-#: Gaussian consistency factor of the mean absolute deviation (sqrt(pi/2))
+#: Gaussian consistency factor of the mean absolute deviation (sqrt(pi/2)); the kernels' σ is
+#: ``zdask.ops.robust.MAD_TO_SIGMA``·MAD, this where the MAD of a pixel's samples is 0
 MEANABS_TO_SIGMA = math.sqrt(math.pi / 2.0)
 
 #: winsorized sigma clipping: most splits solved before giving up on a self-consistent one
@@ -70,16 +69,6 @@ def student_kappa_table(n_max: int, kappa: float) -> np.ndarray:
             table[3:] = np.sqrt((n - 1.0) / (1.0 + (n - 2.0) / (q * q)))  # = q·sqrt((n−1)/(n−2+q²))
     table.setflags(write=False)
     return table
-
-
-def array_namespace(x: Any):
-    """NumPy or CuPy module for ``x`` (CuPy is imported only for CuPy arrays)."""
-    mod = type(x).__module__
-    if mod.startswith("cupy"):
-        import cupy  # noqa: PLC0415  (optional dependency)
-
-        return cupy
-    return np
 
 
 def parse_kappa(kappa, name: str = "kappa") -> tuple[float, float]:

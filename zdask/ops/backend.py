@@ -14,6 +14,17 @@ def array_module(array):
     return np
 
 
+def as_hwc(image, name: str = "image"):
+    """``(xp, image)`` with a 2-D image viewed as ``(H, W, 1)``; anything not 2-D or 3-D raises."""
+    xp = array_module(image)
+    img = xp.asarray(image)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3:
+        raise ValueError(f"{name} must be (H, W, C) or (H, W); got shape {img.shape}")
+    return xp, img
+
+
 def convolve3x3(image, kernel: np.ndarray):
     """2-D correlation of a float32 image with a 3×3 kernel, borders reflected (…2 1 | 0 1 2…)."""
     xp = array_module(image)

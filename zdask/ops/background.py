@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zdask.ops.robust import mad_sigma
+
 __all__ = ["MAX_ORDER", "Surface", "fit_surface", "n_terms", "poly_terms", "star_mask"]
 
 MAX_ORDER = 3  # cubic at most: a sky gradient is smooth; higher orders start fitting emission.
@@ -246,7 +248,7 @@ def fit_surface(
             r = res[keep]
             r = r[::max(1, r.size // _CLIP_SAMPLES)]  # the clip's centre and σ: a strided sample
             centre = np.median(r)
-            sigma = 1.4826 * np.median(np.abs(r - centre))
+            sigma = mad_sigma(r, centre)
             if sigma == 0:
                 break
             new = keep & (np.abs(res - centre) <= kappa * sigma)
@@ -324,7 +326,7 @@ def star_mask(
     highpass = img - smooth
     sample = highpass[finite]
     centre = np.median(sample)
-    sigma = 1.4826 * np.median(np.abs(sample - centre))
+    sigma = mad_sigma(sample, centre)
     if sigma <= 0:
         return np.zeros(img.shape, dtype=bool)
     flags = ((highpass - centre) > kappa * sigma) & finite

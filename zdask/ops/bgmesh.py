@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zdask.ops.robust import mad_sigma
+
 __all__ = ["MIN_MESH", "MeshBackground", "UpsampledBackground", "cells_across", "mesh_background",
            "sample_background"]
 
@@ -293,7 +295,7 @@ def _median3(values: np.ndarray) -> np.ndarray:
         for _ in range(3):
             beta = np.linalg.lstsq(design[use], flat[use, c], rcond=None)[0]
             residual = flat[:, c] - design @ beta
-            spread = 1.4826 * np.median(np.abs(residual[use] - np.median(residual[use])))
+            spread = mad_sigma(residual[use], np.median(residual[use]))
             new = np.abs(residual) <= 3 * spread if spread > 0 else np.abs(residual) <= 1e-9 * (
                 1 + np.abs(flat[:, c]))
             if new.sum() < 3 or (new == use).all():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zdask.ops.backend import array_module
+from zdask.ops.backend import as_hwc
 
 __all__ = ["TileHealth", "equalize_rgb_medians", "tile_health", "MAX_SAMPLES"]
 
@@ -18,16 +18,6 @@ __all__ = ["TileHealth", "equalize_rgb_medians", "tile_health", "MAX_SAMPLES"]
 #: cost more than the rest of its finishing pass. The median of 2^18 samples is within 0.3 % of
 #: the sky noise of the median of all; the 0.5 / 99.5 percentiles keep 1 300 samples beyond them.
 MAX_SAMPLES = 1 << 18
-
-
-def _as_hwc(image, name: str = "image"):
-    xp = array_module(image)
-    img = xp.asarray(image)
-    if img.ndim == 2:
-        img = img[:, :, None]
-    if img.ndim != 3:
-        raise ValueError(f"{name} must be (H, W, C) or (H, W); got shape {img.shape}")
-    return xp, img
 
 
 def _sampled(xp, channel, keep, n_keep: int):
@@ -79,7 +69,7 @@ def equalize_rgb_medians(
         non-finite or <= 0 (no data; background-subtracted to zero) gets gain 1 and is left
         out of the target; with fewer than two usable channels every gain is 1.
     """
-    xp, img = _as_hwc(image)
+    xp, img = as_hwc(image)
     lo, hi = (float(v) for v in gain_range)
     if not (0 < lo <= 1.0 <= hi and np.isfinite(hi)):
         raise ValueError(f"gain_range must be (low, high) with 0 < low <= 1 <= high; "
@@ -157,7 +147,7 @@ def tile_health(image, coverage=None, *, rel_eps: float = 1e-6) -> TileHealth:
     -------
     TileHealth
     """
-    xp, img = _as_hwc(image)
+    xp, img = as_hwc(image)
     if not np.isfinite(rel_eps) or rel_eps < 0:
         raise ValueError(f"rel_eps must be a finite number >= 0; got {rel_eps!r}")
     h, w, c = img.shape

@@ -32,7 +32,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from zdask.ops._stacking_common import array_namespace
+from zdask.ops.backend import array_module
 
 __all__ = ["FrameStats", "frame_statistics", "frame_stars", "star_channel", "frame_defect", "MAX_SAMPLES",
            "STAR_COUNT_LIMIT"]
@@ -138,7 +138,7 @@ def frame_statistics(
 ) -> FrameStats:
     """Background, noise, P25, P90, valid and saturated pixels per channel; with
     ``count_stars`` the stars of the green (or only) channel (see module doc)."""
-    xp = array_namespace(image)
+    xp = array_module(image)
     img = image.get() if xp is not np else np.asarray(image)
     if img.ndim == 2:
         img = img[:, :, None]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from zdask.ops.robust import robust_sigma
+
 # Same-colour neighbours: in a Bayer mosaic they are 2 px apart, so each of the four CFA
 # sub-planes (rows r::2, columns c::2) is filtered on its own; mono and RGB planes are whole.
 
@@ -32,16 +34,6 @@ def _median3x3(plane: np.ndarray) -> np.ndarray:
     return cv2.medianBlur(np.ascontiguousarray(plane, dtype=np.float32), 3)
 
 
-def _robust_sigma(values: np.ndarray) -> float:
-    # A fixed stride keeps this deterministic and cheap on 2-megapixel planes.
-    sample = values.ravel()[:: max(1, values.size // 200_000)]
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        return 0.0
-    mad = np.median(np.abs(sample - np.median(sample)))
-    return float(1.4826 * mad)
-
-
 def hot_pixel_candidates(raw: np.ndarray, layout: str, sigma: float) -> np.ndarray:
     """Flat indices (into ``raw``) of pixels exceeding their same-colour 3×3 median by ``sigma``·σ.
 
@@ -52,7 +44,8 @@ def hot_pixel_candidates(raw: np.ndarray, layout: str, sigma: float) -> np.ndarr
     flags = np.zeros(raw.shape, dtype=bool)
     for index, plane in _planes(raw, layout):
         residual = plane - _median3x3(plane)
-        noise = _robust_sigma(residual)
+        # A fixed stride keeps this deterministic and cheap on 2-megapixel planes.
+        noise = robust_sigma(residual, max_samples=200_000)
         if noise <= 0:
             continue
         flags[index] = residual > sigma * noise

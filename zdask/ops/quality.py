@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from zdask.ops.robust import robust_sigma
 
-def robust_sigma(values: np.ndarray) -> float:
-    """1.4826 × median absolute deviation of the finite values (σ for Gaussian noise)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan")
-    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+#: the robust σ of the quality measures: in float64, NaN when no value is finite
+_SIGMA = {"dtype": np.float64, "empty": float("nan")}
 
 
 def pixel_noise(image: np.ndarray, mask: np.ndarray) -> float:
@@ -23,7 +19,7 @@ def pixel_noise(image: np.ndarray, mask: np.ndarray) -> float:
     """
     both = mask[:, 1:] & mask[:, :-1]
     diff = (image[:, 1:] - image[:, :-1])[both]
-    return robust_sigma(diff) / np.sqrt(2.0)
+    return robust_sigma(diff, **_SIGMA) / np.sqrt(2.0)
 
 
 def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -129,7 +125,7 @@ def clipped_least_squares(columns: list, y: np.ndarray, iterations: int = 3, cli
     for _ in range(iterations):
         coef, *_ = np.linalg.lstsq(design[keep], y[keep], rcond=None)
         residual = y - design @ coef
-        spread = robust_sigma(residual[keep])
+        spread = robust_sigma(residual[keep], **_SIGMA)
         keep &= np.abs(residual) < clip * max(spread, 1e-12)
     return coef
 
@@ -165,7 +161,7 @@ def highpass_noise(residual: np.ndarray, covered: np.ndarray, background: np.nda
     filled = np.where(covered, residual, 0).astype(np.float32)
     weight = ndimage.uniform_filter(covered.astype(np.float32), box)
     highpass = residual - ndimage.uniform_filter(filled, box) / np.maximum(weight, 1e-3)
-    return robust_sigma(highpass[background])
+    return robust_sigma(highpass[background], **_SIGMA)
 
 
 def block_median_rms(residual: np.ndarray, mask: np.ndarray, box: int = LARGE_SCALE_BOX,

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from zdask.ops.robust import mad_sigma
+
 __all__ = [
     "as_matrix", "apply_transform", "similarity_from_matches", "similarity_parameters",
     "translation", "match_stars", "refine_matches", "match_by_offset_vote", "residuals",
@@ -181,7 +183,8 @@ def refine_matches(
             return m, si, di
         m = similarity_from_matches(src[si], dst[di])
         r = residuals(m, src[si], dst[di])
-        limit = max(clip * 1.4826 * float(np.median(r)), 0.5)
+        # r are lengths, centred on 0 for good pairs: the MAD is about 0, not their median
+        limit = max(float(mad_sigma(r, 0.0, kappa=clip)), 0.5)
         keep = r <= limit
         if keep.sum() >= 3 and not keep.all():
             si, di = si[keep], di[keep]

@@ -1,6 +1,6 @@
 """The seam metric the ancestor logged: the spread across tiles of each tile's overlap median.
 
-Pure NumPy; tiles are ``(H, W, C)`` arrays on one common grid with NaN outside each footprint.
+Pure NumPy; the overlap medians come from :func:`zdask.graph.harmonize.overlap_medians`.
 """
 
 from __future__ import annotations
@@ -9,39 +9,15 @@ from typing import Sequence
 
 import numpy as np
 
-from zdask.ops.photometry import _as_hwc
-
-__all__ = ["overlap_medians", "seam_metric"]
-
-
-def overlap_medians(tiles: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-    """Per tile, the ``(C,)`` median of its pixels lying in an overlap with any other tile.
-
-    ``tiles`` are ``(H, W, C)`` arrays on one common grid with NaN outside each footprint; a
-    pixel belongs to a tile where it is finite in every channel, and to an overlap where at
-    least two tiles have it. A tile without overlap gets None.
-    """
-    if not tiles:
-        return []
-    imgs = [_as_hwc(t, "tiles[k]") for t in tiles]
-    shape = imgs[0].shape
-    if any(t.shape != shape for t in imgs):
-        raise ValueError("tiles must all have the same shape (a common grid)")
-    present = [np.all(np.isfinite(t), axis=2) for t in imgs]
-    count = np.sum(present, axis=0)
-    out: list[np.ndarray | None] = []
-    for t, p in zip(imgs, present):
-        sel = p & (count >= 2)
-        out.append(np.median(t[sel], axis=0).astype(np.float64) if sel.any() else None)
-    return out
+__all__ = ["seam_metric"]
 
 
 def seam_metric(overlap_medians: Sequence[np.ndarray | None]) -> np.ndarray:
     """Standard deviation across tiles of each tile's overlap median, per channel.
 
     The input holds, per tile, the ``(C,)`` median of that tile's pixels inside its overlaps
-    with other tiles (see :func:`overlap_medians`); None or NaN entries (tiles without
-    overlap) are ignored. Returns ``(C,)`` float64, population standard deviation (ddof 0);
+    with other tiles (see :func:`zdask.graph.harmonize.overlap_medians`); None or NaN entries
+    (tiles without overlap) are ignored. Returns ``(C,)`` float64, population standard deviation (ddof 0);
     NaN for a channel with no usable tile. Lower is better, but it does not reach 0: different
     tiles' overlaps see different sky, so its floor is the sky's own variation between the
     overlap regions. Compare before and after harmonisation, not against 0.

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from zdask.ops.background import Surface, fit_surface, n_terms, poly_terms
+from zdask.ops.robust import mad_sigma
+from zdask.ops.unionfind import UnionFind
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def match_surfaces(
         for n, (i, j, terms, diff) in enumerate(pairs):
             residual = diff - terms @ (coeffs[i * nt:(i + 1) * nt] - coeffs[j * nt:(j + 1) * nt])
             centre = np.median(residual[keeps[n]], axis=0)
-            sigma = 1.4826 * np.median(np.abs(residual[keeps[n]] - centre), axis=0)
+            sigma = mad_sigma(residual[keeps[n]], centre, axis=0)
             keep = np.all(np.abs(residual - centre) <= 3.0 * np.maximum(sigma, 1e-12), axis=1)
             if keep.sum() >= min_overlap and not np.array_equal(keep, keeps[n]):
                 keeps[n], changed = keep, True
@@ -276,25 +278,18 @@ def _zero_mean_per_group(coeffs: np.ndarray, solver: _Consensus, keeps: list[np.
     """``coeffs`` (images, n_terms, C) shifted to sum to zero over each group of images linked by
     shared kept pixels (one pass over the grid: each pixel remembers the last image seen there,
     which is linked to every image before it); images without kept pixels get zero."""
-    parent = list(range(len(keeps)))
-
-    def root(k: int) -> int:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
+    links = UnionFind(len(keeps))
     last = np.full(solver.shape, -1, dtype=np.int64)
     for i, win, _ in solver.windows():
         seen = last[win][keeps[i]]
         for j in np.unique(seen[seen >= 0]):
-            parent[root(int(j))] = root(i)
+            links.union(int(j), i)
         last[win][keeps[i]] = i
     coeffs = coeffs.copy()
     groups: dict[int, list[int]] = {}
     for i, keep in enumerate(keeps):
         if keep.any():
-            groups.setdefault(root(i), []).append(i)
+            groups.setdefault(links.find(i), []).append(i)
         else:
             coeffs[i] = 0.0
     for members in groups.values():
@@ -309,7 +304,7 @@ def _within_kappa(residual: np.ndarray, where: np.ndarray, kappa: float) -> np.n
     if len(r) < 10:
         return np.ones(residual.shape[:2], dtype=bool)
     centre = np.median(r, axis=0)
-    sigma = 1.4826 * np.median(np.abs(r - centre), axis=0)
+    sigma = mad_sigma(r, centre, axis=0)
     with np.errstate(invalid="ignore"):
         return np.all(np.abs(residual - centre) <= kappa * np.maximum(sigma, 1e-12), axis=-1)
 
@@ -369,7 +364,7 @@ def fit_common_sky(
             break
         kept = kept[::max(1, kept.size // (1 << 18))]  # centre and σ from a strided sample
         centre = np.median(kept)
-        sigma = 1.4826 * np.median(np.abs(kept - centre))
+        sigma = mad_sigma(kept, centre)
         grown = excluded | (valid & (residual > centre + source_sigma * sigma))
         if grown.sum() == excluded.sum():
             break

@@ -86,12 +86,10 @@ from zdask.ops import _stacking_numba_fit as _fit
 from zdask.ops import _stacking_numba_methods as _nb
 from zdask.ops import _stacking_numba_winsor as _nw
 from zdask.ops._stacking_common import (
-    MAD_TO_SIGMA,
     MEANABS_TO_SIGMA,
     NETWORK_MAX_FRAMES,
     WINSOR_MAX_ITER,
     StackResult,
-    array_namespace,
     batcher_network,
     parse_iterations,
     parse_kappa,
@@ -101,6 +99,8 @@ from zdask.ops._stacking_common import (
     tile_width,
     winsor_consistency,
 )
+from zdask.ops.backend import array_module
+from zdask.ops.robust import MAD_TO_SIGMA
 
 __all__ = [
     "StackResult",
@@ -164,7 +164,7 @@ def kappa_sigma(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0
     """Kappa-sigma clipping about the median (see the module docstring)."""
     kl, kh = parse_kappa(kappa)
     iterations = parse_iterations(iterations)
-    if array_namespace(stack) is not np:
+    if array_module(stack) is not np:
         return _gpu("kappa_sigma", stack, weights=weights, scale=scale, offset=offset, kappa=(kl, kh),
                     iterations=iterations)
     b = _Block(stack, weights, scale, offset)
@@ -178,7 +178,7 @@ def winsorized(stack, *, weights=None, scale=None, offset=None, kappa=(3.0, 3.0)
     kl, kh = parse_kappa(kappa)
     wl, wh = (kl, kh) if winsor is None else parse_kappa(winsor, "winsor")
     cfac = winsor_consistency(wl, wh)
-    if array_namespace(stack) is not np:
+    if array_module(stack) is not np:
         return _gpu("winsorized", stack, weights=weights, scale=scale, offset=offset, kappa=(kl, kh),
                     winsor=(wl, wh))
     b = _Block(stack, weights, scale, offset)
@@ -193,7 +193,7 @@ def linear_fit_clip(stack, *, weights=None, scale=None, offset=None, kappa=(3.0,
     """Linear-fit clipping (see the module docstring)."""
     kl, kh = parse_kappa(kappa)
     iterations = parse_iterations(iterations)
-    if array_namespace(stack) is not np:
+    if array_module(stack) is not np:
         return _gpu("linear_fit_clip", stack, weights=weights, scale=scale, offset=offset, kappa=(kl, kh),
                     iterations=iterations)
     b = _Block(stack, weights, scale, offset)
@@ -204,7 +204,7 @@ def linear_fit_clip(stack, *, weights=None, scale=None, offset=None, kappa=(3.0,
 
 def median(stack, *, weights=None, scale=None, offset=None) -> StackResult:
     """Per-pixel median of the samples (``weights`` accepted and ignored)."""
-    if array_namespace(stack) is not np:
+    if array_module(stack) is not np:
         return _gpu("median", stack, weights=weights, scale=scale, offset=offset)
     b = _Block(stack, weights, scale, offset)
     _fit.median_block(b.src, b.rs, b.n, b.m, b.sc, b.of, b.ci, b.cj, b.use_net, b.T, b.img, b.kept)
@@ -213,7 +213,7 @@ def median(stack, *, weights=None, scale=None, offset=None) -> StackResult:
 
 def mean(stack, *, weights=None, scale=None, offset=None) -> StackResult:
     """Weighted mean of all samples."""
-    if array_namespace(stack) is not np:
+    if array_module(stack) is not np:
         return _gpu("mean", stack, weights=weights, scale=scale, offset=offset)
     b = _Block(stack, weights, scale, offset)
     _fit.mean_block(b.src, b.rs, b.n, b.m, b.sc, b.of, b.wt, b.unweighted, b.T, False, b.img, b.kept)
@@ -222,7 +222,7 @@ def mean(stack, *, weights=None, scale=None, offset=None) -> StackResult:
 
 def sum_stack(stack, *, weights=None, scale=None, offset=None) -> StackResult:
     """Σ w·x of the samples (Σ x without weights); NaN where no sample."""
-    if array_namespace(stack) is not np:
+    if array_module(stack) is not np:
         return _gpu("sum", stack, weights=weights, scale=scale, offset=offset)
     b = _Block(stack, weights, scale, offset)
     _fit.mean_block(b.src, b.rs, b.n, b.m, b.sc, b.of, b.wt, b.unweighted, b.T, True, b.img, b.kept)

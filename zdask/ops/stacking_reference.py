@@ -27,12 +27,10 @@ import numpy as np
 
 from zdask.ops._stacking_common import (
     FLT_MAX,
-    MAD_TO_SIGMA,
     MEANABS_TO_SIGMA,
     THREE_SAMPLE_MEDIAN,
     WINSOR_MAX_ITER,
     StackResult,
-    array_namespace,
     parse_iterations,
     parse_kappa,
     prepare_coefficients,
@@ -40,12 +38,14 @@ from zdask.ops._stacking_common import (
     student_kappa_table,
     winsor_consistency,
 )
+from zdask.ops.backend import array_module
+from zdask.ops.robust import MAD_TO_SIGMA
 
 __all__ = ["kappa_sigma", "winsorized", "linear_fit_clip", "median", "mean", "sum_stack"]
 
 
 def _prepare(stack, weights, scale, offset):
-    xp = array_namespace(stack)
+    xp = array_module(stack)
     n, c, out_shape = stack_geometry(stack.shape)
     w, sc, of = prepare_coefficients(n, c, weights, scale, offset, xp)
     x = xp.asarray(stack, dtype=xp.float32).reshape(n, -1, c)
@@ -159,7 +159,7 @@ def winsor_location_scale(srt, n, wl, wh, cfac, mad_k=MAD_TO_SIGMA):
     (at most ``WINSOR_MAX_ITER`` solves).  Sums of ``d`` are float32 in sorted order, the
     solve float64, the state and bounds float32 (the numba kernel does the same).
     """
-    xp = array_namespace(srt)
+    xp = array_module(srt)
     f32 = np.float32
     sfin = srt <= f32(FLT_MAX)
     med = _sorted_median(xp, srt, xp.zeros_like(n), n)
@@ -247,7 +247,12 @@ def robust_sigma(xp, srt, k):
     """``(median, sigma)`` of the sorted samples ``srt[:k]``: the median (float32) and
     ``MAD_TO_SIGMA``·MAD about it (float64; the deviations float32), or
     ``MEANABS_TO_SIGMA``·mean absolute deviation where the MAD is 0; sigma 0 for ``k = 0``.
-    ``srt`` holds ``+inf`` beyond each pixel's ``k`` samples."""
+    ``srt`` holds ``+inf`` beyond each pixel's ``k`` samples.
+
+    Not :func:`zdask.ops.robust.robust_sigma` on purpose: per pixel along the frame axis of a
+    sorted (N, M) stack (NumPy or CuPy), medians picked from the sort rather than taken again,
+    and the mean-deviation fallback where the MAD is 0 (a σ of 0 would reject every sample
+    that differs); the numba kernels reproduce exactly these operations."""
     f32 = np.float32
     zero = xp.zeros_like(k)
     med = _sorted_median(xp, srt, zero, k)

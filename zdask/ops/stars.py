@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["detect_stars", "estimate_background", "robust_sigma", "SPIKE_FRACTION", "MAX_ELONGATION"]
+from zdask.ops.robust import mad_sigma, robust_sigma
+
+__all__ = ["detect_stars", "estimate_background", "SPIKE_FRACTION", "MAX_ELONGATION"]
 
 #: side of the background blocks in pixels
 BACKGROUND_BLOCK = 32
@@ -50,15 +52,7 @@ MAX_ELONGATION = 0.35
 _PATCH = 4  # centroid patch half size (9×9)
 _FLUX_HALF = 3  # flux box half size (7×7)
 _MAX_CANDIDATES = 20_000
-
-
-def robust_sigma(values: np.ndarray, max_samples: int = 50_000) -> float:
-    """1.4826 × MAD of the finite values (deterministic strided subsample)."""
-    sample = np.asarray(values).ravel()[:: max(1, values.size // max_samples)]
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(sample - np.median(sample))))
+_NOISE_SAMPLES = 50_000  # strided sample of the global noise estimates
 
 
 def _block_grid(image: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +67,7 @@ def _block_grid(image: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     sy, sx = sub.shape[0] // ny, sub.shape[1] // nx
     blocks = sub[: ny * sy, : nx * sx].reshape(ny, sy, nx, sx).swapaxes(1, 2).reshape(ny, nx, -1)
     med = np.median(blocks, axis=2)
-    mad = 1.4826 * np.median(np.abs(blocks - med[..., None]), axis=2)
+    mad = mad_sigma(blocks, med[..., None], axis=2)
     return med.astype(np.float32), mad.astype(np.float32)
 
 
@@ -197,7 +191,8 @@ def detect_stars(
     smooth = cv2.GaussianBlur(resid, (ksize, ksize), sigma_s, borderType=cv2.BORDER_REFLECT)
     # Noise of the smoothed image = local raw noise (block MAD) × the smoothing's global noise
     # reduction, measured (demosaicing correlates neighbouring pixels).
-    noise_raw, noise_smooth = robust_sigma(resid), robust_sigma(smooth)
+    noise_raw = robust_sigma(resid, max_samples=_NOISE_SAMPLES)
+    noise_smooth = robust_sigma(smooth, max_samples=_NOISE_SAMPLES)
     if not (noise_raw > 0 and noise_smooth > 0):
         return empty
     floor = max(0.5 * float(np.median(mad)), 1e-6 * noise_raw)

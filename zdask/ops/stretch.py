@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from zdask.ops.robust import mad_sigma
+
 
 class AsinhLevels(NamedTuple):
     """Levels of one asinh rendering: per-channel black points, one white point, the softness."""
@@ -37,7 +39,7 @@ def asinh_levels(image: np.ndarray, background_level: float = 0.12) -> AsinhLeve
         values = sample[:, c][np.isfinite(sample[:, c])]
         if values.size:
             med = np.median(values)
-            black[c] = med - 2.5 * 1.4826 * np.median(np.abs(values - med))
+            black[c] = med - mad_sigma(values, med, kappa=2.5)
     shifted_sample = sample - black
     finite = shifted_sample[np.isfinite(shifted_sample)]
     white = max(float(np.percentile(finite, 99.95)) if finite.size else 1.0, 1e-12)
