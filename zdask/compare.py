@@ -21,8 +21,7 @@ import numpy as np
 from astropy.io import fits
 
 from zdask.compare_scores import FWHM_PER_SIGMA, frames_of, read_truth, reproject_onto, score_on_truth
-from zdask.graph.geometry import wcs_from_header
-from zdask.io.fitsheader import celestial_cards
+from zdask.io.fitsheader import celestial_cards, wcs_from_header
 from zdask.ops.quality import aperture_fluxes, centroid_offsets, large_scale_background, linear_fit, pixel_noise
 
 

@@ -24,9 +24,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from zdask.graph.geometry import footprint_outline, wcs_from_header
+from zdask.graph.geometry import footprint_outline
 from zdask.io.errors import FileError
-from zdask.io.fitsheader import celestial_cards
+from zdask.io.fitsheader import celestial_cards, wcs_from_header
 from zdask.ops.quality import polygon_mask, survey_scores
 from zdask.ops.warp import pixel_map, remap, wcs_pixel_transform
 

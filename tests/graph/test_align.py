@@ -29,8 +29,9 @@ from zdask.graph.align import (
     reference_index,
 )
 from zdask.graph.calibrate import FRAME_CHUNK_ROWS, calibrate_to_rgb
-from zdask.graph.geometry import tan_header, wcs_from_header
+from zdask.graph.geometry import tan_header
 from zdask.io import store
+from zdask.io.fitsheader import wcs_from_header
 from zdask.io.pixels import read_frame
 from zdask.io.scan import REASON_NO_WCS, Frame, scan, with_wcs
 from zdask.ops.framestats import frame_statistics

@@ -24,7 +24,7 @@ def _frame(path: str, ra: float, dec: float) -> Frame:
 def _offset(ra0: float, dec0: float, east_deg: float, north_deg: float) -> tuple[float, float]:
     """The sky position ``east_deg``/``north_deg`` from (ra0, dec0) on its tangent plane."""
     cards = tan_header(ra0, dec0, 3600.0, (0.0, 0.0))  # 1 px = 1°, CRPIX 0 (1-based)
-    from zdask.graph.geometry import wcs_from_header
+    from zdask.io.fitsheader import wcs_from_header
 
     ra, dec = wcs_from_header(cards).all_pix2world([-east_deg - 1.0], [north_deg - 1.0], 0)
     return float(ra[0]), float(dec[0])

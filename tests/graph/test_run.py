@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from zdask.cli import app
 from zdask.compare import compare
-from zdask.graph.geometry import wcs_from_header
+from zdask.io.fitsheader import wcs_from_header
 
 CLUSTER = ["--workers", "1", "--threads-per-worker", "2"]
 RUN_OPTIONS = ["--altaz-cleanup", *CLUSTER]

@@ -111,7 +111,7 @@ def test_block_warp_is_each_frames_whole_map_remap_minus_its_sky(tmp_path):
     """warp_block (nodes once per block, maps band by band, reads cut to the rows reached) gives
     what warping each frame with its whole pixel map, source window and remap gives, bit for
     bit: rotated frames with sky surfaces, frames cut by the block and a frame that misses it."""
-    from zdask.graph.geometry import wcs_from_header
+    from zdask.io.fitsheader import wcs_from_header
     from zdask.graph.tiles import block_buffer, release_block_buffers, warp_block
     from zdask.ops.background import Surface
     from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform

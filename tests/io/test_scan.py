@@ -15,6 +15,7 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 from zdask.io import fitsheader
+from zdask.io.fitsheader import wcs_from_header
 from zdask.io.scan import (
     MOUNT_ALTAZ,
     MOUNT_EQ,
@@ -132,6 +133,8 @@ def test_good_frames_bayer_mono_rgb(tmp_path):
     np.testing.assert_allclose(c.wcs().pixel_to_world_values([0, 89], [0, 39]),
                                w_file.pixel_to_world_values([0, 89], [0, 39]), atol=1e-10)
     assert c.wcs() is c.wcs() and c.wcs().pixel_shape == (90, 40)
+    # ... on its own copy: the shared, cached WCS of equal cards is left as it was
+    assert c.wcs() is not wcs_from_header(c.wcs_header) and wcs_from_header(c.wcs_header).pixel_shape is None
 
 
 @pytest.mark.parametrize(

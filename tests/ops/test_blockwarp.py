@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from zdask.graph.geometry import tan_header, wcs_from_header
+from zdask.graph.geometry import tan_header
+from zdask.io.fitsheader import wcs_from_header
 from zdask.ops.background import Surface
 from zdask.ops.blockwarp import block_grid, block_map, warp_frame
 from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform

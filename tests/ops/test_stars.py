@@ -134,7 +134,7 @@ def test_simulated_frame_positions_match_the_catalogue(small_survey):
     from astropy.io import fits
 
     from zdask.graph.calibrate import calibrate_to_rgb
-    from zdask.graph.geometry import wcs_from_header
+    from zdask.io.fitsheader import wcs_from_header
     from zdask.io.pixels import read_frame
     from zdask.io.scan import scan_file
 

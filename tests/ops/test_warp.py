@@ -1,6 +1,7 @@
 import numpy as np
 
-from zdask.graph.geometry import tan_header, wcs_from_header
+from zdask.graph.geometry import tan_header
+from zdask.io.fitsheader import wcs_from_header
 from zdask.ops.warp import footprint, pixel_map, remap, source_window, wcs_pixel_transform
 
 

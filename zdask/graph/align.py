@@ -53,8 +53,8 @@ import numpy as np
 
 from zdask.graph.align_reference import reference_index
 from zdask.graph.calibrate import stored_stars
-from zdask.graph.geometry import wcs_from_header
 from zdask.io import store
+from zdask.io.fitsheader import wcs_from_header
 from zdask.io.scan import Frame
 from zdask.ops.framestats import STAR_COUNT_LIMIT, star_channel
 from zdask.ops.register import (

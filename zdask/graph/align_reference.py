@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from zdask.graph.geometry import wcs_from_header
 from zdask.graph.plan import unit_vectors
+from zdask.io.fitsheader import wcs_from_header
 from zdask.ops.robust import mad_sigma
 
 

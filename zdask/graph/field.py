@@ -20,8 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zdask.graph.geometry import Grid, covering_grid, footprint_outline, wcs_from_header
+from zdask.graph.geometry import Grid, covering_grid, footprint_outline
 from zdask.graph.plan import linked_components, unit_vectors
+from zdask.io.fitsheader import wcs_from_header
 from zdask.io.scan import Frame
 
 __all__ = ["OFF_FIELD_REASON", "main_field", "field_canvas", "canvas_size_problem", "field_canvas_problem"]

@@ -7,13 +7,12 @@ shape, so it travels to workers and into FITS headers without astropy objects.
 
 from __future__ import annotations
 
-import functools
-import json
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
+
+from zdask.io.fitsheader import wcs_from_header
 
 
 @dataclass(frozen=True)
@@ -28,18 +27,6 @@ class Grid:
 
     def to_json(self) -> dict:
         return {"wcs": self.wcs_header, "shape": list(self.shape)}
-
-
-def wcs_from_header(cards: dict) -> WCS:
-    """An astropy WCS from a dict of cards, cached per process (grids are reused per block)."""
-    return _wcs_cached(json.dumps(cards, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=4096)
-def _wcs_cached(cards_json: str) -> WCS:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        return WCS(json.loads(cards_json))
 
 
 def tan_header(ra_deg: float, dec_deg: float, scale_arcsec: float, crpix: tuple[float, float]) -> dict:

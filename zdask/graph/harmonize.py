@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from zdask.graph.geometry import Grid, wcs_from_header
+from zdask.graph.geometry import Grid
 from zdask.graph.plan import spread_evenly
 from zdask.io import store
 from zdask.io.chunkrows import read_rows, read_whole
+from zdask.io.fitsheader import wcs_from_header
 from zdask.ops.background import Surface, star_mask
 from zdask.ops.bgmesh import MeshBackground, mesh_background
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 
-from zdask.graph.geometry import Grid, covering_grid, footprint_outline, wcs_from_header
+from zdask.graph.geometry import Grid, covering_grid, footprint_outline
 from zdask.ops.background import Surface
 from zdask.io import store
 from zdask.io.chunkrows import read_rows
+from zdask.io.fitsheader import wcs_from_header
 from zdask.ops.coadd import accumulate_tile, weighted_mean
 from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
 

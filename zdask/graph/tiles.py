@@ -18,10 +18,11 @@ import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
 from zdask.config import Config
-from zdask.graph.geometry import Grid, covering_grid, footprint_outline, mean_direction, wcs_from_header
+from zdask.graph.geometry import Grid, covering_grid, footprint_outline, mean_direction
 from zdask.graph.stack import stack_chunks
 from zdask.io import store
 from zdask.io.chunkrows import read_rows, read_whole, write_rows
+from zdask.io.fitsheader import wcs_from_header
 from zdask.io.scan import Frame
 from zdask.ops.background import Surface
 from zdask.ops.bgmesh import MeshBackground

@@ -7,8 +7,10 @@ says what to hand ``fits.open`` for a plain or a gzip-compressed FITS file.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
+import json
 import math
 import re
 import zlib
@@ -276,7 +278,7 @@ def celestial_wcs(
     """Validate the celestial WCS of an image header.
 
     Returns ``(wcs, cards, ra_centre_deg, dec_centre_deg, scale_arcsec)`` where
-    ``cards`` is the JSON-able dict :func:`wcs_from_json` rebuilds ``wcs`` from.
+    ``cards`` is the JSON-able dict :func:`wcs_from_header` rebuilds ``wcs`` from.
 
     Raises :class:`HeaderError` with reason "no celestial WCS" (no WCS cards at
     all) or "invalid celestial WCS" (not celestial, singular, not invertible,
@@ -332,14 +334,20 @@ def wcs_to_json(wcs: WCS) -> dict:
     return {card.keyword: _plain(card.value) for card in hdr.cards if card.keyword}
 
 
-def wcs_from_json(cards: Mapping) -> WCS:
-    """Rebuild the celestial WCS from :func:`wcs_to_json` output."""
-    hdr = fits.Header()
-    for key, value in cards.items():
-        hdr[key] = value
+def wcs_from_header(cards: Mapping) -> WCS:
+    """The WCS of a dict of cards (:func:`wcs_to_json`, :func:`celestial_cards`, a grid's).
+
+    Cached per process (grids are reused per block): the same object comes back for equal
+    cards, so copy it before mutating it.
+    """
+    return _wcs_cached(json.dumps(cards, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4096)
+def _wcs_cached(cards_json: str) -> WCS:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
-        return WCS(hdr)
+        return WCS(json.loads(cards_json))
 
 
 def celestial_cards(header: Mapping) -> dict:

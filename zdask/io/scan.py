@@ -45,7 +45,7 @@ from zdask.io.fitsheader import (
     parse_mount_mode,
     parse_time_mjd,
     stored_dtype,
-    wcs_from_json,
+    wcs_from_header,
 )
 from zdask.io.listing import (
     FITS_EXTENSIONS,
@@ -112,7 +112,7 @@ class Frame:
         """
         cached = self.__dict__.get("_wcs_cache")
         if cached is None:
-            cached = wcs_from_json(self.wcs_header)
+            cached = wcs_from_header(self.wcs_header).deepcopy()  # shared by equal cards: a copy
             cached.pixel_shape = (self.width, self.height)
             object.__setattr__(self, "_wcs_cache", cached)
         return cached
