@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zdask.ops.backend import as_hwc
 from zdask.ops.robust import mad_sigma
 
 __all__ = ["MAX_ORDER", "Surface", "fit_surface", "n_terms", "poly_terms", "star_mask"]
@@ -205,11 +206,7 @@ def fit_surface(
     Surface
     """
     order = _check_order(order)
-    diff = np.asarray(difference)
-    if diff.ndim == 2:
-        diff = diff[:, :, None]
-    if diff.ndim != 3:
-        raise ValueError(f"difference must be (H, W, C) or (H, W); got shape {diff.shape}")
+    diff = as_hwc(np.asarray(difference), "difference")[1]
     if not np.isfinite(kappa) or kappa <= 0:
         raise ValueError(f"kappa must be a finite number > 0; got {kappa!r}")
     if int(iterations) != iterations or iterations < 1:
