@@ -8,7 +8,7 @@ Prints, in one run, each as a figure and as a ratio:
   and the ancestor's in-memory NumPy path (``nanmedian``/``nanstd`` over the
   full stack, run in a child process);
 * from a Zarr store on disk, N = 50 (``--frames``; ``--big`` adds N = 200),
-  read by ``zdask.io.zarrstack.open_zarr_stack``: a dask read pass (also
+  read by ``zdask.graph.zarrstack.open_zarr_stack``: a dask read pass (also
   through ``dask.array.from_zarr`` for comparison), zdask kappa-sigma and
   winsorized (kappa-sigma also from ``from_zarr``), and, in a process of its
   own, the absolute peak resident memory of stacking with both methods while
@@ -173,7 +173,7 @@ def child_zarr_stack(args):
     import dask
     import dask.array as da
 
-    from zdask.io.zarrstack import open_zarr_stack
+    from zdask.graph.zarrstack import open_zarr_stack
 
     # warm-up: compile/load the kernels on a tiny stack, then note the baseline RSS
     probe = np.random.default_rng(0).normal(size=(args.n, 8, 8, 3)).astype(np.float32)
@@ -195,7 +195,7 @@ def child_zarr_stack(args):
 def child_zarr_methods(args):
     """zdask.stack with both methods from the Zarr stack again (timed after ccdproc, so that
     the ratio uses timings from both sides of the baseline)."""
-    from zdask.io.zarrstack import open_zarr_stack
+    from zdask.graph.zarrstack import open_zarr_stack
 
     probe = np.random.default_rng(0).normal(size=(args.n, 8, 8, 3)).astype(np.float32)
     for m in ("kappa_sigma", "winsorized"):
@@ -213,7 +213,7 @@ def child_zarr_memory(args):
     import zarr
 
     from zdask.graph.stack import stack
-    from zdask.io.zarrstack import open_zarr_stack
+    from zdask.graph.zarrstack import open_zarr_stack
 
     probe = np.random.default_rng(0).normal(size=(args.n, 8, 8, 3)).astype(np.float32)
     for m in ("kappa_sigma", "winsorized"):  # compile / load the kernels

@@ -155,8 +155,9 @@ def test_the_command_keeps_its_output_and_status_when_it_exits_quickly(tmp_path)
 
     listing = subprocess.run([sys.executable, "-m", "zdask.cli", "config"], capture_output=True, text=True)
     assert listing.returncode == 0
-    names = [line.split(" = ")[0] for line in listing.stdout.splitlines() if not line.startswith(" ")]
+    names = [line.split(" = ")[0] for line in listing.stdout.splitlines() if not line.startswith((" ", "["))]
     assert names == [name for name, _, _ in describe_fields()]
+    assert "[sds]" in listing.stdout.splitlines()  # a section's heading
     missing = subprocess.run([sys.executable, "-m", "zdask.cli", "run", str(tmp_path / "none"),
                               "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert missing.returncode == 2

@@ -166,3 +166,54 @@ def test_zdask_config_says_what_each_sky_model_does():
     doc = text.split("\n", 2)[1]
     assert "keeps extended emission" in doc and "flattest" in doc.lower()
     assert "galaxy halos, nebulae" in doc
+
+
+def test_the_sds_section_from_toml_and_the_command_line(tmp_path):
+    path = tmp_path / "zdask.toml"
+    path.write_text('mode = "classic"\n[sds]\nmin_lot_size = 4\nlot_coverage = 0.8\n[stacking]\nkappa = 2.5\n')
+    config = load_config(path)
+    assert (config.sds.min_lot_size, config.sds.lot_coverage, config.sds.target_lot_size) == (4, 0.8, 10)
+    assert config.kappa == (2.5, 2.5)  # other tables still only group top-level fields
+    assert load_config(path, **{"sds.min_lot_size": 6}).sds.min_lot_size == 6
+    assert Config().sds.min_coverage_keep == 0.4
+    for name, value, words in [("target_lot_size", 3, ">= min_lot_size (5)"), ("lot_coverage", 0.0, "(0, 1]"),
+                               ("min_coverage_keep", 1.5, "[0, 1]"), ("min_lot_size", 0, ">= 1"),
+                               ("min_lot_size", 2.5, "an integer")]:
+        with pytest.raises(ConfigError) as err:
+            Config().replace(**{f"sds.{name}": value})
+        assert f"'sds.{name}'" in str(err.value) and words in str(err.value), str(err.value)
+    path.write_text("[sds]\nlot_size = 3\n")
+    with pytest.raises(ConfigError, match="sds.lot_size"):
+        load_config(path)
+    result = CliRunner().invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--sds-lot-coverage", "2"])
+    assert result.exit_code == 2 and "'sds.lot_coverage'" in result.output, result.output
+    shown = CliRunner().invoke(app, ["config"]).output
+    assert "[sds]\nsds.min_lot_size = 5\n" in shown and "sds.min_coverage_keep = 0.4" in shown
+
+
+def test_an_unknown_mode_is_one_line_naming_the_choices(tmp_path):
+    with pytest.raises(ConfigError, match="'mode' = 'grid': allowed values are classic, tiles"):
+        Config().replace(mode="grid")
+    result = CliRunner().invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--mode", "grid"])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0
+    assert "allowed values are classic, tiles" in result.output
+    both = CliRunner().invoke(app, ["run", "--tiles", str(tmp_path), "--mode", "classic", "--out", str(tmp_path / "o")])
+    assert both.exit_code == 2 and "--tiles DIR" in both.output and "tiles mode" in both.output
+
+
+def test_every_setting_declares_the_stages_it_changes():
+    """The stage fingerprints are made of the fields that declare the stage: a setting changes
+    the digest of exactly the stages it declares."""
+    from zdask.config import STAGES, _all_fields
+
+    for name, f in _all_fields():
+        assert set(f.metadata["stages"]) <= set(STAGES), name
+    base = Config()
+    changed = base.replace(kappa=(2.0, 2.0), **{"sds.min_lot_size": 3})
+    for stage in STAGES:
+        declared = {"kappa", "sds.min_lot_size"} & set(Config.stage_fields(stage))
+        assert (base.stage_digest(stage) != changed.stage_digest(stage)) == bool(declared), stage
+    assert "kappa" in Config.stage_fields("tiles") and "budget" not in Config.stage_fields("tiles")
+    assert Config.stage_fields("hotpixels") == ("hot_pixel_sigma", "hot_pixel_min_fraction", "hot_pixel_frames")
+    with pytest.raises(ValueError, match="unknown stage"):
+        Config.stage_fields("nothing")

@@ -10,7 +10,7 @@ import zdask
 
 def test_every_public_name_resolves_to_its_module_object():
     from zdask.graph.stack import stack
-    from zdask.io.zarrstack import open_zarr_stack
+    from zdask.graph.zarrstack import open_zarr_stack
     from zdask.ops.stacking import StackResult
 
     assert zdask.stack is stack

@@ -27,7 +27,7 @@ _EXPORTS = {
     "Frame": "zdask.io.scan",
     "FrameTable": "zdask.io.scan",
     "scan": "zdask.io.scan",
-    "open_zarr_stack": "zdask.io.zarrstack",
+    "open_zarr_stack": "zdask.graph.zarrstack",
     "StackResult": "zdask.ops.stacking",
 }
 

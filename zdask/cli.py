@@ -217,11 +217,18 @@ def run(
                    "(removes extended emission larger than ~N px; 0 keeps it, the default)."),
     autocrop: Optional[bool] = typer.Option(None, "--autocrop/--no-autocrop", help="Crop to the covered area."),
     tiles: Optional[Path] = typer.Option(None, "--tiles",
-                                         help="Assemble existing master tiles (FITS with WCS) from this folder."),
+                                         help="Assemble existing master tiles (FITS with WCS) from this "
+                                              "folder (the tiles mode)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="How the mosaic is built: classic (default) or tiles."),
+    sds_min_lot_size: Optional[int] = typer.Option(None, help="sds: frames a lot holds at least."),
+    sds_lot_coverage: Optional[float] = typer.Option(None, help="sds: fraction of the survey's cells a lot covers."),
+    sds_target_lot_size: Optional[int] = typer.Option(None, help="sds: frames at which a lot closes."),
+    sds_min_coverage_keep: Optional[float] = typer.Option(
+        None, help="sds: pixels below this fraction of the maximum coverage become NaN."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Build the mosaic: calibrate, stack master tiles, assemble, write outputs."""
-    from zdask.cluster import check_local_resources
+    from zdask.cluster import ClientOnDemand, check_local_resources
     from zdask.graph.runner import run as run_pipeline
 
     try:
@@ -232,23 +239,29 @@ def run(
             max_group_size=max_group_size, link_fov_fraction=link_fov_fraction,
             altaz_cleanup=altaz_cleanup, harmonize=harmonize, sky_surface_order=sky_surface_order,
             autocrop=autocrop, background_mesh=background_mesh,
+            mode="tiles" if tiles is not None and mode is None else mode,
+            **{"sds.min_lot_size": sds_min_lot_size, "sds.lot_coverage": sds_lot_coverage,
+               "sds.target_lot_size": sds_target_lot_size, "sds.min_coverage_keep": sds_min_coverage_keep},
         )
     except ConfigError as exc:
         _fail(str(exc))
     say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
     if tiles is not None and inputs:
         _fail("give either frames (INPUT...) or --tiles DIR, not both")
+    if tiles is not None and cfg.mode != "tiles":
+        _fail(f"--tiles DIR assembles existing master tiles: it is the tiles mode, not --mode {cfg.mode}")
+    if tiles is not None and not tiles.is_dir():
+        _fail(f"--tiles {tiles}: no such folder")
     if tiles is None and not inputs:
         _fail("no input: give frames (INPUT...) or --tiles DIR")
+    sources = [str(tiles)] if tiles is not None else [str(p) for p in inputs]
     with _failures_reported(debug):
         if cfg.scheduler is None:
             check_local_resources(cfg)  # before scanning: refuse a cluster this machine cannot hold
-        if tiles is not None:
-            from zdask.graph.existing_tiles import run_existing_tiles
-
-            report = run_existing_tiles(str(tiles), str(out), cfg, say=say, console=console)
-        else:
-            report = run_pipeline([str(p) for p in inputs], str(out), cfg, say=say, console=console)
+        # The command owns the cluster: opened for this run when the run first needs it (a run
+        # refused before that starts none), closed after it.
+        with ClientOnDemand(cfg, say) as client:
+            report = run_pipeline(sources, str(out), cfg, client=client, say=say, console=console)
     stages = report["stages"]
     say(f"mosaic {out / 'mosaic.fits'} ({report['mosaic']['shape'][1]}x{report['mosaic']['shape'][0]}, "
         f"{report['mosaic']['covered_fraction']:.0%} covered) in {stages['total']:.1f} s")
@@ -279,8 +292,13 @@ def compare(
 
 @app.command("config")
 def show_config() -> None:
-    """List every configuration field with its default and meaning."""
+    """List every configuration field with its default and meaning; a section's fields (TOML
+    table ``[sds]``) under its heading, named ``section.field``."""
+    section = None
     for name, default, doc in describe_fields():
+        if "." in name and name.split(".")[0] != section:
+            section = name.split(".")[0]
+            print(f"[{section}]")
         print(f"{name} = {default}\n    {doc}")
 
 

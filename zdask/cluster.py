@@ -237,6 +237,28 @@ def _open_client(config: Config, say) -> Iterator[Client]:
         _quietly_close(cluster)
 
 
+class ClientOnDemand:
+    """The configured cluster's Client, opened at the first call and closed when this context
+    exits: a caller (the command line) owns the cluster of a run, yet a run refused before it
+    needs one (bad inputs, a held output folder, a canvas too large) starts none."""
+
+    def __init__(self, config: Config, say=print):
+        self._config, self._say = config, say
+        self._client: Client | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "ClientOnDemand":
+        return self
+
+    def __call__(self) -> Client:
+        if self._client is None:
+            self._client = self._stack.enter_context(open_client(self._config, self._say))
+        return self._client
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+
 def _quietly_close(closable) -> None:
     """Close a Client or cluster without waiting long, and without the shutdown chatter that
     dask logs when it stops running tasks (an interrupted or failed run ends with its own

@@ -28,13 +28,76 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the allowed values."""
 
 
-def _doc(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"doc": text}, **kwargs)
+#: The stages whose stored outputs depend on settings. Each field names, in ``stages``, the
+#: stages whose outputs it changes; a stage's fingerprint takes exactly those fields
+#: (:meth:`Config.stage_digest`), so a new field cannot be left out of a stage's list.
+STAGES = ("hotpixels", "align", "stack", "tiles", "mosaic", "import", "sds")
+
+
+def _doc(text: str, stages: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """A field with its doc string and the stages (:data:`STAGES`) whose outputs it changes."""
+    return field(metadata={"doc": text, "stages": stages}, **kwargs)
+
+
+@dataclass(frozen=True)
+class SdsConfig:
+    """Settings that only the ``sds`` mode uses (TOML table ``[sds]``, options ``--sds-*``)."""
+
+    min_lot_size: int = _doc(
+        "A lot of frames closes only once it holds at least this many frames; a last lot "
+        "smaller than this joins the previous one (frames, >= 1).",
+        default=5, stages=("sds",),
+    )
+    lot_coverage: float = _doc(
+        "A lot closes (with at least min_lot_size frames) once its frames cover this fraction "
+        "of the canvas cells that the whole survey covers (fraction in (0, 1]).",
+        default=0.92, stages=("sds",),
+    )
+    target_lot_size: int = _doc(
+        "A lot closes when it reaches this many frames, whatever it covers (frames, "
+        ">= min_lot_size).",
+        default=10, stages=("sds",),
+    )
+    min_coverage_keep: float = _doc(
+        "Polish: mosaic pixels covered by less than this fraction of the maximum coverage "
+        "become NaN with coverage 0 (fraction in [0, 1]).",
+        default=0.4, stages=("sds",),
+    )
+
+    def validate(self) -> "SdsConfig":
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(f"config field 'sds.{name}' = {getattr(self, name)!r}: {allowed}")
+
+        for f, expected in typing.get_type_hints(SdsConfig).items():
+            if not _has_type(getattr(self, f), expected):
+                raise bad(f, f"must be {_type_words(expected)}")
+        if self.min_lot_size < 1:
+            raise bad("min_lot_size", "must be an integer >= 1")
+        if not 0 < self.lot_coverage <= 1:
+            raise bad("lot_coverage", "must be in (0, 1]")
+        if self.target_lot_size < self.min_lot_size:
+            raise bad("target_lot_size", f"must be an integer >= min_lot_size ({self.min_lot_size})")
+        if not 0 <= self.min_coverage_keep <= 1:
+            raise bad("min_coverage_keep", "must be in [0, 1]")
+        return self
+
+
+#: The sections of the configuration: name → the dataclass of its fields.
+SECTIONS = {"sds": SdsConfig}
 
 
 @dataclass(frozen=True)
 class Config:
-    """Settings of a zdask run (planning, calibration, stacking, mosaic, cluster)."""
+    """Settings of a zdask run (planning, calibration, stacking, mosaic, cluster); the fields
+    that only one mode uses are in that mode's section (``sds``)."""
+
+    # --- mode -----------------------------------------------------------------------------------
+    mode: str = _doc(
+        "How the mosaic is built: classic (master tiles by sky position, then their coadd) or "
+        "tiles (assemble master tiles that already exist: the input is one folder of tile FITS "
+        "files). The modes are zdask.graph.modes.MODES.",
+        default="classic",
+    )
 
     # --- planning -------------------------------------------------------------------------------
     link_fov_fraction: float = _doc(
@@ -53,18 +116,21 @@ class Config:
         "A raw pixel is a hot-pixel candidate in a frame when it exceeds the median of its "
         "same-colour neighbours by this many noise sigmas (sigma, > 0).",
         default=6.0,
+        stages=("hotpixels",),
     )
     hot_pixel_min_fraction: float = _doc(
         "A sensor pixel is hot when it is a candidate in at least this fraction of the frames "
         "taken with that sensor (fraction in (0, 1]). Stars move between frames, hot pixels "
         "do not.",
         default=0.5,
+        stages=("hotpixels",),
     )
     hot_pixel_frames: int = _doc(
         "Hot pixels of a sensor are found from at most this many of its frames, spread evenly "
         "over them in time order (frames, >= 3; 0 = all). A hot pixel sits in every frame, so a "
         "few dozen find it as well as hundreds do, in a time that does not grow with the run.",
         default=32,
+        stages=("hotpixels",),
     )
 
     max_saturated_fraction: float = _doc(
@@ -84,6 +150,8 @@ class Config:
     reject: str = _doc(
         "Combination along the frame axis: one of " + ", ".join(REJECT_METHODS) + ".",
         default="kappa_sigma",
+        stages=("stack", "tiles"),
+
     )
     kappa: tuple[float, float] = _doc(
         "Rejection thresholds (low, high) in Gaussian sigmas, the same default in every kernel "
@@ -98,31 +166,42 @@ class Config:
         "linear_fit_clip: kappa times the robust sigma 1.4826*MAD of the samples, measured from "
         "the line fitted to the sorted samples within that band of the median.",
         default=(3.0, 3.0),
+        stages=("stack", "tiles"),
+
     )
     iterations: int = _doc(
         "Rejection passes for kappa_sigma (passes, >= 1); each further pass repeats the test on "
         "the survivors (1: the Gaussian rejection rate of the kappa doc).",
         default=1,
+        stages=("stack", "tiles"),
+
     )
     normalization: str = _doc(
         "Per-frame normalisation before rejection: one of " + ", ".join(NORMALIZATIONS) + ".",
         default="additive",
+        stages=("stack", "tiles"),
+
     )
     weights: str = _doc(
         "Per-frame weights of the combination: one of " + ", ".join(WEIGHTINGS) + ".",
         default="noise_variance",
+        stages=("stack", "tiles"),
+
     )
     budget: str = _doc(
         "Memory budget of one stacking task, a dask byte size such as '256MiB' (bytes); blocks "
         "holding the whole frame axis are sized to fit it, and the bands of rows the final "
         "write streams the canvas in to a quarter of it.",
         default="256MiB",
+        stages=("stack",),
     )
     warp_grid_step: int = _doc(
         "Spacing of the exact WCS evaluations from which warp pixel maps are interpolated "
         "(pixels, 4..256); the interpolation error of a TAN-to-TAN map at 32 px is far below "
         "0.01 px.",
         default=32,
+        stages=("stack", "tiles", "mosaic"),
+
     )
 
     # --- alignment ------------------------------------------------------------------------------
@@ -135,6 +214,7 @@ class Config:
         "Keep a frame's header WCS when its median residual against the matched stars is at "
         "most this; refine it otherwise (pixels, > 0).",
         default=0.15,
+        stages=("align",),
     )
 
     # --- clean tiles ----------------------------------------------------------------------------
@@ -147,30 +227,36 @@ class Config:
         "Alt-az mask: keep pixels covered by at least this many frames (frames, >= 1; bounded "
         "by the frames the tile used).",
         default=3.0,
+        stages=("tiles",),
     )
     altaz_min_frac: float = _doc(
         "Alt-az mask: keep pixels covered by at least this fraction of the tile's maximum "
         "coverage (fraction in [0, 1]).",
         default=0.5,
+        stages=("tiles",),
     )
     altaz_opening_px: int = _doc(
         "Alt-az mask: radius of the morphological opening that removes thin slivers "
         "(pixels, >= 0).",
         default=3,
+        stages=("tiles",),
     )
     altaz_ramp_px: int = _doc(
         "Alt-az mask: width of the soft alpha ramp inside the mask edge (pixels, >= 0).",
         default=8,
+        stages=("tiles",),
     )
     rgb_equalize: bool = _doc(
         "Equalise the medians of the R, G, B channels of each master tile after stacking "
         "(bool); skipped for mono.",
         default=True,
+        stages=("tiles",),
     )
     rgb_gain_range: tuple[float, float] = _doc(
         "Smallest and largest per-channel gain the RGB equalisation may apply (unitless, "
         "0 < low <= 1 <= high).",
         default=(0.95, 1.05),
+        stages=("tiles",),
     )
     sky_surface_order: int = _doc(
         "Order of the sky surfaces matched between overlapping frames (inside a tile) and "
@@ -181,6 +267,8 @@ class Config:
         "wide as the mosaic; its plane is fitted on the mosaic with sources masked. Not used "
         "when background_mesh > 0.",
         default=1,
+        stages=("tiles", "mosaic"),
+
     )
     background_mesh: int = _doc(
         "Sky model. 0 (default) keeps extended emission: the matched surfaces of "
@@ -193,16 +281,21 @@ class Config:
         "of the raw frame; 0 off, or >= 32; 64-256 are usual, SWarp's default is 128 on its "
         "input's pixels).",
         default=0,
+        stages=("tiles", "mosaic"),
+
     )
     harmonize: bool = _doc(
         "Match gain and offset per channel between overlapping master tiles before the "
         "coadd (bool).",
         default=True,
+        stages=("mosaic",),
     )
     match_bin: int = _doc(
         "Binning of the low-resolution images on which sky surfaces and tile photometry are "
         "fitted (pixels per side, 1..64).",
         default=8,
+        stages=("tiles", "mosaic"),
+
     )
 
     # --- mosaic ---------------------------------------------------------------------------------
@@ -210,19 +303,24 @@ class Config:
         "Width of the edge feather in the coadd weights (coverage × alpha × feather) (pixels, "
         ">= 0; 0 disables).",
         default=32,
+        stages=("tiles", "import"),
+
     )
     coverage_renorm: bool = _doc(
         "Two-pass coverage renormalisation of each master tile: a per-pixel gain from the ratio "
         "of smoothed to raw coverage, clipped to [0.5, 2] (bool).",
         default=False,
+        stages=("tiles",),
     )
     autocrop: bool = _doc(
         "Crop the canvas to the covered area, adjusting the WCS (bool).",
         default=True,
+        stages=("mosaic",),
     )
     canvas_block: int = _doc(
         "Side of the square canvas blocks that the mosaic is assembled in (pixels, 256..8192).",
         default=1024,
+        stages=("mosaic",),
     )
     max_canvas_pixels: int = _doc(
         "Largest mosaic canvas a run may plan (pixels, height × width, >= 1); a larger one is "
@@ -233,6 +331,7 @@ class Config:
     tile_margin: int = _doc(
         "Margin added around each master tile's footprint (pixels, >= 0).",
         default=8,
+        stages=("tiles",),
     )
 
     # --- cluster --------------------------------------------------------------------------------
@@ -264,10 +363,18 @@ class Config:
         default="127.0.0.1:0",
     )
 
+    # --- sections -------------------------------------------------------------------------------
+    sds: SdsConfig = _doc(
+        "The sds mode's settings (TOML table [sds]).",
+        default_factory=SdsConfig,
+    )
+
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> "Config":
         """Check every field; raise ConfigError naming the field and the allowed values."""
         from dask.utils import parse_bytes
+
+        from zdask.graph.modes import MODES
 
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"config field '{name}' = {getattr(self, name)!r}: {allowed}")
@@ -278,6 +385,9 @@ class Config:
             if not _has_type(getattr(self, f), expected):
                 raise bad(f, f"must be {_type_words(expected)}")
 
+        if self.mode not in MODES:
+            raise bad("mode", "allowed values are " + ", ".join(MODES))
+        self.sds.validate()
         if not (isinstance(self.link_fov_fraction, (int, float)) and self.link_fov_fraction > 0):
             raise bad("link_fov_fraction", "must be a number > 0")
         if not (isinstance(self.max_group_size, int) and self.max_group_size >= 1):
@@ -361,20 +471,57 @@ class Config:
 
     # ---------------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> "Config":
-        """A copy with the given fields changed (None values are ignored), validated."""
-        unknown = set(changes) - {f.name for f in fields(self)}
+        """A copy with the given fields changed (None values are ignored), validated. A
+        section's field is named ``section.field`` (``sds.min_lot_size``)."""
+        top = {f.name for f in fields(self)}
+        nested = {f"{s}.{f.name}" for s, kind in SECTIONS.items() for f in fields(kind)}
+        unknown = set(changes) - top - nested
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
-        kept = {k: _coerce(k, v) for k, v in changes.items() if v is not None}
+        kept = {k: _coerce(k, v) for k, v in changes.items() if v is not None and k in top}
+        for section in SECTIONS:
+            inner = {k.split(".", 1)[1]: v for k, v in changes.items()
+                     if v is not None and k.startswith(section + ".")}
+            if inner:
+                kept[section] = dataclasses.replace(kept.get(section, getattr(self, section)), **inner)
         return dataclasses.replace(self, **kept).validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def value(self, name: str) -> Any:
+        """A field's value by its name, ``section.field`` for a section's field."""
+        owner = self
+        for part in name.split(".")[:-1]:
+            owner = getattr(owner, part)
+        return getattr(owner, name.rsplit(".", 1)[-1])
+
     def digest(self, *names: str) -> str:
         """A short stable hash of the named fields (what a stage's outputs depend on)."""
-        payload = json.dumps({n: getattr(self, n) for n in names}, sort_keys=True, default=list)
+        payload = json.dumps({n: self.value(n) for n in names}, sort_keys=True, default=list)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @staticmethod
+    def stage_fields(stage: str) -> tuple[str, ...]:
+        """The fields that declare ``stage`` among the stages their value changes."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        return tuple(name for name, f in _all_fields() if stage in f.metadata["stages"])
+
+    def stage_digest(self, stage: str) -> str:
+        """The digest of the fields ``stage`` declares: the settings part of its fingerprint."""
+        return self.digest(*self.stage_fields(stage))
+
+
+def _all_fields() -> list[tuple[str, dataclasses.Field]]:
+    """(qualified name, field) of every setting, a section's fields after the section's name."""
+    found = []
+    for f in fields(Config):
+        if f.name in SECTIONS:
+            found.extend((f"{f.name}.{g.name}", g) for g in fields(SECTIONS[f.name]))
+        else:
+            found.append((f.name, f))
+    return found
 
 
 def _field_types() -> dict[str, Any]:
@@ -454,8 +601,11 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Conf
         except OSError as exc:  # a folder, no permission, ...
             raise ConfigError(f"config file {os.fspath(path)}: cannot read ({exc.strerror or exc})") from None
         for key, value in data.items():
-            # Tables ([stacking], [cluster], ...) only group fields for the reader.
-            if isinstance(value, dict):
+            # A section's table ([sds]) holds that section's fields; other tables ([stacking],
+            # [cluster], ...) only group top-level fields for the reader.
+            if isinstance(value, dict) and key in SECTIONS:
+                values.update({f"{key}.{k}": v for k, v in value.items()})
+            elif isinstance(value, dict):
                 values.update(value)
             else:
                 values[key] = value
@@ -464,5 +614,6 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Conf
 
 
 def describe_fields() -> list[tuple[str, str, str]]:
-    """(name, default, doc) of every field, for `zdask config` and the README."""
-    return [(f.name, repr(f.default), f.metadata["doc"]) for f in fields(Config)]
+    """(name, default, doc) of every setting, for `zdask config` and the README; a section's
+    fields are named ``section.field``."""
+    return [(name, repr(f.default), f.metadata["doc"]) for name, f in _all_fields()]

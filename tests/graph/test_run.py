@@ -393,6 +393,7 @@ def test_plate_solved_frame_joins_the_run(small_survey, tmp_path, monkeypatch):
     """With a plate solver on the machine, a frame without WCS is solved before planning.
     Neither solve-field nor astap is installed here, so the external program is replaced by a
     stand-in returning the frame's true WCS; what is tested is zdask's use of the result."""
+    import zdask.graph.front as front
     import zdask.graph.runner as runner
 
     survey, manifest = small_survey
@@ -406,8 +407,8 @@ def test_plate_solved_frame_joins_the_run(small_survey, tmp_path, monkeypatch):
         for key in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2"):
             del hdul[0].header[key]
     solved = []
-    monkeypatch.setattr(runner, "available_solver", lambda: "astap")
-    monkeypatch.setattr(runner, "plate_solve", lambda path, **kw: solved.append(path) or dict(panel[3]["wcs_true"]))
+    monkeypatch.setattr(front, "available_solver", lambda: "astap")
+    monkeypatch.setattr(front, "plate_solve", lambda path, **kw: solved.append(path) or dict(panel[3]["wcs_true"]))
     report = runner.run([str(frames)], str(tmp_path / "o"), zdask_config(align=False), say=lambda text: None)
     assert solved == [str(target)]
     assert report["frames_rejected"] == [] and report["frames_used"] == 8
@@ -421,7 +422,7 @@ def zdask_config(**changes):
 
 
 def test_skipped_files_are_listed_on_the_console_at_most_five_per_reason():
-    from zdask.graph.runner import say_skipped
+    from zdask.graph.front import say_skipped
     from zdask.io.scan import RejectedFile
 
     jpegs = [RejectedFile(f"f{i}.jpg", "not FITS: not a FITS file name") for i in range(8)]

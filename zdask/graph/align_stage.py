@@ -43,35 +43,35 @@ def align_and_keep(src: AlignSource, ref: AlignSource, catalogue: dict, fp: str,
     return result
 
 
-def run_align_stage(ctx, client, plan) -> None:
-    """Fill ctx.aligned (refined WCS) and ctx.excluded (frames that could not be aligned)."""
-    config = ctx.config
-    if not config.align:
-        return
+def align_frames(frames: list, groups, calibrated: dict, stats: dict, excluded: dict, config, client, work
+                 ) -> tuple[dict[str, dict], dict[str, str], dict]:
+    """Each group's frames registered to its reference. Returns (path → refined WCS cards, path
+    → why the frame could not be aligned, the alignment's report)."""
     results: dict[str, AlignResult] = {}
     pending = []
-    for group in plan.groups:
+    settings = config.stage_digest("align")
+    for group in groups:
         # Frames already excluded (no usable signal) are neither aligned nor candidates for
         # the reference: one such frame chosen as reference would fail the whole group.
-        frames = [ctx.frames[i] for i in group.frames if ctx.frames[i].path not in ctx.excluded]
-        if not frames:
+        members = [frames[i] for i in group.frames if frames[i].path not in excluded]
+        if not members:
             continue
-        sources = [AlignSource(f.path, ctx.root, *ctx.calibrated[f.path], f.wcs_header or None,
-                               (f.height, f.width)) for f in frames]
+        sources = [AlignSource(f.path, work.root, *calibrated[f.path], f.wcs_header or None,
+                               (f.height, f.width)) for f in members]
         if not any(s.wcs_header for s in sources):
             for s in sources:
                 results[s.path] = AlignResult(s.path, STATUS_EXCLUDED, None, None, 0,
                                               "no frame of its group has a celestial WCS")
             continue
-        stats = [ctx.stats[f.path] for f in frames]
-        n_stars = [st.n_stars for st in stats]
-        ref = sources[reference_index(sources, [_mean_finite(st.noise) for st in stats],
+        group_stats = [stats[f.path] for f in members]
+        n_stars = [st.n_stars for st in group_stats]
+        ref = sources[reference_index(sources, [_mean_finite(st.noise) for st in group_stats],
                                       n_stars if min(n_stars) >= 0 else None,
-                                      background=[_mean_finite(st.background) for st in stats])]
+                                      background=[_mean_finite(st.background) for st in group_stats])]
         todo = []
         for src in sources:
-            fp = store.fingerprint(src.token, ref.token, config.align_threshold_px, ALIGN_VERSION)
-            found = _stored(ctx.root, src.key, fp)
+            fp = store.fingerprint(src.token, ref.token, settings, ALIGN_VERSION)
+            found = _stored(work.root, src.key, fp)
             if found is not None:
                 results[src.path] = found
             else:
@@ -81,23 +81,25 @@ def run_align_stage(ctx, client, plan) -> None:
             futures = [client.submit(align_and_keep, src, ref, catalogue, fp, config.align_threshold_px,
                                      key=f"align-{fp}") for src, fp in todo]
             pending.extend(zip(todo, futures))
-    done = wait_with_progress([f for _, f in pending], "align", ctx.console)
+    done = wait_with_progress([f for _, f in pending], "align", work.console)
     for ((src, _fp), _), result in zip(pending, done):
         results[src.path] = result
     counts: dict[str, int] = {}
-    header_of = {f.path: f.wcs_header for f in ctx.frames}
+    header_of = {f.path: f.wcs_header for f in frames}
+    aligned, failed = {}, {}
     for path, result in results.items():
         counts[result.status] = counts.get(result.status, 0) + 1
         if result.status == STATUS_EXCLUDED:
-            ctx.excluded[path] = result.reason or "alignment failed"
-            ctx.say(f"excluded {path}: {ctx.excluded[path]}")
+            failed[path] = result.reason or "alignment failed"
+            work.say(f"excluded {path}: {failed[path]}")
         elif result.wcs_header and result.wcs_header != header_of[path]:
-            ctx.aligned[path] = result.wcs_header
-    ctx.report["alignment"] = {
+            aligned[path] = result.wcs_header
+    report = {
         "counts": counts,
         "frames": [r.to_json() for r in results.values() if r.status not in ("wcs", "reference")],
     }
-    ctx.say("alignment: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    work.say("alignment: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return aligned, failed, report
 
 
 def _mean_finite(values) -> float:

@@ -58,7 +58,7 @@ def hot_pixel_frames(frames: list[Frame], config: Config) -> list[Frame]:
 def hotmap_fingerprint(frames: list[Frame], config: Config) -> str:
     return store.fingerprint(
         sorted(f.fingerprint() for f in frames),
-        config.digest("hot_pixel_sigma", "hot_pixel_min_fraction", "hot_pixel_frames"),
+        config.stage_digest("hotpixels"),
     )
 
 

@@ -1,4 +1,5 @@
-"""The mosaic stage: tile photometry planned on binned cut-outs, autocrop, then the coadd.
+"""The mosaic stage: tile photometry planned on binned cut-outs, autocrop, then the coadd, on
+the canvas planned up front (:mod:`zdask.graph.canvas`).
 
 Healthy tiles only; the plan (gains, offsets and surfaces per tile, the seam metric before and
 after) is stored with the canvas so a reused mosaic reports it too.
@@ -13,23 +14,20 @@ import dask
 import dask.array as da
 import numpy as np
 import zarr
-from astropy.wcs.utils import proj_plane_pixel_scales
 
 from zdask.cluster import wait_with_progress
-from zdask.graph.field import canvas_size_problem
+from zdask.graph.canvas import Canvas
+from zdask.graph.errors import RunError
 from zdask.graph.geometry import grid_bbox_of
 from zdask.graph.harmonize import binned_shape, plan_tile_photometry, tile_cutout
-from zdask.graph.mosaic import PlacedTile, canvas_grid, crop_grid, mosaic_arrays
+from zdask.graph.modes.base import MasterTile
+from zdask.graph.mosaic import PlacedTile, crop_grid, mosaic_arrays
 from zdask.io import store
 from zdask.ops.crop import autocrop_box
 
 # The tile pairs' photometric fits run here, in the client, while the workers wait for the plan:
 # on this machine's cores (a few: each holds two binned overlaps).
 PAIR_FIT_THREADS = min(4, os.cpu_count() or 1)
-
-MOSAIC_FIELDS = ("harmonize", "sky_surface_order", "match_bin", "autocrop", "canvas_block", "warp_grid_step",
-                 "background_mesh")
-
 
 def sky_model(mesh: int, frames_meshed: bool) -> dict:
     """What the run's sky model does, for the report: ``name`` and ``description``."""
@@ -43,48 +41,34 @@ def sky_model(mesh: int, frames_meshed: bool) -> dict:
                            "fitted to what differs between overlapping frames and tiles"}
 
 
-def run_mosaic_stage(ctx, client, plan) -> None:
-    """Plan the tile photometry, crop the canvas, coadd into Zarr (or reuse a finished canvas)."""
-    config = ctx.config
-    from zdask.graph.runner import RunError
-
-    tiles = [(e, g, fp) for e, g, fp in ctx.tiles if g is not None and e.get("healthy", True)]
+def assemble_mosaic(tiles: list[MasterTile], canvas: Canvas, channels: int, frames_meshed: bool,
+                    config, client, work) -> tuple[dict, dict]:
+    """Plan the photometry of the tiles in the mosaic, crop the canvas, coadd into Zarr
+    (``mosaic/image``, ``mosaic/coverage``), or reuse a finished canvas. Returns (the cropped
+    canvas's WCS cards, the mosaic's summary for the report, with ``reused`` and per tile id
+    its ``photometry``). ``frames_meshed``: the frames were flattened by their own local
+    backgrounds (``background_mesh``), so the tiles carry no sky to match."""
+    tiles = [t for t in tiles if t.in_mosaic]
     if not tiles:
         raise RunError("no usable master tile: every tile was empty or could not be aligned")
-    used = [f for f in ctx.frames if f.path not in ctx.excluded]
-    if used:  # the frames that are in the mosaic: an excluded one must not move its scale
-        scale = float(np.nanmedian([f.scale_arcsec for f in used]))
-    else:  # existing tiles: their own pixel scale
-        scale = float(np.median([proj_plane_pixel_scales(g.wcs()).mean() * 3600 for _, g, _ in tiles]))
-    try:
-        canvas = canvas_grid([g for _, g, _ in tiles], scale)
-    except ValueError as exc:  # tiles given with --tiles from opposite sides of the sky
-        raise RunError(f"the tiles cannot share one mosaic canvas: {exc}") from None
-    problem = canvas_size_problem(canvas.shape, config.max_canvas_pixels)
-    if problem:
-        raise RunError(problem)
-    fp = store.fingerprint([fp for _, _, fp in tiles], canvas.to_json(), config.digest(*MOSAIC_FIELDS))
-    if store.is_complete(ctx.root, "mosaic", fp):
-        attrs = dict(zarr.open_group(ctx.root, path="mosaic", mode="r").attrs)
-        ctx.report["mosaic"] = {**attrs["summary"], "reused": True}
-        ctx.canvas_header = attrs["wcs"]
-        _tile_photometry_into_report(tiles, attrs["summary"]["photometry"])
-        return
+    grid, scale = canvas.grid, canvas.scale_arcsec
+    fp = store.fingerprint([t.fingerprint for t in tiles], grid.to_json(), config.stage_digest("mosaic"))
+    if store.is_complete(work.root, "mosaic", fp):
+        attrs = dict(zarr.open_group(work.root, path="mosaic", mode="r").attrs)
+        return attrs["wcs"], {**attrs["summary"], "reused": True}
     factor = config.match_bin
     placed, entries = [], []
-    for entry, grid, tfp in tiles:
-        bbox = grid_bbox_of(grid, canvas)
+    for tile in tiles:
+        bbox = grid_bbox_of(tile.grid, grid)
         if bbox is not None:
-            placed.append(PlacedTile(ctx.root, entry["zarr"], tfp, grid, bbox))
-            entries.append(entry)
-    futures = [client.submit(tile_cutout, t.root, t.name, t.token, t.grid, canvas, factor, t.bbox,
+            placed.append(PlacedTile(work.root, tile.zarr, tile.fingerprint, tile.grid, bbox))
+            entries.append(tile)
+    futures = [client.submit(tile_cutout, t.root, t.name, t.token, t.grid, grid, factor, t.bbox,
                              key=f"cutout-{t.token}-{fp}") for t in placed]
-    cutouts = wait_with_progress(futures, "tile photometry", ctx.console)
-    shape_b = binned_shape(canvas.shape, factor)
-    glows = [(e.get("sky_glow") or {}).get("gradient") for e in entries]
-    # Frames flattened by their own local backgrounds carry no sky for the tiles to match (master
-    # tiles given with --tiles were made elsewhere: matched as usual).
-    model = sky_model(config.background_mesh, frames_meshed=bool(ctx.frames))
+    cutouts = wait_with_progress(futures, "tile photometry", work.console)
+    shape_b = binned_shape(grid.shape, factor)
+    glows = [(t.sky_glow or {}).get("gradient") for t in entries]
+    model = sky_model(config.background_mesh, frames_meshed=frames_meshed)
     meshed = model["name"] == "local_background_mesh"
     with ThreadPoolExecutor(PAIR_FIT_THREADS, thread_name_prefix="zdask-pair-fit") as pool:
         photometry = plan_tile_photometry(cutouts, shape_b, factor, harmonize=config.harmonize,
@@ -93,7 +77,7 @@ def run_mosaic_stage(ctx, client, plan) -> None:
     if meshed:  # nothing of the sky is left to determine: the local backgrounds assumed it all
         photometry["common_surface"] = {"determined": [], "undetermined": [],
                                         "assumed_flat": ["all (each frame's local background removed)"]}
-    box = (0, canvas.shape[0], 0, canvas.shape[1])
+    box = (0, grid.shape[0], 0, grid.shape[1])
     if config.autocrop:
         covered = np.zeros(shape_b, dtype=np.float32)
         for c in cutouts:
@@ -102,9 +86,9 @@ def run_mosaic_stage(ctx, client, plan) -> None:
         found = autocrop_box(covered, min_coverage=1e-6)
         if found is not None:
             y0, y1, x0, x1 = found
-            box = (y0 * factor, min(canvas.shape[0], y1 * factor),
-                   x0 * factor, min(canvas.shape[1], x1 * factor))
-    cropped = crop_grid(canvas, box)
+            box = (y0 * factor, min(grid.shape[0], y1 * factor),
+                   x0 * factor, min(grid.shape[1], x1 * factor))
+    cropped = crop_grid(grid, box)
     final = []
     for k, t in enumerate(placed):
         y0, y1, x0, x1 = t.bbox
@@ -116,44 +100,35 @@ def run_mosaic_stage(ctx, client, plan) -> None:
                                 tuple(float(v) for v in photometry["gains"][k]),
                                 tuple(float(v) for v in photometry["offsets"][k]),
                                 photometry["surfaces"][k]))
-    arrays = mosaic_arrays(final, cropped, ctx.channels, config.canvas_block, config.warp_grid_step,
+    arrays = mosaic_arrays(final, cropped, channels, config.canvas_block, config.warp_grid_step,
                            origin=(box[0], box[2]))
     # The canvas of other tiles or settings is replaced under the same name: unmark it first,
     # or a crash while writing would leave it marked complete for the old fingerprint.
-    store.begin_entry(ctx.root, "mosaic")
-    group = store.open_store(ctx.root)
+    store.begin_entry(work.root, "mosaic")
+    group = store.open_store(work.root)
     targets = [store.create_array(group, f"mosaic/{key}", arrays[key].shape, arrays[key].dtype,
                                   tuple(c[0] for c in arrays[key].chunks)) for key in ("image", "coverage")]
     writes = da.store([arrays["image"], arrays["coverage"]], targets, lock=False, compute=False)
-    wait_with_progress([client.compute(dask.delayed(lambda _: None)(writes))], "mosaic", ctx.console)
-    per_tile = {e["id"]: {"gains": [float(v) for v in photometry["gains"][k]],
+    wait_with_progress([client.compute(dask.delayed(lambda _: None)(writes))], "mosaic", work.console)
+    per_tile = {t.id: {"gains": [float(v) for v in photometry["gains"][k]],
                           "offsets": [float(v) for v in photometry["offsets"][k]],
                           "surface": photometry["surfaces"][k]}
-                for k, e in enumerate(entries)}
+                for k, t in enumerate(entries)}
     summary = {
-        "shape": list(cropped.shape), "scale_arcsec": scale, "channels": ctx.channels,
+        "shape": list(cropped.shape), "scale_arcsec": scale, "channels": channels,
         "crop_box": list(box), "seam_before": photometry["seam_before"],
         "seam_after": photometry["seam_after"], "pair_seam_before": photometry["pair_seam_before"],
         "pair_seam_after": photometry["pair_seam_after"], "photometry_pairs": photometry["pairs"],
         "photometry": {str(k): v for k, v in per_tile.items()},
         "common_surface": photometry["common_surface"], "sky_model": model,
     }
-    store.mark_complete(ctx.root, "mosaic", fp, wcs=cropped.wcs_header, summary=summary)
-    ctx.report["mosaic"] = {**summary, "reused": False}
-    ctx.canvas_header = cropped.wcs_header
-    _tile_photometry_into_report(tiles, summary["photometry"])
-    ctx.say(f"seam metric per channel: before {np.round(summary['seam_before'], 2).tolist()}, "
+    store.mark_complete(work.root, "mosaic", fp, wcs=cropped.wcs_header, summary=summary)
+    work.say(f"seam metric per channel: before {np.round(summary['seam_before'], 2).tolist()}, "
             f"after {np.round(summary['seam_after'], 2).tolist()}; steps between overlapping tiles: "
             f"before {np.round(summary['pair_seam_before'], 2).tolist()}, "
             f"after {np.round(summary['pair_seam_after'], 2).tolist()}")
-    ctx.say(f"sky model: {model['description']}")
+    work.say(f"sky model: {model['description']}")
     common = summary["common_surface"]
-    ctx.say(f"sky surface shared by all tiles: determined by the data {common['determined'] or 'nothing'}, "
+    work.say(f"sky surface shared by all tiles: determined by the data {common['determined'] or 'nothing'}, "
             f"left as matched {common['undetermined'] or 'nothing'}, assumed flat {common.get('assumed_flat', [])}")
-
-
-def _tile_photometry_into_report(tiles, photometry: dict) -> None:
-    for entry, _, _ in tiles:
-        found = photometry.get(str(entry["id"]))
-        if found:
-            entry["gains"], entry["offsets"] = found["gains"], found["offsets"]
+    return cropped.wcs_header, {**summary, "reused": False}

@@ -1,8 +1,9 @@
-"""The master-tile stage: per group, sky surfaces, the fused warp + stack, then finishing.
+"""The master-tile stage: per tile job, sky surfaces, the fused warp + stack, then finishing.
 
-Per tile the report gets: id, mode, the alt-az cleanup decision, frames used and excluded,
-rejected fraction, health, RGB gains. A tile whose outputs carry the fingerprint this run would
-give it is reused as it is.
+Returns a :class:`~zdask.graph.modes.base.MasterTile` per job (the report shows its id, mode,
+alt-az cleanup decision, frames used and excluded, rejected fraction, health, RGB gains). A tile
+whose outputs carry the fingerprint this run would give it (its frames, their WCS, its grid and
+the settings that declare the ``tiles`` stage) is reused as it is.
 """
 
 from __future__ import annotations
@@ -17,19 +18,15 @@ import numpy as np
 import zarr
 
 from zdask.cluster import wait_with_progress
+from zdask.graph.geometry import Grid
 from zdask.graph.harmonize import frame_backgrounds, group_sky
+from zdask.graph.modes.base import MasterTile
 from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile, tile_grid
 from zdask.io import store
 from zdask.io.chunkrows import read_whole
 from zdask.io.outputs import write_image_fits
 from zdask.ops.bgmesh import cells_across
 
-# Settings a master tile depends on (besides its calibrated frames and grid).
-TILE_FIELDS = (
-    "reject", "kappa", "iterations", "normalization", "weights", "warp_grid_step", "tile_margin",
-    "altaz_min_abs", "altaz_min_frac", "altaz_opening_px", "altaz_ramp_px", "rgb_equalize",
-    "rgb_gain_range", "sky_surface_order", "match_bin", "coverage_renorm", "feather_px", "background_mesh",
-)
 MODE_ALTAZ = "ALT_AZ"
 TILES_FOLDER = "tiles"
 # What this stage writes in TILES_FOLDER: tile_NNN.fits, and while writing one of them a
@@ -70,133 +67,153 @@ def cleanup_decisions(modes: list[str], requested: bool) -> tuple[list[bool], li
     return [requested and mode == MODE_ALTAZ for mode in modes], warnings
 
 
-def run_tile_stage(ctx, client, plan) -> None:
-    """Compute (or reuse) every group's master tile; fills ctx.tiles and the report."""
-    config = ctx.config
-    modes = [g.mode for g in plan.groups]
-    decisions, warnings = cleanup_decisions(modes, config.altaz_cleanup)
-    for text in warnings:
-        ctx.say(f"warning: {text}")
-    ctx.report["warnings"].extend(warnings)
-    settings = config.digest(*TILE_FIELDS)
-    pending = []
-    for group, cleanup in zip(plan.groups, decisions):
-        frames = [ctx.frames[i] for i in group.frames if ctx.frames[i].path not in ctx.excluded]
-        excluded = [{"path": ctx.frames[i].path, "reason": ctx.excluded[ctx.frames[i].path]}
-                    for i in group.frames if ctx.frames[i].path in ctx.excluded]
-        ctx.say(f"tile={group.id} mode={group.mode} cleanup requested={'on' if config.altaz_cleanup else 'off'} "
-                f"tile={'on' if cleanup else 'off'}")
-        entry = {"id": group.id, "mode": group.mode, "altaz_cleanup": cleanup,
-                 "frames": [f.path for f in frames], "frames_excluded": excluded,
-                 "n_frames": len(frames), "file": os.path.join(TILES_FOLDER, tile_file_name(group.id))}
-        if not frames:
-            entry.update(healthy=False, health_reason="no usable frame (see frames_excluded)", reused=False)
-            ctx.tiles.append((entry, None, None))
+@dataclass
+class _Stacking:
+    """One tile being stacked (private to this stage): its sources gain their sky surfaces
+    (or local backgrounds) while the stage runs."""
+
+    job: object                   # zdask.graph.modes.classic.TileJob
+    entry: dict                   # what the tile's file and header need
+    grid: Grid
+    fp: str
+    sources: list
+    exptimes: list
+    stats: list
+    sky_glow: dict | None = None
+
+
+def stack_master_tiles(plan, front, config, client, work) -> tuple[list[MasterTile], list[str]]:
+    """Compute (or reuse) the master tile of every job of the classic ``plan``: (the tiles, in
+    plan order, the stage's warnings)."""
+    warnings = list(plan.warnings)
+    for text in plan.warnings:
+        work.say(f"warning: {text}")
+    settings = config.stage_digest("tiles")
+    tiles: dict[int, MasterTile] = {}
+    pending: list[_Stacking] = []
+    for job in plan.tiles:
+        frames = [front.frames[i] for i in job.frames]
+        work.say(f"tile={job.id} mode={job.mode} cleanup requested={'on' if config.altaz_cleanup else 'off'} "
+                 f"tile={'on' if job.cleanup else 'off'}")
+        base = MasterTile(job.id, job.mode, os.path.join(TILES_FOLDER, tile_file_name(job.id)), job.grid, None,
+                          None, tuple(f.path for f in frames), job.excluded, job.cleanup)
+        if job.grid is None:
+            tiles[job.id] = dataclasses.replace(base, healthy=False,
+                                                health_reason="no usable frame (see frames_excluded)")
             continue
-        wcs = [ctx.wcs_of(f) for f in frames]
-        grid = tile_grid(frames, config.tile_margin, wcs)
-        fps = [ctx.calibrated[f.path][1] for f in frames]
-        fp = store.fingerprint(fps, wcs, settings, grid.to_json(), ctx.channels, cleanup)
-        entry.update(shape=list(grid.shape), zarr=f"tiles/{fp}")
-        ctx.tiles.append((entry, grid, fp))
-        if store.is_complete(ctx.root, entry["zarr"], fp):
-            entry.update(zarr_summary(ctx.root, entry["zarr"]), reused=True)
+        wcs = [front.wcs_of(f) for f in frames]
+        fps = [front.calibrated[f.path][1] for f in frames]
+        fp = store.fingerprint(fps, wcs, settings, job.grid.to_json(), front.channels, job.cleanup)
+        tile = dataclasses.replace(base, zarr=f"tiles/{fp}", fingerprint=fp)
+        if store.is_complete(work.root, tile.zarr, fp):
+            tiles[job.id] = _with_summary(tile, zarr_summary(work.root, tile.zarr), reused=True)
             continue
-        sources = [TileSource(ctx.root, *ctx.calibrated[f.path], h, (f.height, f.width))
+        tiles[job.id] = tile
+        sources = [TileSource(work.root, *front.calibrated[f.path], h, (f.height, f.width))
                    for f, h in zip(frames, wcs)]
-        pending.append((entry, grid, fp, sources, cleanup, [f.exptime_s for f in frames],
-                        [ctx.stats[f.path] for f in frames]))
+        pending.append(_Stacking(job, {}, job.grid, fp, sources, [f.exptime_s for f in frames],
+                                 [front.stats[f.path] for f in frames]))
     futures = [None] * len(pending)
 
     def submit_tile(k: int) -> None:
-        entry, grid, fp, sources, cleanup, exptimes, stats = pending[k]
-        arrays = master_tile(sources, stats, exptimes, grid, ctx.channels, config)
-        writes = store_tile(arrays, ctx.root, entry["zarr"])
+        item = pending[k]
+        tile = tiles[item.job.id]
+        arrays = master_tile(item.sources, item.stats, item.exptimes, item.grid, front.channels, config)
+        writes = store_tile(arrays, work.root, tile.zarr)
         # One future per tile: its Zarr writes, then the finishing pass. The report's counts are
         # read back from the store: summing the lazy arrays here as well would be optimised as
         # separate collections and warp every block once per sum.
-        summary = dask.delayed(_finish)(writes, ctx.root, entry["zarr"], entry["mode"],
-                                        len(sources), cleanup, config, _tile_file(ctx, entry, grid, fp))
+        summary = dask.delayed(_finish)(writes, work.root, tile.zarr, tile.mode, len(item.sources),
+                                        item.job.cleanup, config, _tile_file(work, tile))
         futures[k] = client.compute(summary)
 
     # Each tile is submitted as soon as its frames' sky surfaces are known: its blocks run while
     # the other groups are still fitted (no idle thread at the end of the fits).
-    _fit_sky(ctx, client, pending, submit_tile)
-    done = wait_with_progress(futures, "master tiles", ctx.console)
+    _fit_sky(config, work, client, pending, submit_tile, warnings)
+    done = wait_with_progress(futures, "master tiles", work.console)
     client.run(release_block_buffers)
-    for (entry, _, fp, *_), summary in zip(pending, done):
-        summary = {**summary, "sky_glow": entry.get("sky_glow")}
-        entry.update(summary, reused=False)
-        store.mark_complete(ctx.root, entry["zarr"], fp, summary=summary)
-    for entry, grid, fp in ctx.tiles:
-        if entry.get("reused"):  # (the tiles just computed wrote theirs in their finishing task)
-            write_tile_fits(ctx.root, _tile_file(ctx, entry, grid, fp))
-        if not entry.get("healthy", True):
-            text = f"tile {entry['id']} excluded from the mosaic: {entry.get('health_reason')}"
-            ctx.say(f"warning: {text}")
-            ctx.report["warnings"].append(text)
-        elif entry["altaz_cleanup"] and not entry.get("alpha_applied", True):
-            text = f"tile {entry['id']}: alt-az mask not applied: {entry.get('alpha_note')}"
-            ctx.say(f"warning: {text}")
-            ctx.report["warnings"].append(text)
+    for item, summary in zip(pending, done):
+        summary = {**summary, "sky_glow": item.sky_glow}
+        tiles[item.job.id] = _with_summary(tiles[item.job.id], summary, reused=False)
+        store.mark_complete(work.root, tiles[item.job.id].zarr, item.fp, summary=summary)
+    ordered = [tiles[job.id] for job in plan.tiles]
+    for tile in ordered:
+        if tile.reused:  # (the tiles just computed wrote theirs in their finishing task)
+            write_tile_fits(work.root, _tile_file(work, tile))
+        if not tile.healthy:
+            text = f"tile {tile.id} excluded from the mosaic: {tile.health_reason}"
+        elif tile.altaz_cleanup and not tile.details.get("alpha_applied", True):
+            text = f"tile {tile.id}: alt-az mask not applied: {tile.details.get('alpha_note')}"
+        else:
+            continue
+        work.say(f"warning: {text}")
+        warnings.append(text)
     # After the new files are in place: a crash before this point leaves old tiles, not none.
-    written = {os.path.basename(entry["file"]) for entry, grid, _ in ctx.tiles if grid is not None}
-    stale = remove_stale_tile_files(os.path.join(ctx.out_dir, TILES_FOLDER), written)
+    written = {os.path.basename(t.file) for t in ordered if t.grid is not None}
+    stale = remove_stale_tile_files(os.path.join(work.out_dir, TILES_FOLDER), written)
     if stale:
-        ctx.say(f"removed {len(stale)} tile file(s) of an earlier run: {', '.join(stale)}")
-    ctx.report["tiles"] = [entry for entry, _, _ in ctx.tiles]
-    ctx.report["tiles_reused"] = [e["id"] for e, _, _ in ctx.tiles if e.get("reused")]
-    ctx.report["tiles_computed"] = [e["id"] for e, _, _ in ctx.tiles if e.get("reused") is False and "zarr" in e]
-    ctx.say(f"master tiles: {len(ctx.report['tiles_computed'])} computed, {len(ctx.report['tiles_reused'])} reused")
+        work.say(f"removed {len(stale)} tile file(s) of an earlier run: {', '.join(stale)}")
+    computed = sum(1 for t in ordered if t.grid is not None and not t.reused)
+    work.say(f"master tiles: {computed} computed, {sum(1 for t in ordered if t.reused)} reused")
+    return ordered, warnings
 
 
-def _fit_sky(ctx, client, pending, then) -> None:
+def _with_summary(tile: MasterTile, summary: dict, reused: bool) -> MasterTile:
+    """The tile with its finishing summary (as stored with it): health and sky glow typed, the
+    rest (alpha decision, RGB gains, rejected fraction) kept for the report."""
+    details = {k: v for k, v in summary.items() if k not in ("healthy", "health_reason", "sky_glow")}
+    return dataclasses.replace(tile, healthy=bool(summary.get("healthy", True)),
+                               health_reason=summary.get("health_reason"), sky_glow=summary.get("sky_glow"),
+                               details=details, reused=reused)
+
+
+def _fit_sky(config, work, client, pending: list[_Stacking], then, warnings: list[str]) -> None:
     """Per-frame sky surfaces of the groups about to be stacked (one task per group); ``then(k)``
     is called for each group ``pending[k]`` once its sources carry their surfaces (at once for
     a group that gets none). With ``background_mesh``, each frame's own local background
     instead (every group, whatever its size)."""
-    mesh = ctx.config.background_mesh
+    mesh = config.background_mesh
     if mesh > 0:
-        _fit_backgrounds(ctx, client, pending, then, mesh)
+        _fit_backgrounds(config, work, client, pending, then, mesh, warnings)
         return
-    order = ctx.config.sky_surface_order
-    todo = [k for k, p in enumerate(pending) if order >= 0 and len(p[3]) >= 2]
+    order = config.sky_surface_order
+    todo = [k for k, p in enumerate(pending) if order >= 0 and len(p.sources) >= 2]
     for k in sorted(set(range(len(pending))) - set(todo)):
         then(k)
-    futures = [client.submit(group_sky, pending[k][3], pending[k][1], ctx.config.match_bin, order,
-                             key=f"skyfit-{pending[k][2]}") for k in todo]
+    futures = [client.submit(group_sky, pending[k].sources, pending[k].grid, config.match_bin, order,
+                             key=f"skyfit-{pending[k].fp}") for k in todo]
 
     def with_surfaces(index: int, result: tuple) -> None:
-        entry, _, _, sources, *_ = pending[todo[index]]
-        sources[:], glow = result
+        item = pending[todo[index]]
+        item.sources[:], glow = result
         # Kept in the tile's summary: the mosaic's common sky curvature is fixed by it.
-        entry["sky_glow"] = glow
+        item.sky_glow = glow
         then(todo[index])
 
-    wait_with_progress(futures, "sky surfaces", ctx.console, on_result=with_surfaces)
+    wait_with_progress(futures, "sky surfaces", work.console, on_result=with_surfaces)
 
 
-def _fit_backgrounds(ctx, client, pending, then, mesh: int) -> None:
+def _fit_backgrounds(config, work, client, pending: list[_Stacking], then, mesh: int, warnings: list[str]) -> None:
     """Each frame's local background on cells of ``mesh`` pixels (one task per group); a
     warning when frames get fewer than 2 cells across (their gradients then stay)."""
-    factor = ctx.config.match_bin
-    shapes = sorted({s.shape for p in pending for s in p[3]})
+    factor = config.match_bin
+    shapes = sorted({s.shape for p in pending for s in p.sources})
     coarse = [s for s in shapes if min(cells_across((s[0] // factor, s[1] // factor), factor, mesh)) < 2]
     if coarse:
         h, w = coarse[0]
         text = (f"background_mesh {mesh} px leaves frames of {w}x{h} fewer than 2 cells across: "
                 f"their gradients stay (a mesh of at most {min(h, w) // 2} px removes them)")
-        ctx.say(f"warning: {text}")
-        ctx.report["warnings"].append(text)
-    futures = [client.submit(frame_backgrounds, p[3], ctx.config.match_bin, mesh, key=f"bgmesh-{p[2]}")
+        work.say(f"warning: {text}")
+        warnings.append(text)
+    futures = [client.submit(frame_backgrounds, p.sources, config.match_bin, mesh, key=f"bgmesh-{p.fp}")
                for p in pending]
 
     def with_backgrounds(k: int, backgrounds: list) -> None:
-        sources = pending[k][3]
+        sources = pending[k].sources
         sources[:] = [dataclasses.replace(s, background=b) for s, b in zip(sources, backgrounds)]
         then(k)
 
-    wait_with_progress(futures, "local backgrounds", ctx.console, on_result=with_backgrounds)
+    wait_with_progress(futures, "local backgrounds", work.console, on_result=with_backgrounds)
 
 
 def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: TileFile) -> dict:
@@ -227,9 +244,9 @@ class TileFile:
     n_frames: int
 
 
-def _tile_file(ctx, entry: dict, grid, fp: str) -> TileFile:
-    return TileFile(os.path.join(ctx.out_dir, entry["file"]), entry["zarr"], grid.wcs_header, fp,
-                    entry["id"], entry["mode"], entry["n_frames"])
+def _tile_file(work, tile: MasterTile) -> TileFile:
+    return TileFile(os.path.join(work.out_dir, tile.file), tile.zarr, tile.grid.wcs_header, tile.fingerprint,
+                    tile.id, tile.mode, tile.n_frames)
 
 
 def write_tile_fits(root: str, tile: TileFile) -> None:

@@ -236,8 +236,7 @@ def master_tile(
                                           fill_budget=True)
     backgrounds = [None if s.background is None else s.background.digest() for s in sources]
     token = store.fingerprint([s.token for s in sources], [s.sky for s in sources], backgrounds, grid.to_json(),
-                              channels, config.digest("reject", "kappa", "iterations", "normalization",
-                                                      "weights", "warp_grid_step", "budget"))
+                              channels, config.stage_digest("stack"))
     spec_key = f"tile-stack-spec-{token}"
     name = f"stack-tile-block-{token}"
     rstarts, cstarts = np.cumsum((0,) + rchunks), np.cumsum((0,) + cchunks)

@@ -1,29 +1,47 @@
-"""``zdask run --tiles DIR``: assemble master tiles a user already has, skipping the frame stages.
+"""The tiles mode (``zdask run --tiles DIR``): assemble master tiles a user already has.
 
-Each FITS file with a celestial WCS becomes a tile in the working store (image, coverage from
-its COVERAGE extension or 1 where finite, alpha from its ALPHA extension or 1, weight =
-coverage × alpha × feather), then the mosaic stage runs as for stacked tiles.
+Its front is the folder's tiles, imported into the working store (:func:`import_tiles`): each
+FITS file with a celestial WCS becomes a tile (image, coverage from its COVERAGE extension or 1
+where finite, alpha from its ALPHA extension or 1, weight = coverage × alpha × feather). The
+canvas covers the healthy ones; the mosaic is assembled as the classic mode's.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
 
-from zdask.cluster import open_client
-from zdask.config import Config
+from zdask.graph.canvas import Canvas, tiles_canvas
+from zdask.graph.errors import RunError
 from zdask.graph.geometry import Grid
-from zdask.graph.mosaic_stage import run_mosaic_stage
-from zdask.graph.runner import RunContext, RunError, claim_output_folder, stage_write
+from zdask.graph.modes.base import MasterTile, ModeResult
+from zdask.graph.modes.classic import tiles_report
+from zdask.graph.mosaic_stage import assemble_mosaic
 from zdask.io import store
 from zdask.io.fitsheader import celestial_cards
-from zdask.io.outputs import write_json
 from zdask.io.scan import FITS_EXTENSIONS
 from zdask.ops.colour import tile_health
 from zdask.ops.masks import feather_weights
+
+INPUT = "tiles"
+
+
+@dataclass(frozen=True)
+class TileFront:
+    """The imported master tiles (in file-name order) and their channel count."""
+
+    tiles: tuple[MasterTile, ...]
+    channels: int
+    warnings: tuple[str, ...]   # tiles left out of the mosaic, with the reason
+
+
+@dataclass(frozen=True)
+class TilesPlan:
+    tiles: tuple[MasterTile, ...]   # those the mosaic assembles
 
 
 def read_tile_file(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, str]:
@@ -53,68 +71,56 @@ def read_tile_file(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict,
     return image, np.where(finite, coverage, 0.0), alpha, cards, mount
 
 
-def import_tiles(folder: str, ctx: RunContext) -> None:
+def import_tiles(folder: str, config, work) -> TileFront:
     """Write every tile file of ``folder`` into the store (reusing unchanged ones)."""
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(FITS_EXTENSIONS))
     if not names:
         raise RunError(f"no FITS tile in {folder}")
-    group = store.open_store(ctx.root)
+    group = store.open_store(work.root)
     channels: set[int] = set()
+    tiles, warnings = [], []
+    settings = config.stage_digest("import")
     for k, name in enumerate(names):
         path = os.path.abspath(os.path.join(folder, name))
         st = os.stat(path)
-        fp = store.fingerprint(path, st.st_size, st.st_mtime_ns, ctx.config.feather_px)
+        fp = store.fingerprint(path, st.st_size, st.st_mtime_ns, settings)
         zname = f"tiles/{fp}"
         image, coverage, alpha, cards, mount = read_tile_file(path)
         health = tile_health(image, coverage)
-        entry = {"id": k, "mode": mount, "altaz_cleanup": False, "frames": [], "frames_excluded": [],
-                 "n_frames": 0, "file": path, "zarr": zname, "shape": list(image.shape[:2]),
-                 "healthy": bool(health.ok), "health_reason": health.reason, "reused": True}
-        if not store.is_complete(ctx.root, zname, fp):
-            entry["reused"] = False
-            feather = feather_weights(coverage, ramp_px=ctx.config.feather_px) if ctx.config.feather_px else 1.0
+        reused = store.is_complete(work.root, zname, fp)
+        if not reused:
+            feather = feather_weights(coverage, ramp_px=config.feather_px) if config.feather_px else 1.0
             arrays = {"image": image, "coverage": coverage, "alpha": alpha,
                       "weight": (coverage * alpha * feather).astype(np.float32)}
             for key, value in arrays.items():
                 chunks = (min(1024, value.shape[0]), value.shape[1]) + value.shape[2:]
                 store.create_array(group, f"{zname}/{key}", value.shape, "float32", chunks)[:] = value
-            store.mark_complete(ctx.root, zname, fp, summary={"imported": path})
-        ctx.tiles.append((entry, Grid(cards, image.shape[:2]), fp))
+            store.mark_complete(work.root, zname, fp, summary={"imported": path})
+        tiles.append(MasterTile(k, mount, path, Grid(cards, image.shape[:2]), zname, fp, (),
+                                healthy=bool(health.ok), health_reason=health.reason, reused=reused))
         if not health.ok:
-            ctx.report["warnings"].append(f"tile {path} excluded from the mosaic: {health.reason}")
+            warnings.append(f"tile {path} excluded from the mosaic: {health.reason}")
         channels.add(image.shape[-1])
     if len(channels) > 1:
         raise RunError(f"tiles in {folder} mix mono and colour images")
-    ctx.channels = channels.pop()
+    return TileFront(tuple(tiles), channels.pop(), tuple(warnings))
 
 
-def run_existing_tiles(folder: str, out_dir: str, config: Config, say=print, console=None) -> dict:
-    """Build the mosaic of the master tiles in ``folder`` into ``out_dir``."""
-    if not os.path.isdir(folder):
-        raise RunError(f"--tiles {folder}: no such folder")
-    out = os.path.realpath(out_dir)
-    if out == os.path.realpath(folder) or out.startswith(os.path.realpath(folder) + os.sep):
-        raise RunError(f"output folder {out_dir} is inside the tiles folder {folder}; choose another --out")
-    with claim_output_folder(out_dir):
-        return _assemble(folder, out_dir, config, say, console)
+def front_canvas(front: TileFront, config) -> Canvas:
+    """The canvas covering the healthy tiles, at their median pixel scale."""
+    return tiles_canvas([t.grid for t in front.tiles if t.in_mosaic], config)
 
 
-def _assemble(folder: str, out_dir: str, config: Config, say, console) -> dict:
-    timings: dict[str, float] = {}
-    ctx = RunContext([], config, out_dir, say, console)
-    ctx.report = {"inputs": [os.path.abspath(folder)], "config": config.to_dict(), "frames_used": 0,
-                  "frames_rejected": [], "warnings": [], "stages": timings}
+def plan(front: TileFront, canvas: Canvas, config) -> TilesPlan:
+    """The tiles the mosaic assembles: the healthy ones. Pure."""
+    return TilesPlan(tuple(t for t in front.tiles if t.in_mosaic))
+
+
+def build(plan: TilesPlan, front: TileFront, canvas: Canvas, config, client, work) -> ModeResult:
+    """Assemble the tiles on the canvas (matched as usual: tiles made elsewhere carry their sky)."""
     t = time.perf_counter()
-    import_tiles(folder, ctx)
-    timings["import"] = time.perf_counter() - t
-    ctx.report["tiles"] = [e for e, _, _ in ctx.tiles]
-    with open_client(config, say) as client:
-        t = time.perf_counter()
-        run_mosaic_stage(ctx, client, None)
-        timings["mosaic"] = time.perf_counter() - t
-    t = time.perf_counter()
-    stage_write(ctx)
-    timings["write"] = time.perf_counter() - t
-    timings["total"] = sum(timings.values())
-    write_json(os.path.join(out_dir, "report.json"), ctx.report)
-    return ctx.report
+    header, mosaic = assemble_mosaic(list(plan.tiles), canvas, front.channels, False, config, client, work)
+    report = tiles_report(front.tiles, mosaic)
+    del report["tiles_reused"], report["tiles_computed"]
+    return ModeResult("mosaic", header, len(plan.tiles), 0, report, front.warnings,
+                      {"mosaic": time.perf_counter() - t})

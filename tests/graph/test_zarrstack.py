@@ -15,8 +15,8 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from zdask.graph.stack import stack
-from zdask.io import zarrstack
-from zdask.io.zarrstack import (ZarrStackError, _load_block, _map_block, _mappable, _raw_chunk_path,
+from zdask.graph import zarrstack
+from zdask.graph.zarrstack import (ZarrStackError, _load_block, _map_block, _mappable, _raw_chunk_path,
                                 _read_block, open_zarr_stack)
 
 
