@@ -38,6 +38,9 @@ def stack_pixel_weighted(stack: np.ndarray, weights: np.ndarray, method: str = "
     **parameters
         The method's own (``kappa``, ``iterations``, ``winsor``).
 
+    Memory: the stack (unless it is already contiguous float32, a copy), a few boolean maps of
+    the weights' size while they are validated, the outputs, and ``N`` × a tile of float64.
+
     Returns
     -------
     StackResult
@@ -50,11 +53,11 @@ def stack_pixel_weighted(stack: np.ndarray, weights: np.ndarray, method: str = "
     if x.ndim != 4:
         raise ValueError(f"stack must be (N, H, W, C); got shape {x.shape}")
     n, h, w, c = x.shape
-    wts = np.asarray(weights, dtype=np.float64)
+    wts = np.asarray(weights)
     if wts.shape != (n, h, w):
         raise ValueError(f"weights must have shape {(n, h, w)}; got {wts.shape}")
-    wts = np.where(np.isnan(wts), 0.0, wts)
-    if not (np.isfinite(wts).all() and (wts >= 0).all()):
+    # (validated as given, converted a tile at a time: no float64 copy of the whole block)
+    if not np.all(np.isnan(wts) | (np.isfinite(wts) & (wts >= 0))):
         raise ValueError("weights must be finite and >= 0")
     sc = per_frame(scale, n, c, "scale", np.float32, default=1.0)
     of = per_frame(offset, n, c, "offset", np.float32, default=0.0)
@@ -67,7 +70,8 @@ def stack_pixel_weighted(stack: np.ndarray, weights: np.ndarray, method: str = "
     for p0 in range(0, h * w, pixels):
         p1 = min(p0 + pixels, h * w)
         a, b = p0 * c, p1 * c
-        result = run(flat[:, a:b].reshape(n, 1, 1, b - a), weights=np.repeat(wflat[:, p0:p1], c, axis=1),
+        tile_weights = np.repeat(np.nan_to_num(wflat[:, p0:p1].astype(np.float64), nan=0.0), c, axis=1)
+        result = run(flat[:, a:b].reshape(n, 1, 1, b - a), weights=tile_weights,
                      scale=sc_t[:, :b - a], offset=of_t[:, :b - a], **parameters)
         for target, part in zip(out, result):
             target[a:b] = part.reshape(-1)
