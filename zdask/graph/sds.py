@@ -175,8 +175,7 @@ def summarise_megatile(name: str, touched: Sequence[tuple[int, int]], results: S
 
 # --- gain match ------------------------------------------------------------------------------------
 
-def lot_gain(root: str, reference: MegaTile, lot: MegaTile, blocks: BlockGrid, factor: int, method: str,
-             min_fraction: float) -> LotGain:
+def lot_gain(root: str, reference: MegaTile, lot: MegaTile, method: str, min_fraction: float) -> LotGain:
     """Worker task: ``lot``'s correction against ``reference`` from their binned mega-tiles, read
     over the bounding box of the pixels both cover (so the result does not depend on the blocks;
     none: the fallback, gain 1)."""

@@ -159,7 +159,13 @@ def run_sds(
                       settings.warp_grid_step)
 
     # 1. One mega-tile per lot (all lots' blocks in flight at once on a client).
-    pending, megatiles = [], [None] * len(lots)
+    pending, megatiles, reused = [], [None] * len(lots), set()
+
+    def log(k: int) -> None:
+        lot, tile = lots[k], megatiles[k]
+        say(f"SDS lot {k + 1}/{len(lots)} (id {lot.id}, {lot.mode}): {len(lot.frames)} frames, "
+            f"{len(tile.blocks)} canvas blocks, {tile.seconds:.1f} s{' (reused)' if k in reused else ''}")
+
     for k, lot in enumerate(lots):
         lot_sources = [sources[i] for i in lot.frames]
         touched = sds.lot_blocks(lot_sources, canvas, blocks)
@@ -170,6 +176,8 @@ def run_sds(
         name = f"sds/lots/{fp}"
         if store.is_complete(root, name, fp):
             megatiles[k] = sds.MegaTile(**_tile_fields(zarr.open_group(root, path=name, mode="r").attrs["megatile"]))
+            reused.add(k)
+            log(k)
             continue
         spec = stack_spec(lot_sources, [stats[i] for i in lot.frames], [exptimes[i] for i in lot.frames],
                           canvas.wcs_header, settings.warp_grid_step, channels, settings.method, settings.params,
@@ -178,24 +186,21 @@ def run_sds(
         sds.create_megatile_store(root, name, blocks, channels, factor)
         pending.append((k, name, fp, touched, sds.megatile_tasks(spec, root, name, blocks, touched, factor)))
     futures = [client.compute(tasks) for *_, tasks in pending] if client is not None else None
-    for n, (k, name, fp, touched, tasks) in enumerate(pending):
+    for n, (k, name, fp, touched, tasks) in enumerate(pending):  # (logged in lot order as they finish)
         results = client.gather(futures[n]) if client is not None else _compute(tasks, None)
         megatiles[k] = sds.summarise_megatile(name, touched, results)
         store.mark_complete(root, name, fp, megatile=_tile_json(megatiles[k]))
+        log(k)
     if client is not None:
         client.run(release_block_buffers)
     release_block_buffers()
-    reused = {k for k in range(len(lots)) if all(p[0] != k for p in pending)}
-    for k, (lot, tile) in enumerate(zip(lots, megatiles)):
-        say(f"SDS lot {k + 1}/{len(lots)} (id {lot.id}, {lot.mode}): {len(lot.frames)} frames, "
-            f"{len(tile.blocks)} canvas blocks, {tile.seconds:.1f} s{' (reused)' if k in reused else ''}")
 
     # 2. Gain match against the mega-tile with the largest summed coverage.
     try:
         ref = reference_lot([t.coverage_sum for t in megatiles])
     except ValueError:
         raise SdsError("no lot's frames cover the canvas: every mega-tile is empty") from None
-    gain_tasks = [dask.delayed(sds.lot_gain, pure=True)(root, megatiles[ref], tile, blocks, factor,
+    gain_tasks = [dask.delayed(sds.lot_gain, pure=True)(root, megatiles[ref], tile,
                                                         "medians" if k == ref else settings.gain_method,
                                                         settings.gain_min_fraction)
                   for k, tile in enumerate(megatiles)]
