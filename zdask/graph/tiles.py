@@ -190,17 +190,27 @@ def tile_stack_spec(
 ) -> TileStack:
     """The reduction of one tile as plain values, validated here (bad parameters raise now, not
     in a worker; the probe also compiles the kernel)."""
+    return stack_spec(sources, stats, exptimes, grid.wcs_header, config.warp_grid_step, channels, config.reject,
+                      method_parameters(config), config.normalization, config.weights)
+
+
+def stack_spec(
+    sources: list[TileSource], stats: list[FrameStats], exptimes: list[float | None], grid_header: dict,
+    step: int, channels: int, method: str, params: dict, normalization: str, weights_mode: str,
+) -> TileStack:
+    """:func:`tile_stack_spec` from plain values (any grid: a master tile's, or the canvas for an
+    SDS mega-tile): normalised by ``normalization``, weighted by ``weights_mode``, reduced by
+    ``method`` with ``params``; validated here."""
     n = len(sources)
-    scale, offset = normalization_coefficients(stats, config.normalization)
+    scale, offset = normalization_coefficients(stats, normalization)
     if any(s.sky is not None or s.background is not None for s in sources):
         # The sky surfaces already brought every frame's background to the group's consensus
         # (a local background, to zero); offsets from whole-frame statistics (measured before
         # that) would undo it.
         offset = np.zeros_like(offset)
-    weights = frame_weights(stats, config.weights, exptimes=exptimes)
-    params = method_parameters(config)
+    weights = frame_weights(stats, weights_mode, exptimes=exptimes)
     spec = TileStack(
-        tuple(sources), grid.wcs_header, config.warp_grid_step, channels, config.reject, params,
+        tuple(sources), grid_header, step, channels, method, dict(params),
         per_frame(weights, n, channels, "weights", np.float64),
         per_frame(scale, n, channels, "scale", np.float32),
         per_frame(offset, n, channels, "offset", np.float32),

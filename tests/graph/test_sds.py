@@ -1,0 +1,236 @@
+"""SDS chain on a planted survey in a real Zarr store: the sparse mega-tiles and global stack
+equal dense in-memory references for several budgets, gains recover planted transparencies, a
+satellite trail present in one lot only is rejected, failures raise SdsError."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dask
+import numpy as np
+import pytest
+import zarr
+
+from zdask.config import Config
+from zdask.graph.geometry import Grid, tan_header
+from zdask.graph.sds_plan import Lot
+from zdask.graph.sds_run import SdsError, SdsSettings, run_sds
+from zdask.graph.tiles import TileSource, release_block_buffers, stack_spec, stack_tile_block
+from zdask.io import store
+from zdask.io.scan import MOUNT_EQ
+from zdask.ops.crop import autocrop_box
+from zdask.ops.framestats import frame_statistics
+from zdask.ops.pixelweights import stack_pixel_weighted
+
+SCALE = 2.0  # arcsec / px
+COLOUR = np.array([0.9, 1.0, 1.1], dtype=np.float32)
+NOISE = 2.0
+
+
+def _truth(shape, seed) -> np.ndarray:
+    """Sky-free signal on the canvas: a faint glow and stars."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    image = 5.0 + 3.0 * np.exp(-((xx - shape[1] / 2) ** 2 + (yy - shape[0] / 2) ** 2) / (shape[1] ** 2 / 8))
+    for _ in range(shape[0] * shape[1] // 150):
+        x0, y0, flux = rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), rng.uniform(300, 3000)
+        image += flux / (2 * np.pi * 1.6 ** 2) * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.6 ** 2))
+    return image[..., None] * COLOUR
+
+
+def make_survey(root: str, canvas_shape, frame_shape, lot_shifts, transparency, skies, seed=0, trail=None):
+    """Frames of each lot at integer shifts (dx, dy) of the canvas (the canvas's tangent point and
+    scale, so a frame's pixel is a canvas pixel exactly): transparency × truth + sky + noise.
+    ``trail`` = (lot, row, x0, x1, ADU): a satellite trail on that canvas row in every frame of
+    one lot (the lot's own stack keeps it)."""
+    truth = _truth(canvas_shape, seed)
+    rng = np.random.default_rng(seed + 1)
+    group = store.open_store(root)
+    sources, stats, lots = [], [], []
+    h, w = frame_shape
+    for k, shifts in enumerate(lot_shifts):
+        members = []
+        for dx, dy in shifts:
+            i = len(sources)
+            image = transparency[k] * truth[dy:dy + h, dx:dx + w] + skies[k] + rng.normal(0, NOISE, (h, w, 3))
+            if trail is not None and trail[0] == k:
+                _, row, x0, x1, adu = trail
+                image[row - dy, max(0, x0 - dx):max(0, x1 - dx)] += adu
+            image = image.astype(np.float32)
+            store.create_array(group, f"frames/f{i}", image.shape, "float32", (32, w, 3))[:] = image
+            store.mark_complete(root, f"frames/f{i}", f"fp{i}")
+            sources.append(TileSource(root, f"f{i}", f"fp{i}", tan_header(10.0, 40.0, SCALE, (0.5 - dx, 0.5 - dy)),
+                                      (h, w)))
+            stats.append(frame_statistics(image))
+            members.append(i)
+        lots.append(Lot(k, MOUNT_EQ, tuple(members), 1.0))
+    canvas = Grid(tan_header(10.0, 40.0, SCALE, (0.5, 0.5)), tuple(canvas_shape))
+    return sources, stats, [10.0] * len(sources), lots, canvas
+
+
+# A sparse layout: four lots spread over a 72 × 200 canvas, one on its left part only, one on its
+# right part only (so most blocks hold only some of the lots).
+CANVAS, FRAME = (72, 200), (40, 64)
+GRID_X, GRID_Y = (0, 45, 90, 136), (0, 32)
+SPOTS = [(x, y) for y in GRID_Y for x in GRID_X]
+
+
+def _jittered(spots, k):
+    return [(min(CANVAS[1] - FRAME[1], max(0, x + (k * 7 + m * 3) % 5 - 2)),
+             min(CANVAS[0] - FRAME[0], max(0, y + (k * 5 + m) % 3 - 1))) for m, (x, y) in enumerate(spots)]
+
+
+LAYOUT = ([_jittered([SPOTS[(k + m) % 8] for m in range(5)], k) for k in range(4)]
+          + [_jittered([(0, 0), (45, 0), (0, 32), (45, 32), (20, 16)], 4)]
+          + [_jittered([(136, 0), (90, 32), (136, 32), (110, 16), (136, 16)], 5)])
+TRANSPARENCY = [1.0, 0.8, 0.9, 0.7, 0.95, 0.85]
+SKIES = [100.0, 130.0, 90.0, 160.0, 110.0, 120.0]
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("sds") / "work.zarr")
+    return root, make_survey(root, CANVAS, FRAME, LAYOUT, TRANSPARENCY, SKIES)
+
+
+def sds_settings(**changes) -> SdsSettings:
+    base = SdsSettings.from_config(Config(), global_method="kappa_sigma", gain_method="sources",
+                                   gain_min_fraction=0.01, min_coverage_keep=0.4)
+    return dataclasses.replace(base, **changes)
+
+
+def _read(root, path):
+    return np.asarray(zarr.open_array(root, path=path, mode="r")[:])
+
+
+def test_sparse_chain_equals_dense_references_for_several_budgets(survey):
+    root, (sources, stats, exptimes, lots, canvas) = survey
+    finals = []
+    for budget, side in (("64KiB", 16), ("256KiB", 40), ("2MiB", 120)):
+        settings = sds_settings(budget=budget)
+        with dask.config.set(scheduler="sync"):
+            result = run_sds(sources, stats, exptimes, lots, canvas, 3, root, settings, say=lambda _: None)
+            image, coverage, alpha = dask.compute(result.image, result.coverage, result.alpha)
+        report = result.report
+        assert report["block_side"] == side
+        names = [entry["zarr"] for entry in report["lots"]]
+        # Each mega-tile: the lot's frames warped and stacked on the WHOLE canvas in one block.
+        tiles, covs = [], []
+        for lot, name in zip(lots, names):
+            spec = stack_spec([sources[i] for i in lot.frames], [stats[i] for i in lot.frames],
+                              [exptimes[i] for i in lot.frames], canvas.wcs_header, settings.warp_grid_step, 3,
+                              settings.method, settings.params, settings.normalization, settings.weights)
+            dense, count, low, high = stack_tile_block(spec, (0, CANVAS[0]), (0, CANVAS[1]))
+            dense_cov = (count[..., 0] + low[..., 0] + high[..., 0]).astype(np.float32)
+            stored, stored_cov = _read(root, f"{name}/image"), _read(root, f"{name}/coverage")
+            np.testing.assert_array_equal(stored_cov, dense_cov)
+            np.testing.assert_allclose(stored, dense, rtol=1e-6, atol=1e-4)
+            assert np.isnan(stored[dense_cov == 0]).all()
+            tiles.append(stored)
+            covs.append(stored_cov)
+        release_block_buffers()
+        # The global stack: every lot at every pixel (NaN where a lot has no sample) in one call.
+        gains = np.array([e["gain"] for e in report["lots"]])
+        offsets = np.array([e["offset"] for e in report["lots"]])
+        reference = stack_pixel_weighted(np.stack(tiles), np.stack(covs), "kappa_sigma", scale=gains,
+                                         offset=offsets, kappa=(3.0, 3.0), iterations=1)
+        stack_name = report["zarr"]
+        np.testing.assert_array_equal(_read(root, f"{stack_name}/image"), reference.image)
+        total = np.stack(covs).sum(axis=0, dtype=np.float32)
+        np.testing.assert_array_equal(_read(root, f"{stack_name}/coverage"), total)
+        # Polish: the cut at 0.4 × the peak, the box of what is kept, alpha from coverage.
+        threshold = np.float32(0.4 * total.max())
+        y0, y1, x0, x1 = autocrop_box(total, min_coverage=float(threshold))
+        assert report["crop_box"] == [y0, y1, x0, x1] and list(result.grid.shape) == [y1 - y0, x1 - x0]
+        kept = total[y0:y1, x0:x1] >= threshold
+        np.testing.assert_array_equal(coverage, np.where(kept, total[y0:y1, x0:x1], 0))
+        np.testing.assert_array_equal(image, np.where(kept[..., None], reference.image[y0:y1, x0:x1], np.nan))
+        np.testing.assert_array_equal(alpha, np.where(kept, 255, 0))
+        assert result.grid.wcs_header["CRPIX1"] == canvas.wcs_header["CRPIX1"] - x0
+        finals.append(image)
+    # Different blocks, the same mosaic (to the warp's rounding).
+    for other in finals[1:]:
+        np.testing.assert_allclose(other, finals[0], rtol=1e-5, atol=1e-3)
+
+
+def test_gains_recover_the_lots_planted_transparency_on_a_local_cluster(survey):
+    """On a real LocalCluster: every lot's gain is t_ref / t_lot from its stars (noisy frames), its
+    offset brings its sky to the reference's, and the mega-tiles' medians agree after the match."""
+    from distributed import Client, LocalCluster
+
+    root, (sources, stats, exptimes, lots, canvas) = survey
+    lines = []
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=2, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        result = run_sds(sources, stats, exptimes, lots, canvas, 3, root, sds_settings(budget="256KiB", bin_factor=2),
+                         client=client, say=lines.append)
+    report = result.report
+    ref = report["reference"]
+    for entry in report["lots"]:
+        truth = TRANSPARENCY[ref] / TRANSPARENCY[entry["id"]]
+        np.testing.assert_allclose(entry["gain"], truth, rtol=0.02)
+        # (pixels of exactly 3 frames keep their median: 2 of their 3 samples count as rejected)
+        assert all(entry["gain_fitted"]) and 0 <= entry["rejected_fraction"] < 0.25
+    assert report["gain_fallbacks"] == []
+    spread_before, spread_after = np.array(report["median_spread_before"]), np.array(report["median_spread_after"])
+    assert (spread_before > 15).all() and (spread_after < 0.1 * spread_before).all()
+    assert sum(line.startswith("SDS lot ") for line in lines) == len(lots)
+    assert any(line.startswith(f"SDS reference lot {ref}") for line in lines)
+
+
+def test_a_satellite_trail_in_one_lot_only_is_rejected(tmp_path):
+    """Six lots over the whole field; every frame of lot 3 carries the same trail, so its own
+    stack keeps it: the global stack rejects it."""
+    canvas_shape, frame_shape = (48, 96), (44, 92)
+    layout = [[((k + m) % 5, (k * 2 + m) % 5) for m in range(5)] for k in range(6)]
+    trail = (3, 24, 8, 88, 400.0)
+    root = str(tmp_path / "work.zarr")
+    sources, stats, exptimes, lots, canvas = make_survey(root, canvas_shape, frame_shape, layout, [1.0] * 6,
+                                                         [100.0] * 6, seed=3, trail=trail)
+    with dask.config.set(scheduler="sync"):
+        result = run_sds(sources, stats, exptimes, lots, canvas, 3, root, sds_settings(budget="1MiB", bin_factor=2),
+                         say=lambda _: None)
+        image = result.image.compute()
+    report = result.report
+    y0, _, x0, _ = report["crop_box"]
+    on_trail = (slice(24 - y0, 25 - y0), slice(12 - x0, 84 - x0))
+    lot3 = _read(root, f"{report['lots'][3]['zarr']}/image")
+    truth = 100.0 + _truth(canvas_shape, 3)
+    # The lot's mega-tile holds the trail; the mosaic is the sky there, to the lots' noise.
+    assert (lot3[24, 12:84] - truth[24, 12:84] > 300).all()
+    assert np.abs(image[on_trail] - truth[24, 12:84]).max() < 10 * NOISE
+    assert report["global_rejected_fraction"] > 0
+
+
+def test_sds_without_a_mosaic_raises_its_reason(tmp_path, survey):
+    _, (sources, stats, exptimes, lots, canvas) = survey
+    root = str(tmp_path / "work.zarr")
+    with pytest.raises(SdsError, match="no SDS lot"):
+        run_sds(sources, stats, exptimes, [], canvas, 3, root, sds_settings(), say=lambda _: None)
+    # Frames that all lie beside the canvas: every mega-tile is empty.
+    far = [dataclasses.replace(s, wcs_header=tan_header(10.0, 40.0, SCALE, (0.5 - 5000, 0.5))) for s in sources]
+    with dask.config.set(scheduler="sync"), pytest.raises(SdsError, match="every mega-tile is empty"):
+        run_sds(far, stats, exptimes, lots, canvas, 3, root, sds_settings(), say=lambda _: None)
+
+
+def test_a_second_run_reuses_the_mega_tiles_and_the_stack(tmp_path):
+    root = str(tmp_path / "work.zarr")
+    sources, stats, exptimes, lots, canvas = make_survey(root, CANVAS, FRAME, LAYOUT[:4], TRANSPARENCY, SKIES)
+    settings = sds_settings(budget="256KiB")
+    with dask.config.set(scheduler="sync"):
+        first = run_sds(sources, stats, exptimes, lots, canvas, 3, root, settings, say=lambda _: None)
+        image = first.image.compute()
+        stack_mtime = _mtimes(root, first.report["zarr"])
+        second = run_sds(sources, stats, exptimes, lots, canvas, 3, root, settings, say=lambda _: None)
+        np.testing.assert_array_equal(second.image.compute(), image)
+    assert [e["reused"] for e in first.report["lots"]] == [False] * 4
+    assert [e["reused"] for e in second.report["lots"]] == [True] * 4
+    assert _mtimes(root, second.report["zarr"]) == stack_mtime
+
+
+def _mtimes(root, name):
+    import os
+
+    folder = os.path.join(root, name)
+    return sorted((os.path.relpath(os.path.join(d, f), folder), os.stat(os.path.join(d, f)).st_mtime_ns)
+                  for d, _, files in os.walk(folder) for f in files)
