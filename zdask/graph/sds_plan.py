@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zdask.graph.geometry import Grid, footprint_outline, wcs_from_header
+from zdask.graph.geometry import Grid, footprint_outline
+from zdask.io.fitsheader import wcs_from_header
 from zdask.graph.plan import infer_group_mode
 from zdask.io.scan import Frame
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zdask.ops.photometry import _as_hwc, fit_source_gain
+from zdask.ops.backend import as_hwc
+from zdask.ops.photometry import fit_source_gain
 
 __all__ = ["GAIN_METHODS", "LotGain", "match_gain", "median_gain", "overlap_mask", "reference_lot"]
 
@@ -110,7 +111,7 @@ def _medians(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def median_gain(reference: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(gain (C,) float32, fitted (C,) bool)``: median_ref / median over ``mask``, per channel;
     1.0 (not fitted) where that is NaN, inf or <= 0."""
-    ref, tgt = _as_hwc(reference, "reference"), _as_hwc(target, "target")
+    ref, tgt = as_hwc(reference, "reference")[1], as_hwc(target, "target")[1]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         ratio = (_medians(ref, mask) / _medians(tgt, mask)).astype(np.float32) if mask.any() \
             else np.full(ref.shape[-1], np.nan, dtype=np.float32)
@@ -140,7 +141,7 @@ def match_gain(
     """
     if method not in GAIN_METHODS:
         raise ValueError(f"unknown gain method {method!r}; allowed: {', '.join(GAIN_METHODS)}")
-    ref, tgt = _as_hwc(reference, "reference"), _as_hwc(target, "target")
+    ref, tgt = as_hwc(reference, "reference")[1], as_hwc(target, "target")[1]
     if ref.shape != tgt.shape:
         raise ValueError(f"reference and target must have one shape; got {ref.shape} and {tgt.shape}")
     mask = overlap_mask(reference_coverage, coverage, reference_peak, peak, min_fraction)
