@@ -262,10 +262,10 @@ class Config:
         "Order of the sky surfaces matched between overlapping frames (inside a tile) and "
         "tiles (in the mosaic): -1 off, 0 offset, 1 plane, 2 quadratic. Each is fitted against "
         "the others covering the same sky, so emission fixed on the sky is kept. With 1 or 2, "
-        "the surface all tiles share gets the quadratic part fixed by the tiles' own skies "
-        "being alike (a horizon glow curves every frame the same way) instead of a bowl as "
-        "wide as the mosaic; its plane is fitted on the mosaic with sources masked. Not used "
-        "when background_mesh > 0.",
+        "the curvature every tile's own sky shows (the median over tiles, sources masked: a "
+        "horizon glow curves every frame alike) is taken out of every tile before the tiles "
+        "are matched, instead of becoming a bowl as wide as the mosaic; the plane all tiles "
+        "share is fitted on the mosaic with sources masked. Not used when background_mesh > 0.",
         default=1,
         stages=("tiles", "mosaic"),
 

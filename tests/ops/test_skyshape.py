@@ -1,133 +1,63 @@
-"""The common quadratic of a mosaic's tiles, from the shape of their own skies: planted truths."""
+"""The curvature every tile's sky shares, from the tiles' own skies: planted truths."""
 
 import numpy as np
 
-from zdask.ops.background import poly_terms
-from zdask.ops.skyshape import common_quadratic, local_slopes, pad_order
+from zdask.ops.background import Surface
+from zdask.ops.skyshape import MIN_TILES, common_curvature, pad_order, tile_curvature
 
-CENTRES = np.array([(u, v) for v in (-0.6, 0.0, 0.6) for u in (-0.6, 0.0, 0.6)])
-
-
-def _matched(quad: np.ndarray, slope: np.ndarray, rng) -> list[np.ndarray]:
-    """Per tile, the correction matching leaves: every tile's sky is the same curve about its
-    own centre; matching removes what differs between tiles, i.e. the tile's sky minus the
-    common surface ``quad`` (one quadratic for all), plus any common plane."""
-    out = []
-    for u, v in CENTRES:
-        qa, qb, qc = quad
-        # q(p - c) - q(p) = linear in p: its plane coefficients, per the poly_terms order
-        const = qa * u * u + qb * u * v + qc * v * v
-        du, dv = -2 * qa * u - qb * v, -qb * u - 2 * qc * v
-        plane = np.array([[const + rng.normal(0, 0.01), du + slope[0], dv + slope[1]]])
-        out.append(pad_order(plane, 1, 2))
-    return out
+EXTENT = (0.0, 299.0, 0.0, 299.0)   # the binned canvas the coefficients are normalised over
+ORIGINS = [(y, x) for y in (0, 100, 200) for x in (0, 100, 200)]
+GLOW = np.array([[0.0, 0.0, 0.0, 0.8, -0.3, 0.5]])   # a glow's curvature, the same in every tile
 
 
-def test_planted_common_curvature_is_recovered():
+def _tile(origin, plane, rng, galaxy: float = 0.0):
+    """A 100 x 100 cut-out at ``origin``: the glow's curvature, a plane of its own, noise, stars,
+    and optionally a broad bright galaxy in the middle."""
+    h = w = 100
+    sky = Surface(GLOW + pad_order(plane, 1, 2), 2, EXTENT, np.zeros(1)).evaluate((h, w), offset=origin)
+    image = sky + rng.normal(0, 0.002, (h, w, 1)).astype(np.float32)
+    ys, xs = rng.integers(0, h, 30), rng.integers(0, w, 30)
+    image[ys, xs] += 5.0                                   # stars: masked as sources
+    if galaxy:
+        yy, xx = np.mgrid[0:h, 0:w]
+        image[..., 0] += galaxy * np.exp(-((yy - 50) ** 2 + (xx - 50) ** 2) / (2 * 30.0 ** 2))
+    return image, np.ones((h, w), np.float32)
+
+
+def test_each_tile_s_own_curvature_is_its_sky_s_quadratic_part():
     rng = np.random.default_rng(1)
-    quad = np.array([0.8, -0.3, 0.5])
-    matched = _matched(quad, np.array([0.2, -0.1]), rng)
-    found = common_quadratic(matched, CENTRES, np.ones(len(CENTRES)))
-    assert np.allclose(found.coeffs[0, 3:], quad, atol=1e-9)
-    assert np.allclose(found.coeffs[0, :3], 0.0)  # the linear part is not this function's to set
-    assert set(found.determined) == {"u^2", "u*v", "v^2"} and found.undetermined == ()
-    # with P added, every tile's local slope is the same
-    slopes = [local_slopes(c + found.coeffs, ck)[0] for c, ck in zip(matched, CENTRES)]
-    assert np.allclose(slopes, slopes[0], atol=1e-9)
+    image, weight = _tile((100, 200), np.array([[3.0, 0.4, -0.2]]), rng)
+    found = tile_curvature(image, weight, (100, 200), EXTENT)
+    assert np.allclose(found[0, :3], 0.0)                  # the matching's to fix, not this
+    assert np.allclose(found[0, 3:], GLOW[0, 3:], atol=0.02)
 
 
-def test_one_row_of_tiles_leaves_the_curvature_across_it_alone():
-    row = np.array([(u, 0.0) for u in np.linspace(-0.6, 0.6, 6)])
-    coeffs = [pad_order(np.array([[0.0, -2 * 0.7 * u, 0.0]]), 1, 2) for u, _ in row]
-    found = common_quadratic(coeffs, row, np.ones(len(row)))
-    assert np.isclose(found.coeffs[0, 3], 0.7)
-    assert found.coeffs[0, 5] == 0.0 and "v^2" in found.undetermined
+def test_the_common_curvature_is_the_median_a_galaxy_tile_does_not_move():
+    rng = np.random.default_rng(2)
+    curvatures = []
+    for k, origin in enumerate(ORIGINS):
+        plane = np.array([[rng.normal(), rng.normal(0, 0.3), rng.normal(0, 0.3)]])
+        image, weight = _tile(origin, plane, rng, galaxy=2.0 if k == 4 else 0.0)
+        curvatures.append(tile_curvature(image, weight, origin, EXTENT))
+    # the galaxy tile's own curvature is far off the glow's ...
+    assert np.abs(curvatures[4][0, 3:] - GLOW[0, 3:]).max() > 0.3
+    common = common_curvature(curvatures)
+    # ... the median is not
+    assert np.allclose(common.coeffs[0, 3:], GLOW[0, 3:], atol=0.02)
+    assert np.allclose(common.coeffs[0, :3], 0.0)
+    assert common.determined == ("u^2", "u*v", "v^2") and common.undetermined == ()
+    assert common.spread.shape == (1, 3)
+
+
+def test_too_few_tiles_leave_the_curvature_alone():
+    curvatures = [GLOW.copy() for _ in range(MIN_TILES - 1)]
+    common = common_curvature(curvatures)
+    assert np.allclose(common.coeffs, 0.0) and common.determined == ()
 
 
 def test_pad_order_keeps_the_surface():
-    c = np.array([[1.0, 2.0, -3.0]])
-    x, y = np.meshgrid(np.arange(5.0), np.arange(4.0))
-    extent = (0, 3, 0, 4)
-    assert np.allclose(poly_terms(x, y, 1, extent) @ c[0], poly_terms(x, y, 2, extent) @ pad_order(c, 1, 2)[0])
-
-
-def _rotation(theta: float) -> np.ndarray:
-    return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-
-
-def _alt_az_corrections(glow_in_frame, angles_deg, brightness):
-    """Per frame, the gradient of its sky correction on the tile grid: the glow fixed in the
-    frame, turned with it, brightening and fading (zero-sum, as the consensus matching leaves it)."""
-    jacobians = np.stack([_rotation(np.deg2rad(a)) for a in angles_deg])
-    on_tile = np.stack([s * (np.linalg.inv(j).T @ glow_in_frame.T).T for j, s in zip(jacobians, brightness)])
-    return on_tile - on_tile.mean(axis=0), on_tile.mean(axis=0), jacobians
-
-
-def test_glow_from_rotation_recovers_the_glow_the_tile_still_carries():
-    from zdask.ops.skyshape import glow_from_rotation
-
-    glow = np.array([[0.30, -0.20], [0.10, 0.05]])  # (C, 2) per frame pixel
-    brightness = 1 + np.random.default_rng(1).normal(0, 0.08, 8)  # the glow fades and brightens
-    corrections, carried, jacobians = _alt_az_corrections(glow, np.linspace(-5, 5, 8), brightness)
-    found = glow_from_rotation(corrections, jacobians)
-    assert found.gradient is not None and found.explained > 0.99
-    assert np.allclose(found.gradient, carried, rtol=0.03, atol=0.003)
-
-
-def test_glow_from_rotation_leaves_an_equatorial_tile_undetermined():
-    from zdask.ops.skyshape import glow_from_rotation
-
-    glow = np.array([[0.30, -0.20]])
-    corrections, _, jacobians = _alt_az_corrections(glow, np.full(8, 0.2), np.ones(8))
-    noise = np.random.default_rng(2).normal(0, 0.01, corrections.shape)
-    found = glow_from_rotation(corrections + noise, jacobians)
-    assert found.gradient is None and found.rotation_rms_deg < 0.01
-
-
-# Where the alt-az tiles of a skykit-like 3 x 3 mosaic sit: one in the middle row, the bottom row.
-ALTAZ = (5, 6, 7, 8)
-
-
-def _drifting_glow_tiles(quad: np.ndarray, plane: np.ndarray):
-    """Per tile its correction from matching and the slope its correction must have: every tile
-    carries its own glow (the amplitude drifted from panel to panel, in raster order), the
-    matching leaves each correction short of it by one unknown common surface (``quad`` and
-    ``plane``)."""
-    coeffs, glows = [], []
-    for k, (u, v) in enumerate(CENTRES):
-        glow = np.array([[1.0, -1.2]]) * (1 + 0.06 * k)            # (C, 2), drifting
-        qa, qb, qc = quad
-        common_slope = plane + np.array([2 * qa * u + qb * v, qb * u + 2 * qc * v])
-        tile = np.zeros((1, 6))
-        tile[0, 0] = 5.0 + k
-        tile[0, 1:3] = glow[0] - common_slope                       # local slope at the centre
-        coeffs.append(tile)
-        glows.append(glow)
-    return coeffs, glows
-
-
-def test_curvature_from_glows_recovers_the_common_curvature_when_the_glow_drifts():
-    from zdask.ops.skyshape import curvature_from_glows
-
-    quad, plane = np.array([0.8, -0.3, 0.5]), np.array([0.4, -0.2])
-    coeffs, glows = _drifting_glow_tiles(quad, plane)
-    wanted = [g if k in ALTAZ else None for k, g in enumerate(glows)]
-    found = curvature_from_glows(coeffs, CENTRES, np.ones(len(CENTRES)), wanted)
-    assert found.tiles == 4
-    assert np.allclose(found.quadratic[0], quad, atol=1e-9)
-    assert found.misfit < 1e-9
-    # Making the tiles' slopes alike reads the drift as curvature: it misses the planted one.
-    alike = common_quadratic(coeffs, CENTRES, np.ones(len(CENTRES)))
-    assert np.abs(alike.coeffs[0, 3:] - quad).max() > 0.1
-
-
-def test_curvature_from_glows_needs_four_known_tiles_that_span_it():
-    from zdask.ops.skyshape import curvature_from_glows
-
-    coeffs, glows = _drifting_glow_tiles(np.array([0.8, -0.3, 0.5]), np.zeros(2))
-    three = [g if k in ALTAZ[:3] else None for k, g in enumerate(glows)]
-    assert curvature_from_glows(coeffs, CENTRES, np.ones(9), three).quadratic is None
-    # four tiles in one row say nothing about the curvature across it
-    row = np.array([(u, 0.0) for u in (-0.6, -0.2, 0.2, 0.6)])
-    found = curvature_from_glows(coeffs[:4], row, np.ones(4), glows[:4])
-    assert found.quadratic is None and found.tiles == 4
+    plane = np.array([[1.0, 2.0, -3.0]])
+    padded = pad_order(plane, 1, 2)
+    a = Surface(plane, 1, EXTENT, np.zeros(1)).evaluate((20, 30), offset=(5, 7))
+    b = Surface(padded, 2, EXTENT, np.zeros(1)).evaluate((20, 30), offset=(5, 7))
+    assert np.allclose(a, b)

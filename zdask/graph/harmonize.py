@@ -24,10 +24,7 @@ from zdask.ops.bgmesh import MeshBackground, mesh_background
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
 from zdask.ops.seams import seam_metric
 from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces, match_to_consensus
-from zdask.ops.skyshape import (
-    QUADRATIC_TERMS, CommonSurface, common_quadratic, curvature_from_glows, glow_from_rotation, local_slopes,
-    pad_order,
-)
+from zdask.ops.skyshape import common_curvature, pad_order, tile_curvature
 from zdask.ops.warp import (
     bin_image, binned_extent, binned_transform, pixel_map, remap, wcs_pixel_transform,
 )
@@ -69,13 +66,11 @@ READ_ROWS = 256
 MEDIAN_ROWS = 16
 
 
-def group_sky(sources: list, grid: Grid, factor: int, order: int) -> tuple[list, dict]:
+def group_sky(sources: list, grid: Grid, factor: int, order: int) -> list:
     """Worker task: the group's sources carrying their frames' sky surfaces
-    (:func:`frame_sky_surfaces`), and the glow the tile still carries (:func:`tile_glow`),
-    worked out here beside the fit rather than in the client, which submits the tiles."""
+    (:func:`frame_sky_surfaces`)."""
     surfaces = frame_sky_surfaces(sources, grid, factor, order)
-    with_sky = [dataclasses.replace(s, sky=tuple(sky)) for s, sky in zip(sources, surfaces)]
-    return with_sky, tile_glow(with_sky, grid)
+    return [dataclasses.replace(s, sky=tuple(sky)) for s, sky in zip(sources, surfaces)]
 
 
 def frame_sky_surfaces(sources: list, grid: Grid, factor: int, order: int) -> list[tuple]:
@@ -123,29 +118,6 @@ def frame_backgrounds(sources: list, factor: int, mesh: int) -> list[MeshBackgro
     the sky fits read it. Each frame is read once, a few MB of rows at a time; a result is a
     few thousand numbers."""
     return [mesh_background(_read_binned(src, factor), factor, mesh) for src in sources]
-
-
-def tile_glow(sources: list, grid: Grid) -> dict:
-    """The glow a tile still carries after its frames' sky surfaces, where their field rotation
-    fixes it (:func:`zdask.ops.skyshape.glow_from_rotation`), for the tile's summary:
-    ``gradient`` (C, 2) per tile pixel, or None when undetermined, and why."""
-    with_sky = [s for s in sources if s.sky is not None and s.sky[1] >= 1]
-    if len(with_sky) < 3:
-        return {"gradient": None, "rotation_rms_deg": 0.0, "explained": 0.0}
-    tile_wcs = wcs_from_header(grid.wcs_header)
-    slopes, jacobians = [], []
-    for src in with_sky:
-        coeffs, _, (y0, y1, x0, x1) = src.sky
-        c = np.asarray(coeffs, dtype=np.float64)
-        slopes.append(np.stack([c[:, 1] * 2 / max(x1 - x0, 1e-12), c[:, 2] * 2 / max(y1 - y0, 1e-12)], axis=1))
-        h, w = src.shape
-        fx = np.array([(w - 1) / 2, (w - 1) / 2 + 1, (w - 1) / 2])
-        fy = np.array([(h - 1) / 2, (h - 1) / 2, (h - 1) / 2 + 1])
-        tx, ty = tile_wcs.all_world2pix(*wcs_from_header(src.wcs_header).all_pix2world(fx, fy, 0), 0)
-        jacobians.append([[tx[1] - tx[0], tx[2] - tx[0]], [ty[1] - ty[0], ty[2] - ty[0]]])
-    found = glow_from_rotation(np.asarray(slopes), np.asarray(jacobians))
-    return {"gradient": None if found.gradient is None else found.gradient.tolist(),
-            "rotation_rms_deg": round(found.rotation_rms_deg, 3), "explained": round(found.explained, 3)}
 
 
 def _read_binned(src, factor: int) -> np.ndarray:
@@ -215,7 +187,7 @@ def overlap_medians(items: list[CutOut], shape: tuple[int, int]) -> list[np.ndar
 
 
 def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: int, *, harmonize: bool,
-                         order: int, glows: list | None = None, map_pairs: Callable = map) -> dict:
+                         order: int, map_pairs: Callable = map) -> dict:
     """Gains, offsets and sky surfaces per tile, and the seam metric before and after.
 
     Pairs are fitted on the overlap of their binned cut-outs (both weights above half their
@@ -246,112 +218,53 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
         gains, offsets = solved.gains, solved.offsets
     corrected = [CutOut(it.image * gains[k] + offsets[k], it.weight, it.origin) for k, it in enumerate(items)]
     surfaces = [None] * n
-    common, from_rotation, implied, from_glows = None, 0, None, None
+    common = None
     if order >= 0 and n > 1:
         extent_b = _binned_grid_extent(shape_b)
-        coeffs = match_surfaces(corrected, shape_b, order=order, extent=extent_b)
         # The matching fixes what differs between tiles; the surface they all share is free.
         # It is NOT fitted on the assembled mosaic as if the sky were flat (that takes out
-        # emission larger than the mosaic): its quadratic part is fixed by the glows that
-        # alt-az tiles' field rotation measured, else by the shape of the tiles' own skies
-        # (zdask.ops.skyshape); its linear part is fitted below and reported as assumed.
-        out_order = order
+        # emission larger than the mosaic). Its curvature is the one every tile's own sky
+        # shows (the median over tiles, zdask.ops.skyshape), taken out BEFORE the matching so
+        # that the matching does not chain it into a bowl; its plane is fitted below on the
+        # mosaic with sources masked, and reported as assumed.
         if order >= 1:
-            centres, areas = _tile_centres(corrected, extent_b)
-            padded = [pad_order(c, order, 2) for c in coeffs]
-            wanted = _wanted_slopes(glows, gains, n, shape_b, factor)
-            # Where alt-az tiles' field rotation fixed the glow they carry, the curvature is
-            # the one that takes it out of them; the tiles' slopes made alike is the fallback
-            # (it reads a glow that drifted between panels as curvature).
-            from_glows = curvature_from_glows(padded, centres, areas, wanted)
-            if from_glows.quadratic is not None:
-                quad = np.zeros((channels, 6))
-                quad[:, 3:] = from_glows.quadratic
-                common = CommonSurface(quad, QUADRATIC_TERMS, ())
-            else:
-                common = common_quadratic(padded, centres, areas)
-            coeffs, out_order = [c + common.coeffs for c in padded], 2
-            # The linear part is not determined by the tiles' matching: it is fitted on the
-            # assembled mosaic with sources masked (an assumption, reported as such). Where
-            # alt-az tiles' field rotation fixed the glow they still carry, the plane that
-            # implies is reported beside it, not applied: the glows are right to a few per cent
-            # on full-size skykit frames, but one tile's error (-18 % on one M31 tile) moves the
-            # plane more than the flat fit errs; the curvature, fitted with 3 slopes to spare,
-            # does not move with it.
-            implied, from_rotation = _plane_from_glows(coeffs, wanted, centres, areas)
-            flat = [CutOut(it.image - Surface(c, 2, extent_b, np.zeros(channels)).evaluate(
-                it.image.shape[:2], offset=it.origin), it.weight, it.origin) for it, c in zip(corrected, coeffs)]
-            plane = fit_common_sky(*_assemble(flat, shape_b), order=1, extent=extent_b)
-            common = CommonSurface(common.coeffs + pad_order(plane, 1, 2), common.determined, common.undetermined)
-            coeffs = [c + pad_order(plane, 1, 2) for c in coeffs]
+            common = common_curvature([tile_curvature(it.image, it.weight, it.origin, extent_b)
+                                       for it in corrected])
+        matched_on = corrected if common is None else [_minus_surface(it, common.coeffs, extent_b)
+                                                       for it in corrected]
+        coeffs = match_surfaces(matched_on, shape_b, order=order, extent=extent_b)
+        out_order = order
+        if common is not None:
+            coeffs, out_order = [pad_order(c, order, 2) + common.coeffs for c in coeffs], 2
+            flat = [_minus_surface(it, c, extent_b) for it, c in zip(corrected, coeffs)]
+            plane = pad_order(fit_common_sky(*_assemble(flat, shape_b), order=1, extent=extent_b), 1, 2)
+            common = dataclasses.replace(common, coeffs=common.coeffs + plane)
+            coeffs = [c + plane for c in coeffs]
         surfaces = [(np.asarray(c).tolist(), out_order, list(binned_extent(shape_b, factor))) for c in coeffs]
-        corrected = [
-            CutOut(it.image - Surface(np.asarray(c), out_order, extent_b, np.zeros(channels)).evaluate(
-                it.image.shape[:2], offset=it.origin), it.weight, it.origin)
-            for it, c in zip(corrected, coeffs)
-        ]
+        corrected = [_minus_surface(it, np.asarray(c), extent_b, out_order) for it, c in zip(corrected, coeffs)]
     after = seam_metric(overlap_medians(corrected, shape_b))
     return {"gains": gains, "offsets": offsets, "surfaces": surfaces,
             "seam_before": np.asarray(before).tolist(), "seam_after": np.asarray(after).tolist(),
             "pair_seam_before": pair_seam_metric(items).tolist(),
             "pair_seam_after": pair_seam_metric(corrected).tolist(), "pairs": len(pairs),
-            "common_surface": _common_report(common, from_rotation, implied, from_glows)}
+            "common_surface": _common_report(common)}
 
 
-def _wanted_slopes(glows, gains, n: int, shape_b, factor: int) -> list:
-    """Per tile, the local slope (C, 2) per unit of the normalised coordinates over the binned
-    grid that its correction must have to take out the glow its field rotation fixed
-    (``glows[k]``: (C, 2) d/dx, d/dy per full-resolution pixel, times the tile's ``gains[k]``,
-    as its image), or None where unknown."""
-    glows = list(glows or []) + [None] * n
-    per_unit = np.array([factor * (shape_b[1] - 1) / 2.0, factor * (shape_b[0] - 1) / 2.0])
-    return [None if glows[k] is None else
-            np.asarray(glows[k], dtype=np.float64) * np.asarray(gains[k])[:, None] * per_unit
-            for k in range(n)]
+def _minus_surface(item: CutOut, coeffs: np.ndarray, extent, order: int = 2) -> CutOut:
+    """The cut-out with the surface ``coeffs`` (on the grid ``extent`` normalises) taken out."""
+    surface = Surface(coeffs, order, extent, np.zeros(item.image.shape[-1]))
+    return CutOut(item.image - surface.evaluate(item.image.shape[:2], offset=item.origin), item.weight, item.origin)
 
 
-def _plane_from_glows(coeffs, wanted, centres, areas):
-    """The plane (C, 3) to add to every tile's correction so that the tiles whose glow is known
-    have the slope ``wanted[k]`` (area-weighted over those tiles), and how many tiles fixed it;
-    (None, 0) if none is known."""
-    known = [k for k, g in enumerate(wanted) if g is not None]
-    if not known:
-        return None, 0
-    w = np.asarray([areas[k] for k in known], dtype=np.float64)
-    have = np.stack([local_slopes(coeffs[k], centres[k]) for k in known])                     # (m, C, 2)
-    shift = np.tensordot(w / w.sum(), np.stack([wanted[k] for k in known]) - have, axes=1)     # (C, 2)
-    return np.concatenate([np.zeros((shift.shape[0], 1)), shift], axis=1), len(known)
-
-
-def _tile_centres(items: list[CutOut], extent) -> tuple[np.ndarray, np.ndarray]:
-    """Per cut-out, its weighted centre (u, v) normalised over ``extent``, and its weight sum."""
-    y0, y1, x0, x1 = extent
-    centres, areas = [], []
-    for it in items:
-        ys, xs = np.nonzero(it.weight > 0)
-        w = it.weight[ys, xs].astype(np.float64)
-        total = max(w.sum(), 1e-12)
-        cy = (w * (ys + it.origin[0])).sum() / total
-        cx = (w * (xs + it.origin[1])).sum() / total
-        centres.append((2 * (cx - x0) / max(x1 - x0, 1e-12) - 1, 2 * (cy - y0) / max(y1 - y0, 1e-12) - 1))
-        areas.append(total)
-    return np.asarray(centres), np.asarray(areas)
-
-
-def _common_report(common, from_rotation: int = 0, implied=None, from_glows=None) -> dict:
-    """How much of the surface all tiles share the data fixed, and how much was left alone;
-    with the plane the field rotation of ``from_rotation`` alt-az tiles implies (not applied)."""
+def _common_report(common) -> dict:
+    """How much of the surface all tiles share the data fixed, and how much was assumed."""
     if common is None:
         return {"determined": [], "undetermined": ["all (no tile surfaces)"], "quadratic": []}
     return {"determined": list(common.determined),
             "undetermined": list(common.undetermined),
             "assumed_flat": ["1", "u", "v"], "surface": common.coeffs.tolist(),
-            "rotating_tiles": from_rotation,
-            "quadratic_from": ("field rotation of alt-az tiles" if from_glows is not None
-                               and from_glows.quadratic is not None else "tiles' local slopes made alike"),
-            "rotation_misfit": None if from_glows is None or from_glows.quadratic is None
-            else round(from_glows.misfit, 4),
-            "plane_implied_by_rotation": None if implied is None else np.asarray(implied).tolist()}
+            "quadratic_from": "median of the tiles' own sky curvatures (sources masked)",
+            "curvature_spread": None if common.spread is None else np.asarray(common.spread).tolist()}
 
 
 def _assemble(items: list[CutOut], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

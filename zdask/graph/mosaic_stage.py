@@ -67,12 +67,11 @@ def assemble_mosaic(tiles: list[MasterTile], canvas: Canvas, channels: int, fram
                              key=f"cutout-{t.token}-{fp}") for t in placed]
     cutouts = wait_with_progress(futures, "tile photometry", work.console)
     shape_b = binned_shape(grid.shape, factor)
-    glows = [(t.sky_glow or {}).get("gradient") for t in entries]
     model = sky_model(config.background_mesh, frames_meshed=frames_meshed)
     meshed = model["name"] == "local_background_mesh"
     with ThreadPoolExecutor(PAIR_FIT_THREADS, thread_name_prefix="zdask-pair-fit") as pool:
         photometry = plan_tile_photometry(cutouts, shape_b, factor, harmonize=config.harmonize,
-                                          order=-1 if meshed else config.sky_surface_order, glows=glows,
+                                          order=-1 if meshed else config.sky_surface_order,
                                           map_pairs=pool.map)
     if meshed:  # nothing of the sky is left to determine: the local backgrounds assumed it all
         photometry["common_surface"] = {"determined": [], "undetermined": [],

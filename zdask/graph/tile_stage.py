@@ -79,7 +79,6 @@ class _Stacking:
     sources: list
     exptimes: list
     stats: list
-    sky_glow: dict | None = None
 
 
 def stack_master_tiles(plan, front, config, client, work) -> tuple[list[MasterTile], list[str]]:
@@ -133,7 +132,6 @@ def stack_master_tiles(plan, front, config, client, work) -> tuple[list[MasterTi
     done = wait_with_progress(futures, "master tiles", work.console)
     client.run(release_block_buffers)
     for item, summary in zip(pending, done):
-        summary = {**summary, "sky_glow": item.sky_glow}
         tiles[item.job.id] = _with_summary(tiles[item.job.id], summary, reused=False)
         store.mark_complete(work.root, tiles[item.job.id].zarr, item.fp, summary=summary)
     ordered = [tiles[job.id] for job in plan.tiles]
@@ -159,12 +157,11 @@ def stack_master_tiles(plan, front, config, client, work) -> tuple[list[MasterTi
 
 
 def _with_summary(tile: MasterTile, summary: dict, reused: bool) -> MasterTile:
-    """The tile with its finishing summary (as stored with it): health and sky glow typed, the
-    rest (alpha decision, RGB gains, rejected fraction) kept for the report."""
-    details = {k: v for k, v in summary.items() if k not in ("healthy", "health_reason", "sky_glow")}
+    """The tile with its finishing summary (as stored with it): health typed, the rest (alpha
+    decision, RGB gains, rejected fraction) kept for the report."""
+    details = {k: v for k, v in summary.items() if k not in ("healthy", "health_reason")}
     return dataclasses.replace(tile, healthy=bool(summary.get("healthy", True)),
-                               health_reason=summary.get("health_reason"), sky_glow=summary.get("sky_glow"),
-                               details=details, reused=reused)
+                               health_reason=summary.get("health_reason"), details=details, reused=reused)
 
 
 def _fit_sky(config, work, client, pending: list[_Stacking], then, warnings: list[str]) -> None:
@@ -183,11 +180,8 @@ def _fit_sky(config, work, client, pending: list[_Stacking], then, warnings: lis
     futures = [client.submit(group_sky, pending[k].sources, pending[k].grid, config.match_bin, order,
                              key=f"skyfit-{pending[k].fp}") for k in todo]
 
-    def with_surfaces(index: int, result: tuple) -> None:
-        item = pending[todo[index]]
-        item.sources[:], glow = result
-        # Kept in the tile's summary: the mosaic's common sky curvature is fixed by it.
-        item.sky_glow = glow
+    def with_surfaces(index: int, sources: list) -> None:
+        pending[todo[index]].sources[:] = sources
         then(todo[index])
 
     wait_with_progress(futures, "sky surfaces", work.console, on_result=with_surfaces)

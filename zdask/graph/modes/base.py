@@ -45,7 +45,6 @@ class MasterTile:
     healthy: bool = True
     health_reason: str | None = None
     reused: bool = False
-    sky_glow: Mapping | None = None          # the tile's sky glow (fixes the mosaic's common curvature)
     details: Mapping = field(default_factory=dict)
 
     @property
@@ -66,8 +65,6 @@ class MasterTile:
             entry.update(shape=list(self.grid.shape), zarr=self.zarr)
         entry.update(self.details)
         entry.update(healthy=self.healthy, health_reason=self.health_reason, reused=self.reused)
-        if self.grid is not None and self.frames:  # stacked here (imported tiles have no glow)
-            entry["sky_glow"] = None if self.sky_glow is None else dict(self.sky_glow)
         return entry
 
 
