@@ -219,7 +219,7 @@ def run(
     tiles: Optional[Path] = typer.Option(None, "--tiles",
                                          help="Assemble existing master tiles (FITS with WCS) from this "
                                               "folder (the tiles mode)."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="How the mosaic is built: classic (default) or tiles."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="How the mosaic is built: classic (default), sds or tiles."),
     sds_min_lot_size: Optional[int] = typer.Option(None, help="sds: frames a lot holds at least."),
     sds_lot_coverage: Optional[float] = typer.Option(None, help="sds: fraction of the survey's cells a lot covers."),
     sds_target_lot_size: Optional[int] = typer.Option(None, help="sds: frames at which a lot closes."),
