@@ -41,14 +41,14 @@ import numpy as np
 import zarr
 
 from zdask.cluster import wait_with_progress
-from zdask.graph.canvas import Canvas
+from zdask.graph.canvas import Canvas, canvas_of_grids
 from zdask.graph.modes import classic
 from zdask.graph.modes.base import ModeResult
 from zdask.graph.sds_plan import Lot, plan_lots
 from zdask.graph.sds_run import GLOBAL_METHODS, SdsError, SdsSettings, run_sds
 from zdask.graph.sds_sky import lot_backgrounds, lot_skies, lot_window, sky_bin
 from zdask.graph.tile_stage import MODE_ALTAZ, cleanup_decisions
-from zdask.graph.tiles import TileSource
+from zdask.graph.tiles import TileSource, tile_grid
 from zdask.io import store
 
 INPUT = "frames"
@@ -108,6 +108,15 @@ def plan(front, canvas: Canvas, config) -> SdsPlan:
         jobs.append(LotJob(lot.id, lot.mode, tuple(used[k] for k in lot.frames), lot.coverage, window, factor,
                            cleanup))
     return SdsPlan(tuple(jobs), tuple(warnings))
+
+
+def header_lots(frames, groups, config) -> tuple[Lot, ...]:
+    """The lots of ``frames`` as their headers place them (``zdask plan --mode sds``, before any
+    pixel is read): on the canvas covering the groups' tile grids, as a run plans its canvas."""
+    grids = [tile_grid([frames[i] for i in g.frames], config.tile_margin) for g in groups]
+    scale = float(np.nanmedian([f.scale_arcsec for f in frames]))
+    canvas = canvas_of_grids(grids, scale, config.max_canvas_pixels, "tile")
+    return plan_lots(frames, canvas.grid, **lot_knobs(config))
 
 
 def settings_of(config) -> SdsSettings:
