@@ -1,5 +1,6 @@
-"""The sds mode's pure parts: its plan on a frame front (no cluster, no pixel read), the sky fit's
-window and binning, and a lot's sky surfaces moved from its window onto the canvas."""
+"""The sds mode's parts without a cluster: its plan on a frame front (pure, no pixel read), the
+sky fit's window and binning, and a lot's sky surfaces fitted on its window and moved onto the
+canvas (planted skies)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import numpy as np
 from zdask.config import Config
 from zdask.graph.canvas import frames_canvas
 from zdask.graph.front import FrameFront, gather_frames
-from zdask.graph.geometry import Grid, grid_bbox_of
+from zdask.graph.canvas import Canvas
+from zdask.graph.geometry import Grid, grid_bbox_of, tan_header
 from zdask.graph.modes import sds
 from zdask.graph.sds_plan import plan_lots
-from zdask.graph.sds_sky import on_canvas, sky_bin, sky_fit_bytes
+from zdask.graph.sds_sky import lot_skies, lot_window, on_canvas, sky_bin, sky_fit_bytes
+from zdask.graph.tiles import TileSource
+from zdask.io import store
 from zdask.ops.background import Surface
 
 
@@ -72,3 +76,50 @@ def test_a_surface_fitted_on_a_window_is_the_same_surface_on_the_canvas():
     # the window's pixel (y, x) is the canvas's (y + 40, x + 25)
     np.testing.assert_array_equal(moved.evaluate((120, 90), offset=(40 + 17, 25 + 33)),
                                   on_window.evaluate((120, 90), offset=(17, 33)))
+
+
+def test_a_lots_skies_matched_on_its_window_bring_its_frames_to_one_sky_on_the_canvas(tmp_path):
+    """Planted skies: each frame carries its own offset and gradient (in its own pixels). The
+    surfaces lot_skies fits on the lot's window, evaluated where the mega-tile's warp evaluates
+    them (canvas pixels), leave the frames differing by their noise only."""
+    scale, noise = 2.0, 2.0
+    canvas = Canvas(Grid(tan_header(10.0, 40.0, scale, (0.5, 0.5)), (260, 360)), scale)
+    frame_shape = (120, 176)
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:260, 0:360].astype(np.float64)
+    truth = np.zeros((260, 360))
+    for _ in range(120):  # stars, which the fit must leave out
+        x0, y0, flux = rng.uniform(0, 360), rng.uniform(0, 260), rng.uniform(500, 5000)
+        truth += flux / (2 * np.pi * 1.5 ** 2) * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.5 ** 2))
+    root = str(tmp_path / "work.zarr")
+    group = store.open_store(root)
+    shifts = [(100 + int(rng.integers(0, 24)), 70 + int(rng.integers(0, 24))) for _ in range(8)]
+    fy, fx = np.mgrid[0:frame_shape[0], 0:frame_shape[1]].astype(np.float64)
+    sources, frames = [], []
+    for i, (dx, dy) in enumerate(shifts):
+        a, b, c = rng.uniform(100, 160), rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1)
+        sky = a + b * fx + c * fy
+        image = (truth[dy:dy + frame_shape[0], dx:dx + frame_shape[1]] + sky)[..., None] * [1.0, 0.9, 0.8]
+        image = (image + rng.normal(0, noise, image.shape)).astype(np.float32)
+        store.create_array(group, f"frames/f{i}", image.shape, "float32", (40, frame_shape[1], 3))[:] = image
+        store.mark_complete(root, f"frames/f{i}", f"fp{i}")
+        sources.append(TileSource(root, f"f{i}", f"fp{i}", tan_header(10.0, 40.0, scale, (0.5 - dx, 0.5 - dy)),
+                                  frame_shape))
+        frames.append(image)
+    window = lot_window([s.wcs_header for s in sources], [frame_shape] * len(sources), canvas.grid)
+    assert window[0] >= 60 and window[2] >= 90  # a window well inside the canvas
+    matched = lot_skies(sources, canvas.grid, window, 4, 1)
+    # the pixels every frame covers, in canvas coordinates
+    y0, x0 = max(dy for _, dy in shifts), max(dx for dx, _ in shifts)
+    y1 = min(dy for _, dy in shifts) + frame_shape[0]
+    x1 = min(dx for dx, _ in shifts) + frame_shape[1]
+    before, after = [], []
+    for src, image, (dx, dy) in zip(matched, frames, shifts):
+        coeffs, order, extent = src.sky
+        surface = Surface(np.asarray(coeffs), order, tuple(extent), np.zeros(0)).evaluate((y1 - y0, x1 - x0), (y0, x0))
+        part = image[y0 - dy:y1 - dy, x0 - dx:x1 - dx]
+        before.append(part)
+        after.append(part - surface)
+    spread_before = np.median(np.std(before, axis=0))
+    spread_after = np.median(np.std(after, axis=0))
+    assert spread_before > 5 * noise and spread_after < 1.3 * noise, (spread_before, spread_after)
