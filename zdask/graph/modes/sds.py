@@ -22,7 +22,7 @@ block the lots touching it (``L × s² × (C + 1) × 4``), both sized by
 :func:`zdask.graph.sds_sky.sky_bin` to about one budget; the gain match holds two binned
 mega-tiles (0.25 MB per canvas megapixel at ``match_bin`` 8). So the process tree peaks near
 ``threads × (2 × budget + 2 × one frame) + 64 MiB`` above the cluster's start, the master-tile
-stage's bound (tests/graph/test_sds_mode.py checks it on many lots and a small budget).
+stage's bound (tests/graph/test_sds_memory.py checks the chain against it at 6 and 24 lots, budget 4 MiB).
 
 Not done here: alt-az cleanup of ALT_AZ lots (the classic mode masks the corners that field
 rotation leaves on a tile's coverage; a mega-tile's corners stay). A run that asks for it on a
