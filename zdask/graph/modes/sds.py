@@ -140,7 +140,8 @@ def build(plan: SdsPlan, front, canvas: Canvas, config, client, work) -> ModeRes
     work.say(f"warning: {text}")
     result = classic.build(classic.plan(front, canvas, config), front, canvas, config, client, work)
     report = {**result.report, "mode": "classic", "mode_requested": "sds", "sds_fallback_reason": reason}
-    return dataclasses.replace(result, report=report, warnings=(*plan.warnings, text, *result.warnings))
+    # (the classic build states its own warnings: the sds plan's concern a mosaic not made)
+    return dataclasses.replace(result, report=report, warnings=(text, *result.warnings))
 
 
 def _sources(plan: SdsPlan, front, canvas: Canvas, config, client, work) -> dict[int, TileSource]:
