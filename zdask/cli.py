@@ -157,18 +157,21 @@ def plan(
     config: Optional[Path] = typer.Option(None, help="TOML configuration file."),
     max_group_size: Optional[int] = typer.Option(None, help="Largest master-tile group (frames)."),
     link_fov_fraction: Optional[float] = typer.Option(None, help="Linking distance / short FOV side."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="classic (master-tile groups, default) or sds (lots)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
-    """Group frames into master tiles by sky position and mount mode."""
+    """Group frames into master tiles by sky position and mount mode (--mode sds: into SDS lots)."""
     from zdask.graph.field import OFF_FIELD_REASON, split_main_field
     from zdask.graph.plan import plan_master_tiles, summarize
     from zdask.io.scan import scan as scan_inputs
 
     try:
-        cfg = load_config(config, max_group_size=max_group_size, link_fov_fraction=link_fov_fraction)
+        cfg = load_config(config, max_group_size=max_group_size, link_fov_fraction=link_fov_fraction, mode=mode)
     except ConfigError as exc:
         _fail(str(exc))
+    if cfg.mode not in ("classic", "sds"):
+        _fail(f"--mode {cfg.mode}: zdask plan shows the classic mode's groups or the sds mode's lots")
     with _failures_reported(debug):
         table = scan_inputs([str(p) for p in inputs])
     for bad in table.rejected:
@@ -182,6 +185,13 @@ def plan(
             console.print(f"excluded {f.path}: {OFF_FIELD_REASON}", highlight=False, soft_wrap=True)
         result = plan_master_tiles(frames, link_fov_fraction=cfg.link_fov_fraction,
                                    max_group_size=cfg.max_group_size)
+        if cfg.mode == "sds":
+            from zdask.graph.modes.sds import header_lots
+            from zdask.graph.sds_plan import lots_json, summarize_lots
+
+            lots = header_lots(frames, result.groups, cfg)
+            print(json.dumps(lots_json(lots, frames), indent=2) if as_json else summarize_lots(lots, frames))
+            return
     print(json.dumps(result.to_json(frames), indent=2) if as_json else summarize(result, frames))
 
 
@@ -219,7 +229,7 @@ def run(
     tiles: Optional[Path] = typer.Option(None, "--tiles",
                                          help="Assemble existing master tiles (FITS with WCS) from this "
                                               "folder (the tiles mode)."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="How the mosaic is built: classic (default) or tiles."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="How the mosaic is built: classic (default), sds or tiles."),
     sds_min_lot_size: Optional[int] = typer.Option(None, help="sds: frames a lot holds at least."),
     sds_lot_coverage: Optional[float] = typer.Option(None, help="sds: fraction of the survey's cells a lot covers."),
     sds_target_lot_size: Optional[int] = typer.Option(None, help="sds: frames at which a lot closes."),

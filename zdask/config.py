@@ -63,6 +63,12 @@ class SdsConfig:
         "become NaN with coverage 0 (fraction in [0, 1]).",
         default=0.4, stages=("sds",),
     )
+    min_field_kept: float = _doc(
+        "When the coverage cut keeps less than this fraction of the pixels the frames cover "
+        "(lots that do not each cover the field, as in a survey of panels), SDS gives up and "
+        "the run builds the classic mosaic, saying why (fraction in [0, 1]; 0 never falls back).",
+        default=0.5,
+    )
 
     def validate(self) -> "SdsConfig":
         def bad(name: str, allowed: str) -> ConfigError:
@@ -79,6 +85,8 @@ class SdsConfig:
             raise bad("target_lot_size", f"must be an integer >= min_lot_size ({self.min_lot_size})")
         if not 0 <= self.min_coverage_keep <= 1:
             raise bad("min_coverage_keep", "must be in [0, 1]")
+        if not 0 <= self.min_field_kept <= 1:
+            raise bad("min_field_kept", "must be in [0, 1]")
         return self
 
 
@@ -93,8 +101,9 @@ class Config:
 
     # --- mode -----------------------------------------------------------------------------------
     mode: str = _doc(
-        "How the mosaic is built: classic (master tiles by sky position, then their coadd) or "
-        "tiles (assemble master tiles that already exist: the input is one folder of tile FITS "
+        "How the mosaic is built: classic (master tiles by sky position, then their coadd), sds "
+        "(lots of frames each stacked onto the canvas, then gain-matched and stacked again; for "
+        "many frames of one field) or tiles (assemble master tiles that already exist: the input is one folder of tile FITS "
         "files). The modes are zdask.graph.modes.MODES.",
         default="classic",
     )

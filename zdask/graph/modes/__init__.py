@@ -43,6 +43,7 @@ from types import ModuleType
 MODES = {
     "classic": "zdask.graph.modes.classic",
     "tiles": "zdask.graph.modes.tiles",
+    "sds": "zdask.graph.modes.sds",
 }
 
 
