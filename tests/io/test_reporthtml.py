@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -84,6 +85,17 @@ def test_the_page_needs_no_network_and_embeds_its_pictures():
     assert [p.size for p in pictures] == [(200, 120), (200, 120)]
     assert np.array_equal(np.asarray(pictures[0].convert("RGB")), preview)
     assert np.array_equal(np.asarray(pictures[1].convert("RGB")), coverage_colours(coverage, 23.0))
+
+
+def test_a_mosaic_without_overlaps_says_it_has_no_seam_metric():
+    report = _report()
+    report["mosaic"].update(seam_before=[float("nan")] * 3, seam_after=[float("nan")] * 3,
+                            pair_seam_before=[float("nan")] * 3, pair_seam_after=[float("nan")] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no all-NaN reduction on the way
+        page = render_report_html(report, None, None)
+    seams = page[page.index('id="seams"'):page.index('id="timings"')]
+    assert "No seam metric: no two tiles of the mosaic overlap." in seams and "<rect" not in seams
 
 
 def test_a_large_preview_is_embedded_at_most_picture_width():

@@ -274,9 +274,10 @@ def master_tile(
     # Coverage from geometry: a warped sample is NaN exactly where the frame's footprint ends,
     # so the samples kept plus those rejected count the footprints (no second pass over the
     # warped blocks).
+    # (not "tile-coverage": the dashboard's key_split takes an 8-letter word starting a-f for hex)
     result["coverage"] = da.map_blocks(_footprints, result["count"], result["rejected_low"], result["rejected_high"],
                                        drop_axis=2, dtype=np.float32, meta=np.empty((0, 0), np.float32),
-                                       name=task_key("tile-coverage", tile_id, token))
+                                       name=task_key("tile-footprints", tile_id, token))
     return result
 
 

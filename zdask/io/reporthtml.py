@@ -145,13 +145,16 @@ def _seam_chart(mosaic: dict) -> str:
     metrics = [(label, mosaic.get(before), mosaic.get(after)) for label, before, after in (
         ("spread of tile medians", "seam_before", "seam_after"),
         ("step between overlapping tiles", "pair_seam_before", "pair_seam_after"))]
-    metrics = [(label, b, a) for label, b, a in metrics if b is not None and a is not None]
+    # (NaN where no two tiles overlap: nothing to measure)
+    metrics = [(label, np.atleast_1d(b).astype(float), np.atleast_1d(a).astype(float))
+               for label, b, a in metrics if b is not None and a is not None]
+    metrics = [(label, b, a) for label, b, a in metrics if np.isfinite(np.concatenate([b, a])).any()]
     if not metrics:
-        return "<p>No seam metric: the mosaic has a single tile.</p>"
+        return "<p>No seam metric: no two tiles of the mosaic overlap.</p>"
     charts = []
     for label, before, after in metrics:
-        before, after = np.atleast_1d(before).astype(float), np.atleast_1d(after).astype(float)
-        top = max(float(np.nanmax(np.concatenate([before, after]))), 1e-12)
+        both = np.concatenate([before, after])
+        top = max(float(both[np.isfinite(both)].max()), 1e-12)
         colours = _CHANNEL_COLOURS if len(before) == 3 else (_MONO_COLOUR,) * len(before)
         width, height, base = 420, 190, 160
         bars, x = [], 20
