@@ -21,3 +21,29 @@ def small_survey(tmp_path_factory):
     out = tmp_path_factory.mktemp("survey")
     manifest = simulate_survey(out, SMALL_SURVEY)
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A real headless browser: ``chromium(page, png, width, height)`` renders the page file,
+    saves a screenshot and returns the page's DOM after rendering. Skips where Chromium is not
+    installed (``.ci/run`` and ``make test`` install Debian's ``chromium`` as root)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("Chromium is not installed (as root: apt-get install -y chromium)")
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             "--disable-extensions", "--allow-file-access-from-files"]
+
+    def render(page, png, width: int = 1200, height: int = 2000) -> str:
+        url = f"file://{page}"
+        shot = subprocess.run([*flags, f"--screenshot={png}", f"--window-size={width},{height}", url],
+                              capture_output=True, text=True, timeout=120)
+        assert shot.returncode == 0, shot.stderr[-2000:]
+        dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        return dom.stdout
+
+    return render

@@ -7,11 +7,13 @@ import contextlib
 import errno
 import os
 import re
+import urllib.request
 
 import cv2
 import dask
 import psutil
 import pytest
+from distributed import LocalCluster
 from threadpoolctl import threadpool_info
 
 from zdask.cluster import (MAX_THREADS_PER_CORE, ClusterError, check_local_resources, open_client,
@@ -94,6 +96,36 @@ def test_dashboard_address_exposes_the_dashboard_when_asked():
     exposed = {port for ip, port in opened if ip == "0.0.0.0"}
     assert len(exposed) == 1 and f":{exposed.pop()}/status" in said[0] and "all interfaces" in said[0]
     assert {ip for ip, _ in opened} <= {"127.0.0.1", "::1", "0.0.0.0"}
+
+
+def _served(link: str) -> tuple[int, str]:
+    """HTTP status and body of what a printed dashboard link serves."""
+    with urllib.request.urlopen(link, timeout=30) as response:
+        return response.status, response.read().decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_the_printed_dashboard_link_of_the_embedded_cluster_serves_the_dashboard(workers):
+    said = []
+    with open_client(Config().replace(workers=workers), say=said.append):
+        link = re.search(r"dashboard: (http://\S+/status)", said[0])
+        assert link, said
+        status, body = _served(link.group(1))
+    assert status == 200 and "Dask" in body
+
+
+def test_the_printed_dashboard_link_of_a_running_scheduler_is_the_schedulers():
+    # a scheduler on TCP with its dashboard on a port of its own, as one started by hand
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster:
+        said = []
+        with open_client(Config().replace(scheduler=cluster.scheduler_address), say=said.append):
+            link = re.search(r"dashboard: (http://\S+/status)", said[0])
+            assert link, said
+            status, body = _served(link.group(1))
+        port = cluster.scheduler.http_server.port
+    assert link.group(1) == f"http://127.0.0.1:{port}/status"
+    assert status == 200 and "Dask" in body
 
 
 # --- what the machine cannot hold, and schedulers that cannot be reached -------------------------

@@ -29,6 +29,7 @@ def test_defaults_are_valid_and_every_field_is_documented():
         ("max_canvas_pixels", 0, ">= 1"),
         ("background_mesh", 16, "0 (off) or an integer >= 32"),
         ("background_mesh", -64, "0 (off) or an integer >= 32"),
+        ("performance_report", "yes", "true or false"),
     ],
 )
 def test_bad_values_name_the_field_and_the_allowed_values(field, value, words):

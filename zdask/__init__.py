@@ -7,6 +7,7 @@ The stages as functions::
     result = zdask.stack(dask_stack, "kappa_sigma")       # lazy reduction along the frame axis
     frames = zdask.open_zarr_stack("stack.zarr")         # a Zarr stack on disk as such a dask array
     report = zdask.run(["frames/"], "mosaic/", zdask.Config())
+    mosaic = zdask.open_mosaic("mosaic/mosaic.fits")       # xarray Dataset, lazy (dask)
 """
 
 import importlib
@@ -28,6 +29,7 @@ _EXPORTS = {
     "FrameTable": "zdask.io.scan",
     "scan": "zdask.io.scan",
     "open_zarr_stack": "zdask.graph.zarrstack",
+    "open_mosaic": "zdask.io.mosaicdata",
     "StackResult": "zdask.ops.stacking",
 }
 
@@ -49,5 +51,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Config", "ConfigError", "Frame", "FrameTable", "Plan", "RunError", "StackResult", "TileGroup",
-    "load_config", "open_zarr_stack", "plan_master_tiles", "run", "scan", "stack",
+    "load_config", "open_mosaic", "open_zarr_stack", "plan_master_tiles", "run", "scan", "stack",
 ]

@@ -209,6 +209,9 @@ def run(
     dashboard_address: Optional[str] = typer.Option(
         None, help="HOST:PORT of the embedded cluster's dashboard (default 127.0.0.1:0, this machine "
                    "only; 0.0.0.0:8787 exposes it to the network)."),
+    performance_report: Optional[bool] = typer.Option(
+        None, "--performance-report/--no-performance-report",
+        help="Write dask's HTML performance report (performance-report.html) next to the outputs."),
     reject: Optional[str] = typer.Option(None, help="kappa_sigma, winsorized, linear_fit_clip, median, mean or sum."),
     kappa: Optional[str] = typer.Option(None, help="Rejection thresholds LOW,HIGH in sigmas (or one value)."),
     iterations: Optional[int] = typer.Option(None, help="kappa_sigma passes."),
@@ -244,7 +247,8 @@ def run(
     try:
         cfg = load_config(
             config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
-            memory_limit=memory_limit, dashboard_address=dashboard_address, reject=reject,
+            memory_limit=memory_limit, dashboard_address=dashboard_address,
+            performance_report=performance_report, reject=reject,
             kappa=kappa, iterations=iterations, normalization=normalization, weights=weights, budget=budget,
             max_group_size=max_group_size, link_fov_fraction=link_fov_fraction,
             altaz_cleanup=altaz_cleanup, harmonize=harmonize, sky_surface_order=sky_surface_order,

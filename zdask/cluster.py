@@ -165,6 +165,25 @@ def dashboard_link(cluster: LocalCluster) -> str:
     return f"{link} (listening on all interfaces, port {port})" if listening_on_all else link
 
 
+def scheduler_dashboard_link(client: Client) -> str:
+    """The link of the dashboard a running scheduler serves, on the host this client reached
+    the scheduler at (its address as given: the name the user's machine resolves), or a note
+    that it serves none (no HTTP server advertised).
+
+    Not ``client.dashboard_link``: it cuts an IPv6 address at its first colon
+    (``http://[:8787/status`` for ``tcp://[::1]:8786``) and raises KeyError for a scheduler that
+    advertises no dashboard.
+    """
+    from distributed.comm import get_address_host
+    from distributed.utils import format_dashboard_link
+
+    port = client.scheduler_info().get("services", {}).get("dashboard")
+    if port is None:
+        return "none (the scheduler serves no dashboard)"
+    host = get_address_host(client.scheduler.address)
+    return format_dashboard_link(f"[{host}]" if ":" in host else host, port)
+
+
 class _NotInterruptedSyncCancel(logging.Filter):
     """Drops the traceback that distributed's ``sync`` logs when Ctrl-C comes before the
     future it waits for exists: its cancel callback then fails with a NameError (distributed
@@ -197,8 +216,8 @@ def open_client(config: Config, say=print) -> Iterator[Client]:
 def _open_client(config: Config, say) -> Iterator[Client]:
     if config.scheduler:
         client = connect_scheduler(config.scheduler)
-        say(f"scheduler {config.scheduler}; dashboard: {client.dashboard_link}")
         try:
+            say(f"scheduler {config.scheduler}; dashboard: {scheduler_dashboard_link(client)}")
             with _worker_plugins(client, SingleThreadedKernels()):
                 yield client
         finally:

@@ -371,6 +371,12 @@ class Config:
         "scheduler (--scheduler) serves its own dashboard.",
         default="127.0.0.1:0",
     )
+    performance_report: bool = _doc(
+        "Write dask's HTML performance report of the run's computations (task stream, worker "
+        "profiles, bandwidth: distributed.performance_report) as performance-report.html in the "
+        "output folder (bool).",
+        default=False,
+    )
 
     # --- sections -------------------------------------------------------------------------------
     sds: SdsConfig = _doc(
@@ -471,6 +477,8 @@ class Config:
         _host, colon, port = self.dashboard_address.rpartition(":")
         if not (colon and port.isdigit() and int(port) <= 65535):
             raise bad("dashboard_address", "must be HOST:PORT with a port in 0..65535, e.g. 127.0.0.1:8787")
+        if not isinstance(self.performance_report, bool):
+            raise bad("performance_report", "must be true or false")
         if self.scheduler is not None and self.workers is not None:
             raise ConfigError(
                 "config fields 'scheduler' and 'workers' conflict: an existing scheduler brings "

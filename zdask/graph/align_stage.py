@@ -9,12 +9,15 @@ kept in the working store and reused while the frame, its reference and the sett
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import zarr
 
 from zdask.cluster import wait_with_progress
 from zdask.graph.align import STATUS_EXCLUDED, AlignResult, AlignSource, align_frame, reference_catalogue
 from zdask.graph.align_reference import reference_index
+from zdask.graph.taskkeys import task_key
 from zdask.io import store
 
 ALIGN_VERSION = "align-v1"
@@ -77,9 +80,10 @@ def align_frames(frames: list, groups, calibrated: dict, stats: dict, excluded: 
             else:
                 todo.append((src, fp))
         if todo:
-            catalogue = client.submit(reference_catalogue, ref, key=f"catalogue-{ref.token}")
+            catalogue = client.submit(reference_catalogue, ref, key=task_key("reference-catalogue", os.path.basename(ref.path),
+                                                                                  ref.token))
             futures = [client.submit(align_and_keep, src, ref, catalogue, fp, config.align_threshold_px,
-                                     key=f"align-{fp}") for src, fp in todo]
+                                     key=task_key("align", os.path.basename(src.path), fp)) for src, fp in todo]
             pending.extend(zip(todo, futures))
     done = wait_with_progress([f for _, f in pending], "align", work.console)
     for ((src, _fp), _), result in zip(pending, done):

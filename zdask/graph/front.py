@@ -11,6 +11,7 @@ so a re-run reuses them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from zdask.graph.align_stage import align_frames
 from zdask.graph.errors import RunError
 from zdask.graph.field import OFF_FIELD_REASON, field_canvas_problem, split_main_field
 from zdask.graph.plan import Plan, TileGroup, plan_master_tiles
+from zdask.graph.taskkeys import task_key
 from zdask.io import store
 from zdask.io.platesolve import available_solver, plate_solve
 from zdask.io.scan import Frame, FrameTable, RejectedFile, scan, with_wcs
@@ -222,7 +224,8 @@ def hot_pixel_maps(frames: list[Frame], config: Config, client, work) -> dict[st
         sample = cal.hot_pixel_frames(members, config)
         if not store.is_complete(work.root, f"hotpixels/{sensor}", fp):
             futures = client.map(cal.frame_hot_candidates, sample, sigma=config.hot_pixel_sigma,
-                                 key=[f"hotcand-{store.fingerprint(f.fingerprint(), fp)}" for f in sample])
+                                 key=[task_key("hot-pixel-candidates", os.path.basename(f.path),
+                                               store.fingerprint(f.fingerprint(), fp)) for f in sample])
             candidates = wait_with_progress(futures, f"hot pixels {sensor}", work.console)
             cal.save_hot_map(work.root, sensor, cal.combine_hot_candidates(candidates, config), fp)
         hot[sensor] = cal.load_hot_map(work.root, sensor)
@@ -242,7 +245,8 @@ def calibrate_frames(frames: list[Frame], hot: dict[str, np.ndarray], channels: 
         calibrated[f.path] = (key, fp)
         if not store.is_complete(work.root, f"frames/{key}", fp):
             jobs.append(cal.CalibrationJob(f, work.root, key, fp, sensor_hot, channels))
-    futures = client.map(cal.calibrate_frame, jobs, key=[f"calibrate-{j.fingerprint}" for j in jobs])
+    futures = client.map(cal.calibrate_frame, jobs, key=[task_key("calibrate", os.path.basename(j.frame.path), j.fingerprint)
+                                                       for j in jobs])
     done = wait_with_progress(futures, "calibrate", work.console)
     # The statistics come back with the tasks; only reused frames' are read from the store.
     computed = {job.frame.path: stats for job, stats in zip(jobs, done)}

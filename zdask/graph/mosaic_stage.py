@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import dask
-import dask.array as da
 import numpy as np
 import zarr
 
@@ -22,6 +20,7 @@ from zdask.graph.geometry import grid_bbox_of
 from zdask.graph.harmonize import binned_shape, plan_tile_photometry, tile_cutout
 from zdask.graph.modes.base import MasterTile
 from zdask.graph.mosaic import PlacedTile, crop_grid, mosaic_arrays
+from zdask.graph.taskkeys import store_named, task_key
 from zdask.io import store
 from zdask.ops.crop import autocrop_box
 
@@ -64,7 +63,8 @@ def assemble_mosaic(tiles: list[MasterTile], canvas: Canvas, channels: int, fram
             placed.append(PlacedTile(work.root, tile.zarr, tile.fingerprint, tile.grid, bbox))
             entries.append(tile)
     futures = [client.submit(tile_cutout, t.root, t.name, t.token, t.grid, grid, factor, t.bbox,
-                             key=f"cutout-{t.token}-{fp}") for t in placed]
+                             key=task_key("tile-cutout", tile.id, f"{t.token}-{fp}"))
+               for t, tile in zip(placed, entries)]
     cutouts = wait_with_progress(futures, "tile photometry", work.console)
     shape_b = binned_shape(grid.shape, factor)
     model = sky_model(config.background_mesh, frames_meshed=frames_meshed)
@@ -107,8 +107,8 @@ def assemble_mosaic(tiles: list[MasterTile], canvas: Canvas, channels: int, fram
     group = store.open_store(work.root)
     targets = [store.create_array(group, f"mosaic/{key}", arrays[key].shape, arrays[key].dtype,
                                   tuple(c[0] for c in arrays[key].chunks)) for key in ("image", "coverage")]
-    writes = da.store([arrays["image"], arrays["coverage"]], targets, lock=False, compute=False)
-    wait_with_progress([client.compute(dask.delayed(lambda _: None)(writes))], "mosaic", work.console)
+    writes = store_named([arrays["image"], arrays["coverage"]], targets, "write-mosaic", None, fp)
+    wait_with_progress([client.compute(writes)], "mosaic", work.console)
     per_tile = {t.id: {"gains": [float(v) for v in photometry["gains"][k]],
                           "offsets": [float(v) for v in photometry["offsets"][k]],
                           "surface": photometry["surfaces"][k]}

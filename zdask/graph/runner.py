@@ -33,10 +33,14 @@ from zdask.graph.modes import mode_module
 from zdask.graph.modes.base import Workspace
 from zdask.graph.write import write_mosaic_outputs, write_report
 from zdask.io.folderlock import FolderInUse, FolderLock
+from zdask.io.outputs import atomic_path
 from zdask.ops.coadd import warm_up as coadd_warm_up
 from zdask.ops.stacking import warm_up
 
 __all__ = ["RunError", "run", "check_output_location", "claim_output_folder"]
+
+#: dask's performance report of a run (``Config.performance_report``), in the output folder.
+PERFORMANCE_REPORT = "performance-report.html"
 
 
 def check_output_location(inputs: Sequence[str], out_dir: str, what: str = "input folder") -> None:
@@ -91,14 +95,29 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, client=None, say=pr
 
 
 @contextlib.contextmanager
-def _client(client, config: Config, say):
+def _client(client, config: Config, work: Workspace):
     """The caller's client as it is (or as its callable gives it), or the configured
-    cluster's for the run."""
-    if client is not None:
-        yield client() if callable(client) else client
-    else:
-        with open_client(config, say) as opened:
-            yield opened
+    cluster's for the run; with ``config.performance_report``, dask's performance report of
+    what runs on it meanwhile is written to the output folder."""
+    with contextlib.ExitStack() as stack:
+        if client is not None:
+            client = client() if callable(client) else client
+        else:
+            client = stack.enter_context(open_client(config, work.say))
+        if config.performance_report:
+            stack.enter_context(_performance_report(client, os.path.join(work.out_dir, PERFORMANCE_REPORT)))
+        yield client
+
+
+@contextlib.contextmanager
+def _performance_report(client, path: str):
+    """distributed's performance report of ``client``'s scheduler while the block runs, written
+    to ``path`` (atomically: a failed run leaves none). ``as_current``: the report asks
+    ``get_client()``, which is another client where the caller has several."""
+    from distributed import performance_report
+
+    with atomic_path(path) as tmp, client.as_current(), performance_report(filename=tmp):
+        yield
 
 
 def _run_frames(mode, inputs: Sequence[str], config: Config, client, work: Workspace) -> dict:
@@ -109,7 +128,7 @@ def _run_frames(mode, inputs: Sequence[str], config: Config, client, work: Works
     gathered = gather_frames(inputs, config, work.say)
     timings = dict(gathered.timings)
     os.makedirs(work.out_dir, exist_ok=True)
-    with _client(client, config, work.say) as client:
+    with _client(client, config, work) as client:
         front = build_frame_front(gathered, config, client, work, timings)
         canvas = frames_canvas(front, config)
         plan = mode.plan(front, canvas, config)
@@ -138,7 +157,7 @@ def _run_tiles(mode, folder: str, config: Config, client, work: Workspace) -> di
     timings["import"] = time.perf_counter() - t
     canvas = mode.front_canvas(front, config)
     plan = mode.plan(front, canvas, config)
-    with _client(client, config, work.say) as client:
+    with _client(client, config, work) as client:
         result = mode.build(plan, front, canvas, config, client, work)
     report = {"inputs": [os.path.abspath(folder)], "mode": config.mode, "config": config.to_dict(),
               "frames_rejected": [], "stages": timings}
@@ -146,14 +165,15 @@ def _run_tiles(mode, folder: str, config: Config, client, work: Workspace) -> di
 
 
 def _write(result, config: Config, work: Workspace, report: dict, timings: dict[str, float]) -> dict:
-    """The outputs of every mode: mosaic.fits, preview.png, then report.json."""
+    """The outputs of every mode: mosaic.fits, preview.png, then report.json and report.html."""
     timings.update(result.timings)
     report.update(result.report)
     report["warnings"] = list(result.warnings)
     report["frames_used"] = result.frames_used
     t = time.perf_counter()
-    report["mosaic"] = {**report["mosaic"], "covered_fraction": write_mosaic_outputs(result, config, work)}
+    written = write_mosaic_outputs(result, config, work)
+    report["mosaic"] = {**report["mosaic"], "covered_fraction": written.covered_fraction}
     timings["write"] = time.perf_counter() - t
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
-    write_report(report, work)
+    write_report(report, work, written)
     return report

@@ -21,6 +21,7 @@ from zdask.cluster import wait_with_progress
 from zdask.graph.geometry import Grid
 from zdask.graph.harmonize import frame_backgrounds, group_sky
 from zdask.graph.modes.base import MasterTile
+from zdask.graph.taskkeys import task_key
 from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile, tile_grid
 from zdask.io import store
 from zdask.io.chunkrows import read_whole
@@ -117,13 +118,15 @@ def stack_master_tiles(plan, front, config, client, work) -> tuple[list[MasterTi
     def submit_tile(k: int) -> None:
         item = pending[k]
         tile = tiles[item.job.id]
-        arrays = master_tile(item.sources, item.stats, item.exptimes, item.grid, front.channels, config)
-        writes = store_tile(arrays, work.root, tile.zarr)
+        arrays = master_tile(item.sources, item.stats, item.exptimes, item.grid, front.channels, config,
+                             tile_id=item.job.id)
+        writes = store_tile(arrays, work.root, tile.zarr, tile_id=item.job.id)
         # One future per tile: its Zarr writes, then the finishing pass. The report's counts are
         # read back from the store: summing the lazy arrays here as well would be optimised as
         # separate collections and warp every block once per sum.
         summary = dask.delayed(_finish)(writes, work.root, tile.zarr, tile.mode, len(item.sources),
-                                        item.job.cleanup, config, _tile_file(work, tile))
+                                        item.job.cleanup, config, _tile_file(work, tile),
+                                        dask_key_name=task_key("finish-tile", item.job.id, item.fp))
         futures[k] = client.compute(summary)
 
     # Each tile is submitted as soon as its frames' sky surfaces are known: its blocks run while
@@ -178,7 +181,7 @@ def _fit_sky(config, work, client, pending: list[_Stacking], then, warnings: lis
     for k in sorted(set(range(len(pending))) - set(todo)):
         then(k)
     futures = [client.submit(group_sky, pending[k].sources, pending[k].grid, config.match_bin, order,
-                             key=f"skyfit-{pending[k].fp}") for k in todo]
+                             key=task_key("sky-fit", pending[k].job.id, pending[k].fp)) for k in todo]
 
     def with_surfaces(index: int, sources: list) -> None:
         pending[todo[index]].sources[:] = sources
@@ -199,7 +202,7 @@ def _fit_backgrounds(config, work, client, pending: list[_Stacking], then, mesh:
                 f"their gradients stay (a mesh of at most {min(h, w) // 2} px removes them)")
         work.say(f"warning: {text}")
         warnings.append(text)
-    futures = [client.submit(frame_backgrounds, p.sources, config.match_bin, mesh, key=f"bgmesh-{p.fp}")
+    futures = [client.submit(frame_backgrounds, p.sources, config.match_bin, mesh, key=task_key("local-background", p.job.id, p.fp))
                for p in pending]
 
     def with_backgrounds(k: int, backgrounds: list) -> None:

@@ -10,6 +10,7 @@ tile's plain description (:class:`TileStack`), never on per-frame results.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from dask.highlevelgraph import HighLevelGraph
 from zdask.config import Config
 from zdask.graph.geometry import Grid, covering_grid, footprint_outline, mean_direction
 from zdask.graph.stack import stack_chunks
+from zdask.graph.taskkeys import store_named, task_key
 from zdask.io import store
 from zdask.io.chunkrows import read_rows, read_whole, write_rows
 from zdask.io.fitsheader import wcs_from_header
@@ -229,7 +231,7 @@ def _block_output(outputs: tuple, index: int, _spec: TileStack) -> np.ndarray:
 
 def master_tile(
     sources: list[TileSource], stats: list[FrameStats], exptimes: list[float | None],
-    grid: Grid, channels: int, config: Config,
+    grid: Grid, channels: int, config: Config, tile_id: int | str = "",
 ) -> dict[str, da.Array]:
     """Lazy arrays of one master tile: image (h, w, C), coverage (h, w), count and rejections.
 
@@ -247,8 +249,10 @@ def master_tile(
     backgrounds = [None if s.background is None else s.background.digest() for s in sources]
     token = store.fingerprint([s.token for s in sources], [s.sky for s in sources], backgrounds, grid.to_json(),
                               channels, config.stage_digest("stack"))
-    spec_key = f"tile-stack-spec-{token}"
-    name = f"stack-tile-block-{token}"
+    # In the dashboard: stack-tile-<id> blocks ((key, row, column, 0)), their outputs
+    # tile-image-<id>, tile-count-<id>, ... (zdask.graph.taskkeys)
+    spec_key = task_key("tile-spec", tile_id, token)
+    name = task_key("stack-tile", tile_id, token)
     rstarts, cstarts = np.cumsum((0,) + rchunks), np.cumsum((0,) + cchunks)
     blocks = {}
     for i in range(len(rchunks)):
@@ -262,7 +266,7 @@ def master_tile(
     result = {}
     for k, (field, dtype) in enumerate((("image", np.float32), ("count", np.int32),
                                         ("rejected_low", np.int32), ("rejected_high", np.int32))):
-        out = f"{field.replace('_', '-')}-{name}"
+        out = task_key(f"tile-{field.replace('_', '-')}", tile_id, token)
         layer = {(out,) + key[1:]: (_block_output, key, k, spec_key) for key in blocks}
         graph = HighLevelGraph({**layers, out: layer}, {**dependencies, out: {name, spec_key}})
         result[field] = da.Array(graph, out, chunks=chunks, dtype=dtype,
@@ -270,13 +274,21 @@ def master_tile(
     # Coverage from geometry: a warped sample is NaN exactly where the frame's footprint ends,
     # so the samples kept plus those rejected count the footprints (no second pass over the
     # warped blocks).
-    counted = result["count"][..., 0] + result["rejected_low"][..., 0] + result["rejected_high"][..., 0]
-    result["coverage"] = counted.astype(np.float32)
+    # (not "tile-coverage": the dashboard's key_split takes an 8-letter word starting a-f for hex)
+    result["coverage"] = da.map_blocks(_footprints, result["count"], result["rejected_low"], result["rejected_high"],
+                                       drop_axis=2, dtype=np.float32, meta=np.empty((0, 0), np.float32),
+                                       name=task_key("tile-footprints", tile_id, token))
     return result
 
 
-def store_tile(arrays: dict[str, da.Array], root: str, name: str):
-    """Delayed writes of a tile's arrays to ``root/name/*`` (Zarr chunks = dask blocks)."""
+def _footprints(count: np.ndarray, rejected_low: np.ndarray, rejected_high: np.ndarray) -> np.ndarray:
+    """A block's coverage: the frames whose footprint holds each pixel (kept + rejected)."""
+    return (count[..., 0] + rejected_low[..., 0] + rejected_high[..., 0]).astype(np.float32)
+
+
+def store_tile(arrays: dict[str, da.Array], root: str, name: str, tile_id: int | str = ""):
+    """Delayed writes of a tile's arrays to ``root/name/*`` (Zarr chunks = dask blocks), named
+    ``write-tile-<tile_id>-...`` in the dashboard."""
     group = store.open_store(root)
     targets, sources = [], []
     for key, stored in TILE_ARRAYS.items():
@@ -284,7 +296,7 @@ def store_tile(arrays: dict[str, da.Array], root: str, name: str):
         chunks = tuple(c[0] for c in arr.chunks)
         targets.append(store.create_array(group, f"{name}/{stored}", arr.shape, arr.dtype, chunks))
         sources.append(arr)
-    return da.store(sources, targets, lock=False, compute=False)
+    return store_named(sources, targets, "write-tile", tile_id, os.path.basename(name))
 
 
 def finish_tile(root: str, name: str, mode: str, n_frames: int, cleanup: bool, config: Config) -> dict:

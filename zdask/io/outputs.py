@@ -269,19 +269,12 @@ class PreviewSampler:
         part = band[first * self.step - y0::self.step, ::self.step]
         self.pixels[first:first + len(part)] = part
 
-    def save(self, path: str) -> None:
-        """Asinh-stretched 8-bit PNG, north up (FITS row 0 is the bottom row, PNG row 0 the top)."""
+    def save(self, path: str) -> np.ndarray:
+        """Asinh-stretched 8-bit PNG, north up (FITS row 0 is the bottom row, PNG row 0 the top).
+        Returns its pixels (rows, cols[, 3]) uint8, RGB, north up."""
         import cv2
 
-        preview = self.pixels
-        levels = asinh_levels(preview)
-        pixels = np.empty(preview.shape[:2] + ((preview.shape[2],) if preview.ndim == 3 else ()), np.uint8)
-        rows = len(preview)
-        for y0 in range(0, rows, 256):  # the stretch's float temporaries, a band at a time
-            y1 = min(rows, y0 + 256)
-            pixels[rows - y1:rows - y0] = apply_asinh(preview[y0:y1], levels)[::-1]
-        if pixels.ndim == 3 and pixels.shape[-1] == 1:
-            pixels = pixels[..., 0]
+        pixels = self.stretched()
         if pixels.ndim == 3:
             pixels = pixels[..., ::-1]  # OpenCV takes colour as BGR
         # zlib level 1 with run-length matching: on a mosaic-sized preview, half the time of
@@ -292,6 +285,21 @@ class PreviewSampler:
             raise OSError(f"{path}: the PNG encoder failed")
         with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as fh:
             fh.write(encoded.tobytes())
+        return pixels[..., ::-1] if pixels.ndim == 3 else pixels
+
+    def stretched(self) -> np.ndarray:
+        """The preview's pixels asinh-stretched to uint8 (rows, cols[, C]), north up; a single
+        channel as (rows, cols)."""
+        preview = self.pixels
+        levels = asinh_levels(preview)
+        pixels = np.empty(preview.shape[:2] + ((preview.shape[2],) if preview.ndim == 3 else ()), np.uint8)
+        rows = len(preview)
+        for y0 in range(0, rows, 256):  # the stretch's float temporaries, a band at a time
+            y1 = min(rows, y0 + 256)
+            pixels[rows - y1:rows - y0] = apply_asinh(preview[y0:y1], levels)[::-1]
+        if pixels.ndim == 3 and pixels.shape[-1] == 1:
+            pixels = pixels[..., 0]
+        return pixels
 
 
 def write_preview(path: str, image, max_side: int = 4096, band_rows: int = 512) -> None:
@@ -308,6 +316,13 @@ def write_preview(path: str, image, max_side: int = 4096, band_rows: int = 512) 
         first = -(-y0 // step)
         sampler.pixels[first:first + len(part)] = part
     sampler.save(path)
+
+
+def write_text(path: str, text: str) -> None:
+    """A UTF-8 text file (report.html), written atomically."""
+    with writing(path), atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
 
 
 def write_json(path: str, payload: dict) -> None:
