@@ -98,7 +98,7 @@ class GridConfig:
     )
     max_cells: int = _doc(
         "Largest number of cells a grid plan may have (cells, >= 1); a larger plan is refused "
-        "before any frame is read.",
+        "before any cell is stacked (zdask plan --mode grid counts them from the headers).",
         default=50_000, stages=("grid",),
     )
     overlap_min_coverage: float = _doc(

@@ -28,6 +28,8 @@ __all__ = ["PairOverlap", "CellScaling", "cell_health", "reference_cell", "overl
 
 #: fewest mask pixels a pair's fit is made on
 MIN_OVERLAP_PIXELS = 20
+#: relative weight in the solve of a pair whose gain could not be measured (offset only)
+UNFITTED_WEIGHT = 1e-6
 
 
 def cell_health(image: np.ndarray, coverage: np.ndarray) -> TileHealth:
@@ -146,7 +148,11 @@ def scale_cells(images: Sequence[np.ndarray], coverages: Sequence[np.ndarray], o
     gains, offsets = np.ones((n, channels)), np.zeros((n, channels))
     connected = np.zeros(n, dtype=bool)
     if reference is not None and n:
-        solved = solve_tile_photometry(n, [(p.i, p.j, np.array(p.gain), np.array(p.offset), float(p.n_pixels))
+        # A pair whose gain fell back to 1 (too few source pixels in some channel) still links
+        # its cells, but must not pull the gains of those that have measured ones: it weighs
+        # UNFITTED_WEIGHT of its pixels.
+        solved = solve_tile_photometry(n, [(p.i, p.j, np.array(p.gain), np.array(p.offset),
+                                            float(p.n_pixels) * (1.0 if all(p.fitted) else UNFITTED_WEIGHT))
                                            for p in pairs], anchor=reference, n_channels=channels)
         gains, offsets, connected = solved.gains, solved.offsets, solved.connected
     linked = {p.i for p in pairs} | {p.j for p in pairs}
