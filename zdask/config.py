@@ -139,7 +139,7 @@ SECTIONS = {"sds": SdsConfig, "grid": GridConfig}
 @dataclass(frozen=True)
 class Config:
     """Settings of a zdask run (planning, calibration, stacking, mosaic, cluster); the fields
-    that only one mode uses are in that mode's section (``sds``)."""
+    that only one mode uses are in that mode's section (``sds``, ``grid``)."""
 
     # --- mode -----------------------------------------------------------------------------------
     mode: str = _doc(

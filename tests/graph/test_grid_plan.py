@@ -57,8 +57,10 @@ def test_a_rotated_footprint_touches_only_the_cells_its_area_reaches():
         if (np.abs(xs - c[0]) + np.abs(ys - c[1]) < r - 1e-6).any():
             expected.add((cell.row, cell.col))
     assert got == expected
+    # the diamond's bounding box: x 140..260, y 90..210
     bbox_cells = {(cell.row, cell.col) for cell in layout.cells
-                  if cell.box[0] - 0.5 < 210 and cell.box[1] - 0.5 > 90 and cell.box[2] - 0.5 < 260 and cell.box[3] - 0.5 > 140}
+                  if cell.box[0] - 0.5 < 210 and cell.box[1] - 0.5 > 90
+                  and cell.box[2] - 0.5 < 260 and cell.box[3] - 0.5 > 140}
     assert got < bbox_cells  # the separating-axis test dropped bounding-box-only cells
 
 

@@ -17,8 +17,10 @@ def _sky(h: int, w: int, seed: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     sky = 300 + 0.4 * xx - 0.2 * yy + 80 * np.exp(-((xx - w / 3) ** 2 + (yy - h / 2) ** 2) / (2 * 30.0 ** 2))
     image = np.repeat(sky[..., None], 3, axis=-1) * np.array([1.1, 1.0, 0.8])
-    for x, y, flux in zip(rng.uniform(0, w, h * w // 60), rng.uniform(0, h, h * w // 60), rng.uniform(200, 3000, h * w // 60)):
-        image += (flux * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.3 ** 2)))[..., None] * np.array([0.9, 1.0, 1.2])
+    stars = h * w // 60
+    for x, y, flux in zip(rng.uniform(0, w, stars), rng.uniform(0, h, stars), rng.uniform(200, 3000, stars)):
+        star = flux * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.3 ** 2))
+        image += star[..., None] * np.array([0.9, 1.0, 1.2])
     return image
 
 

@@ -133,14 +133,16 @@ def blend_cells(cells, places, side: int, step: int, canvas: Canvas, channels: i
         found = autocrop_box(covered, min_coverage=1e-6)
         if found is not None:
             y0, y1, x0, x1 = found
-            box = (y0 * factor, min(canvas.grid.shape[0], y1 * factor), x0 * factor, min(canvas.grid.shape[1], x1 * factor))
+            h, w = canvas.grid.shape
+            box = (y0 * factor, min(h, y1 * factor), x0 * factor, min(w, x1 * factor))
     cropped = crop_grid(canvas.grid, box)
     gains = [scaling.gains[k] * rgb[k] for k in range(len(cells))]
     placed = []
     for k in keep:
         c = cells[k]
         y0, y1, x0, x1 = c.box
-        bbox = (max(0, y0 - box[0]), min(cropped.shape[0], y1 - box[0]), max(0, x0 - box[2]), min(cropped.shape[1], x1 - box[2]))
+        bbox = (max(0, y0 - box[0]), min(cropped.shape[0], y1 - box[0]),
+                max(0, x0 - box[2]), min(cropped.shape[1], x1 - box[2]))
         if bbox[0] < bbox[1] and bbox[2] < bbox[3]:
             placed.append(PlacedTile(work.root, c.name, c.fp, c.grid, bbox, tuple(float(v) for v in gains[k]),
                                      tuple(float(v) for v in scaling.offsets[k]), surfaces[k]))

@@ -69,7 +69,8 @@ class GridLayout:
         return {"cells": len(self.cells), "raster": [len(self.rows), len(self.cols)], "side_px": self.side,
                 "step_px": self.step, "overlap_px": self.overlap_px, "fov_px": self.fov_px,
                 "occupied_cells": len(counts), "empty_cells": len(self.cells) - len(counts),
-                "frames_per_cell": {"min": min(counts, default=0), "median": float(np.median(counts)) if counts else 0.0,
+                "frames_per_cell": {"min": min(counts, default=0),
+                                    "median": float(np.median(counts)) if counts else 0.0,
                                     "max": max(counts, default=0)}}
 
 

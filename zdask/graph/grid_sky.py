@@ -23,7 +23,9 @@ from zdask.io.chunkrows import read_rows
 from zdask.io.fitsheader import wcs_from_header
 from zdask.ops.background import star_mask
 from zdask.ops.skymatch import CutOut, match_to_consensus
-from zdask.ops.warp import bin_image, binned_extent, binned_transform, pixel_map, remap, source_window, wcs_pixel_transform
+from zdask.ops.warp import (
+    bin_image, binned_extent, binned_transform, pixel_map, remap, source_window, wcs_pixel_transform,
+)
 
 #: binned pixels between the samples the surfaces are fitted on
 SAMPLE_STEP = 2
