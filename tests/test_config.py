@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -192,12 +193,30 @@ def test_the_sds_section_from_toml_and_the_command_line(tmp_path):
     assert "[sds]\nsds.min_lot_size = 5\n" in shown and "sds.min_coverage_keep = 0.4" in shown
 
 
+def test_the_grid_section_is_checked_and_listed(tmp_path):
+    config = Config().replace(**{"grid.cell_fov_factor": 2.5, "grid.max_cells": 10})
+    assert (config.grid.cell_fov_factor, config.grid.max_cells, config.grid.cell_overlap) == (2.5, 10, 0.4)
+    assert Config.stage_fields("grid") == ("grid.cell_fov_factor", "grid.cell_overlap", "grid.max_cells",
+                                           "grid.overlap_min_coverage", "grid.overlap_erosion_px")
+    for name, value, words in (("cell_overlap", 0.95, "[0.05, 0.9]"), ("max_cells", 0, ">= 1"),
+                               ("cell_fov_factor", 0.0, "> 0"), ("overlap_erosion_px", 9, "0..8")):
+        with pytest.raises(ConfigError, match=f"'grid.{name}' = .*{re.escape(words)}"):
+            Config().replace(**{f"grid.{name}": value})
+    toml = tmp_path / "grid.toml"
+    toml.write_text("mode = 'grid'\n[grid]\ncell_overlap = 0.3\n")
+    assert load_config(toml).grid.cell_overlap == 0.3
+    result = CliRunner().invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--grid-cell-overlap", "2"])
+    assert result.exit_code == 2 and "'grid.cell_overlap'" in result.output, result.output
+    shown = CliRunner().invoke(app, ["config"]).output
+    assert "[grid]\ngrid.cell_fov_factor = 4.0\n" in shown and "grid.max_cells = 50000" in shown
+
+
 def test_an_unknown_mode_is_one_line_naming_the_choices(tmp_path):
-    with pytest.raises(ConfigError, match="'mode' = 'grid': allowed values are classic, tiles"):
-        Config().replace(mode="grid")
-    result = CliRunner().invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--mode", "grid"])
+    with pytest.raises(ConfigError, match="'mode' = 'survey': allowed values are classic, grid, tiles"):
+        Config().replace(mode="survey")
+    result = CliRunner().invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--mode", "survey"])
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0
-    assert "allowed values are classic, tiles" in result.output
+    assert "allowed values are classic, grid, tiles" in result.output
     both = CliRunner().invoke(app, ["run", "--tiles", str(tmp_path), "--mode", "classic", "--out", str(tmp_path / "o")])
     assert both.exit_code == 2 and "--tiles DIR" in both.output and "tiles mode" in both.output
 

@@ -157,21 +157,29 @@ def plan(
     config: Optional[Path] = typer.Option(None, help="TOML configuration file."),
     max_group_size: Optional[int] = typer.Option(None, help="Largest master-tile group (frames)."),
     link_fov_fraction: Optional[float] = typer.Option(None, help="Linking distance / short FOV side."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="classic (master-tile groups, default) or sds (lots)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="classic (master-tile groups, default), sds (lots) or grid (cells)."),
+    grid_cell_fov_factor: Optional[float] = typer.Option(None, help="grid: cell side / median frame field of view."),
+    grid_cell_overlap: Optional[float] = typer.Option(None, help="grid: overlap of neighbouring cells (fraction)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
-    """Group frames into master tiles by sky position and mount mode (--mode sds: into SDS lots)."""
+    """Group frames into master tiles by sky position and mount mode (--mode sds: into SDS lots;
+    --mode grid: into the cells of a grid, with their count, frames per cell and empty cells)."""
     from zdask.graph.field import OFF_FIELD_REASON, split_main_field
     from zdask.graph.plan import plan_master_tiles, summarize
     from zdask.io.scan import scan as scan_inputs
 
     try:
-        cfg = load_config(config, max_group_size=max_group_size, link_fov_fraction=link_fov_fraction, mode=mode)
+        cfg = load_config(config, max_group_size=max_group_size, link_fov_fraction=link_fov_fraction, mode=mode,
+                          **{"grid.cell_fov_factor": grid_cell_fov_factor, "grid.cell_overlap": grid_cell_overlap})
     except ConfigError as exc:
         _fail(str(exc))
+    if cfg.mode == "grid":
+        with _failures_reported(debug):
+            print(_grid_plan_text([str(p) for p in inputs], cfg, as_json))
+        return
     if cfg.mode not in ("classic", "sds"):
-        _fail(f"--mode {cfg.mode}: zdask plan shows the classic mode's groups or the sds mode's lots")
+        _fail(f"--mode {cfg.mode}: zdask plan shows the classic mode's groups, the sds mode's lots or the grid's cells")
     with _failures_reported(debug):
         table = scan_inputs([str(p) for p in inputs])
     for bad in table.rejected:
@@ -193,6 +201,29 @@ def plan(
             print(json.dumps(lots_json(lots, frames), indent=2) if as_json else summarize_lots(lots, frames))
             return
     print(json.dumps(result.to_json(frames), indent=2) if as_json else summarize(result, frames))
+
+
+def _grid_plan_text(inputs: list[str], cfg, as_json: bool) -> str:
+    """`zdask plan --mode grid`: the cells from the headers (no pixel read)."""
+    from types import MappingProxyType
+
+    from zdask.graph.canvas import frames_canvas
+    from zdask.graph.front import FrameFront, gather_frames
+    from zdask.graph.modes import grid
+
+    say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    named, _ = grid.resolve_inputs(inputs, say)
+    gathered = gather_frames(named, cfg, say)
+    empty = MappingProxyType({})
+    front = FrameFront(gathered.frames, gathered.groups, empty, empty, empty, empty, 3, empty, 0, None,
+                       gathered.rejected, gathered.off_field)
+    result = grid.plan(front, frames_canvas(front, cfg), cfg)
+    if not as_json:
+        return grid.summarize(result)
+    layout = result.layout
+    return json.dumps({**layout.summary(), "cells_detail": [
+        {"id": c.id, "row": c.row, "col": c.col, "box": list(c.box), "frames": [front.frames[i].path for i in c.frames]}
+        for c in layout.cells], "excluded": [{"path": p, "reason": r} for p, r in result.excluded]}, indent=2)
 
 
 # --- run -----------------------------------------------------------------------------------------------
@@ -232,12 +263,16 @@ def run(
     tiles: Optional[Path] = typer.Option(None, "--tiles",
                                          help="Assemble existing master tiles (FITS with WCS) from this "
                                               "folder (the tiles mode)."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="How the mosaic is built: classic (default), sds or tiles."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="How the mosaic is built: classic (default), sds, grid "
+                                                           "or tiles; a stack_plan.csv in an input folder picks grid."),
     sds_min_lot_size: Optional[int] = typer.Option(None, help="sds: frames a lot holds at least."),
     sds_lot_coverage: Optional[float] = typer.Option(None, help="sds: fraction of the survey's cells a lot covers."),
     sds_target_lot_size: Optional[int] = typer.Option(None, help="sds: frames at which a lot closes."),
     sds_min_coverage_keep: Optional[float] = typer.Option(
         None, help="sds: pixels below this fraction of the maximum coverage become NaN."),
+    grid_cell_fov_factor: Optional[float] = typer.Option(None, help="grid: cell side / median frame field of view."),
+    grid_cell_overlap: Optional[float] = typer.Option(None, help="grid: overlap of neighbouring cells (fraction)."),
+    grid_max_cells: Optional[int] = typer.Option(None, help="grid: largest number of cells a plan may have."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Build the mosaic: calibrate, stack master tiles, assemble, write outputs."""
@@ -255,10 +290,16 @@ def run(
             autocrop=autocrop, background_mesh=background_mesh,
             mode="tiles" if tiles is not None and mode is None else mode,
             **{"sds.min_lot_size": sds_min_lot_size, "sds.lot_coverage": sds_lot_coverage,
-               "sds.target_lot_size": sds_target_lot_size, "sds.min_coverage_keep": sds_min_coverage_keep},
+               "sds.target_lot_size": sds_target_lot_size, "sds.min_coverage_keep": sds_min_coverage_keep,
+               "grid.cell_fov_factor": grid_cell_fov_factor, "grid.cell_overlap": grid_cell_overlap,
+               "grid.max_cells": grid_max_cells},
         )
     except ConfigError as exc:
         _fail(str(exc))
+    plan_csv = _stack_plan_in(inputs) if mode is None and cfg.mode == "classic" else None
+    if plan_csv:  # the ancestor's convention: a folder with a stack plan is stacked in grid mode
+        cfg = cfg.replace(mode="grid")
+        console.print(f"{plan_csv}: stack plan found, grid mode", highlight=False, soft_wrap=True)
     say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
     if tiles is not None and inputs:
         _fail("give either frames (INPUT...) or --tiles DIR, not both")
@@ -279,6 +320,13 @@ def run(
     stages = report["stages"]
     say(f"mosaic {out / 'mosaic.fits'} ({report['mosaic']['shape'][1]}x{report['mosaic']['shape'][0]}, "
         f"{report['mosaic']['covered_fraction']:.0%} covered) in {stages['total']:.1f} s")
+
+
+def _stack_plan_in(inputs) -> str | None:
+    """The first input folder's stack_plan.csv, if one holds it."""
+    from zdask.io.stackplan import find_stack_plan
+
+    return next((found for p in inputs or [] if (found := find_stack_plan(str(p)))), None)
 
 
 @app.command()

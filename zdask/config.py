@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 #: The stages whose stored outputs depend on settings. Each field names, in ``stages``, the
 #: stages whose outputs it changes; a stage's fingerprint takes exactly those fields
 #: (:meth:`Config.stage_digest`), so a new field cannot be left out of a stage's list.
-STAGES = ("hotpixels", "align", "stack", "tiles", "mosaic", "import", "sds")
+STAGES = ("hotpixels", "align", "stack", "tiles", "mosaic", "import", "sds", "grid")
 
 
 def _doc(text: str, stages: tuple[str, ...] = (), **kwargs: Any) -> Any:
@@ -90,20 +90,72 @@ class SdsConfig:
         return self
 
 
+@dataclass(frozen=True)
+class GridConfig:
+    """Settings that only the ``grid`` mode uses (TOML table ``[grid]``, options ``--grid-*``)."""
+
+    cell_fov_factor: float = _doc(
+        "Side of a grid cell as a multiple of the median frame field of view (the larger side "
+        "of a frame's footprint, in canvas pixels); a cell is at least 32 px (unitless, > 0).",
+        default=4.0, stages=("grid",),
+    )
+    cell_overlap: float = _doc(
+        "Overlap of neighbouring cells as a fraction of the cell side; cells are matched "
+        "photometrically and blended on it (fraction in [0.05, 0.9]).",
+        default=0.4, stages=("grid",),
+    )
+    max_cells: int = _doc(
+        "Largest number of cells a grid plan may have (cells, >= 1); a larger plan is refused "
+        "before any cell is stacked (zdask plan --mode grid counts them from the headers).",
+        default=50_000, stages=("grid",),
+    )
+    overlap_min_coverage: float = _doc(
+        "Pixels of two cells' overlap enter their photometric fit where each cell's coverage "
+        "reaches this fraction of its peak coverage in that overlap (fraction in (0, 1]).",
+        default=0.5, stages=("grid",),
+    )
+    overlap_erosion_px: int = _doc(
+        "The overlap mask is eroded by this many pixels of the binned cells (match_bin) so "
+        "that noisy coverage edges stay out of the fit (binned pixels, 0..8).",
+        default=1, stages=("grid",),
+    )
+
+    def validate(self) -> "GridConfig":
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(f"config field 'grid.{name}' = {getattr(self, name)!r}: {allowed}")
+
+        for f, expected in typing.get_type_hints(GridConfig).items():
+            if not _has_type(getattr(self, f), expected):
+                raise bad(f, f"must be {_type_words(expected)}")
+        if not self.cell_fov_factor > 0:
+            raise bad("cell_fov_factor", "must be a number > 0")
+        if not 0.05 <= self.cell_overlap <= 0.9:
+            raise bad("cell_overlap", "must be in [0.05, 0.9]")
+        if self.max_cells < 1:
+            raise bad("max_cells", "must be an integer >= 1")
+        if not 0 < self.overlap_min_coverage <= 1:
+            raise bad("overlap_min_coverage", "must be in (0, 1]")
+        if not 0 <= self.overlap_erosion_px <= 8:
+            raise bad("overlap_erosion_px", "must be an integer in 0..8")
+        return self
+
+
 #: The sections of the configuration: name → the dataclass of its fields.
-SECTIONS = {"sds": SdsConfig}
+SECTIONS = {"sds": SdsConfig, "grid": GridConfig}
 
 
 @dataclass(frozen=True)
 class Config:
     """Settings of a zdask run (planning, calibration, stacking, mosaic, cluster); the fields
-    that only one mode uses are in that mode's section (``sds``)."""
+    that only one mode uses are in that mode's section (``sds``, ``grid``)."""
 
     # --- mode -----------------------------------------------------------------------------------
     mode: str = _doc(
         "How the mosaic is built: classic (master tiles by sky position, then their coadd), sds "
         "(lots of frames each stacked onto the canvas, then gain-matched and stacked again; for "
-        "many frames of one field) or tiles (assemble master tiles that already exist: the input is one folder of tile FITS "
+        "many frames of one field), grid (a regular raster of overlapping cells, each stacked "
+        "from the frames that touch it, matched and blended; a stack_plan.csv in an input "
+        "folder selects it) or tiles (assemble master tiles that already exist: the input is one folder of tile FITS "
         "files). The modes are zdask.graph.modes.MODES.",
         default="classic",
     )
@@ -383,6 +435,10 @@ class Config:
         "The sds mode's settings (TOML table [sds]).",
         default_factory=SdsConfig,
     )
+    grid: GridConfig = _doc(
+        "The grid mode's settings (TOML table [grid]).",
+        default_factory=GridConfig,
+    )
 
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> "Config":
@@ -403,6 +459,7 @@ class Config:
         if self.mode not in MODES:
             raise bad("mode", "allowed values are " + ", ".join(MODES))
         self.sds.validate()
+        self.grid.validate()
         if not (isinstance(self.link_fov_fraction, (int, float)) and self.link_fov_fraction > 0):
             raise bad("link_fov_fraction", "must be a number > 0")
         if not (isinstance(self.max_group_size, int) and self.max_group_size >= 1):

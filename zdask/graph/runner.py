@@ -16,6 +16,7 @@ without one it opens the configured cluster for the run and closes it after.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -125,7 +126,10 @@ def _run_frames(mode, inputs: Sequence[str], config: Config, client, work: Works
     # compile takes seconds of one core, and the tile stage would otherwise wait for it.
     threading.Thread(target=warm_up, args=(config.reject,), name="zdask-kernel-warm-up", daemon=True).start()
     threading.Thread(target=coadd_warm_up, name="zdask-coadd-warm-up", daemon=True).start()
-    gathered = gather_frames(inputs, config, work.say)
+    # A mode may name its frames another way (grid: a folder's stack_plan.csv); what it leaves out is reported.
+    named, left_out = mode.resolve_inputs(inputs, work.say) if hasattr(mode, "resolve_inputs") else (inputs, [])
+    gathered = gather_frames(named, config, work.say)
+    gathered = dataclasses.replace(gathered, rejected=gathered.rejected + tuple(left_out))
     timings = dict(gathered.timings)
     os.makedirs(work.out_dir, exist_ok=True)
     with _client(client, config, work) as client:

@@ -42,6 +42,7 @@ from types import ModuleType
 #: Mode name → its module. The default mode is ``Config.mode``'s default.
 MODES = {
     "classic": "zdask.graph.modes.classic",
+    "grid": "zdask.graph.modes.grid",
     "tiles": "zdask.graph.modes.tiles",
     "sds": "zdask.graph.modes.sds",
 }
