@@ -1,4 +1,6 @@
-"""Where a run executes: an embedded LocalCluster by default, or an existing scheduler."""
+"""Where a run executes: an embedded LocalCluster by default, an existing scheduler, or a
+cluster started for the run on SLURM (:mod:`zdask.cluster_slurm`) or Kubernetes
+(:mod:`zdask.cluster_kubernetes`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import os
 import socket
 from typing import Iterator, Sequence
 
+import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+from distributed.scheduler import NoWorkerError
 
 from zdask.config import Config
 
@@ -187,14 +191,30 @@ def open_client(config: Config, say=print) -> Iterator[Client]:
     quiet = _NotInterruptedSyncCancel()
     logging.getLogger("tornado.application").addFilter(quiet)
     try:
-        with _open_client(config, say) as client:
-            yield client
+        # A scheduler zdask starts fails the tasks that wait with no worker for this long
+        # (read when the scheduler starts); a running one keeps its own setting.
+        with dask.config.set({"distributed.scheduler.no-workers-timeout":
+                              f"{config.cluster.no_workers_timeout}s"}):
+            with _open_client(config, say) as client:
+                yield client
+    except NoWorkerError as exc:
+        setting = ("its distributed.scheduler.no-workers-timeout" if config.scheduler
+                   else "cluster.no_workers_timeout")
+        raise ClusterError(
+            f"the cluster had no worker for {exc.timeout:g} s ({setting}) while work waited; "
+            "the finished work is stored: run again to resume from it") from None
     finally:
         logging.getLogger("tornado.application").removeFilter(quiet)
 
 
 @contextlib.contextmanager
 def _open_client(config: Config, say) -> Iterator[Client]:
+    if config.cluster.kind != "local":
+        with _batch_client(config, say) as client:
+            # The run's own workers, closed with it: nothing to unregister.
+            client.register_plugin(SingleThreadedKernels())
+            yield client
+        return
     if config.scheduler:
         client = connect_scheduler(config.scheduler)
         say(f"scheduler {config.scheduler}; dashboard: {client.dashboard_link}")
@@ -235,6 +255,17 @@ def _open_client(config: Config, say) -> Iterator[Client]:
     finally:
         _quietly_close(client)
         _quietly_close(cluster)
+
+
+def _batch_client(config: Config, say):
+    """The Client of a cluster started through a batch system (cluster.kind slurm or kubernetes)."""
+    if config.cluster.kind == "slurm":
+        from zdask.cluster_slurm import slurm_client
+
+        return slurm_client(config, say)
+    from zdask.cluster_kubernetes import kubernetes_client
+
+    return kubernetes_client(config, say)
 
 
 class ClientOnDemand:
