@@ -210,9 +210,7 @@ def open_client(config: Config, say=print) -> Iterator[Client]:
 @contextlib.contextmanager
 def _open_client(config: Config, say) -> Iterator[Client]:
     if config.cluster.kind != "local":
-        with _batch_client(config, say) as client:
-            # The run's own workers, closed with it: nothing to unregister.
-            client.register_plugin(SingleThreadedKernels())
+        with _batch_client(config, say) as client:  # SingleThreadedKernels registered
             yield client
         return
     if config.scheduler:

@@ -61,7 +61,7 @@ def kubernetes_client(config: Config, say=print) -> Iterator[Client]:
     Needs the dask-kubernetes operator in the Kubernetes cluster and the rights to create
     DaskCluster resources (deploy/kubernetes/ has both); refused in one line otherwise.
     """
-    from zdask.cluster import ClusterError, _quietly_close
+    from zdask.cluster import ClusterError, SingleThreadedKernels, _quietly_close
 
     try:
         from dask_kubernetes.operator import KubeCluster
@@ -84,6 +84,7 @@ def kubernetes_client(config: Config, say=print) -> Iterator[Client]:
     try:
         client = Client(cluster)
         try:
+            client.register_plugin(SingleThreadedKernels())  # the run's own workers
             say(f"Kubernetes cluster {name}: {config.cluster.jobs} worker pod(s) of "
                 f"{config.cluster.cores} CPU(s), {config.cluster.memory}; dashboard: {client.dashboard_link}")
             yield client

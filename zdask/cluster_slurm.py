@@ -26,6 +26,8 @@ JOB_NAME = "zdask-worker"
 _POLL_S = 2.0
 # An sbatch/squeue/scancel that does not answer in this long is a controller that is down.
 _COMMAND_TIMEOUT_S = 60
+# How long the end of a run waits for its cancelled jobs to leave the queue (seconds).
+_CANCEL_WAIT_S = 30
 
 
 def slurm_cluster_options(config: Config) -> dict:
@@ -87,10 +89,17 @@ def _queued(job_ids: set[str]) -> set[str]:
 
 
 def cancel_jobs(job_ids: set[str]) -> None:
-    """scancel the jobs (ones that ended already are ignored)."""
-    if job_ids and shutil.which("scancel"):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(["scancel", *sorted(job_ids)], capture_output=True, timeout=_COMMAND_TIMEOUT_S)
+    """scancel the jobs (ones that ended already are ignored) and wait, up to
+    ``_CANCEL_WAIT_S``, until none of them is pending, running or completing: when the run's
+    command returns, its jobs are gone from the queue."""
+    if not (job_ids and shutil.which("scancel")):
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(["scancel", *sorted(job_ids)], capture_output=True, timeout=_COMMAND_TIMEOUT_S)
+    deadline = time.monotonic() + _CANCEL_WAIT_S
+    with contextlib.suppress(Exception):  # the run ends either way; squeue said what it could
+        while _queued(job_ids) and time.monotonic() < deadline:
+            time.sleep(_POLL_S / 4)
 
 
 @contextlib.contextmanager
@@ -101,9 +110,9 @@ def slurm_client(config: Config, say=print) -> Iterator[Client]:
     queue), but jobs that all end before any worker joins (a wrong ``cluster.python``, a node
     that cannot reach the scheduler) end the run with :class:`ClusterError` naming them.
     """
-    from dask_jobqueue import SLURMCluster
+    from zdask.cluster import SingleThreadedKernels, _quietly_close
 
-    from zdask.cluster import _quietly_close
+    SLURMCluster = _slurm_cluster_class()
 
     c = config.cluster
     _slurm_command(["sbatch", "--version"])  # a missing sbatch in one line, before any thread starts
@@ -119,6 +128,10 @@ def slurm_client(config: Config, say=print) -> Iterator[Client]:
             shown = f"{c.jobs} job(s)"
         client = Client(cluster)
         try:
+            # Before any worker joins, so that no broadcast to workers is in flight when the
+            # run is interrupted and its jobs cancelled; each worker gets it as it joins. The
+            # run's own workers, closed with it: nothing to unregister.
+            client.register_plugin(SingleThreadedKernels())
             say(f"SLURM cluster: {shown} of {c.cores} core(s), {c.memory}, {c.walltime} "
                 f"(job name {JOB_NAME}); dashboard: {client.dashboard_link}")
             _wait_for_first_worker(cluster, client, submitted, say)
@@ -130,6 +143,23 @@ def slurm_client(config: Config, say=print) -> Iterator[Client]:
         submitted |= _job_ids(cluster)
         _quietly_close(cluster)  # cancels the jobs it knows
         cancel_jobs(submitted)  # and any it lost track of, should its close have timed out
+
+
+def _slurm_cluster_class():
+    """``dask_jobqueue.SLURMCluster``, imported without the SIGINT handler that dask-jobqueue
+    installs when imported (0.9, ``dask_jobqueue/runner.py``: Ctrl-C becomes ``sys.exit()``,
+    and an interrupted run would end with status 0 as if it had finished)."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        from dask_jobqueue import SLURMCluster
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return SLURMCluster
 
 
 def _job_ids(cluster) -> set[str]:
