@@ -169,6 +169,17 @@ def dashboard_link(cluster: LocalCluster) -> str:
     return f"{link} (listening on all interfaces, port {port})" if listening_on_all else link
 
 
+class _NotTimedOutTasks(logging.Filter):
+    """Drops the scheduler's log line for each task failed by its no-workers timeout (and its
+    failed gather of results lost with the workers): the run ends with one line saying that
+    the cluster had no worker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not ("timed out waiting without any running workers" in text
+                    or text.startswith("Couldn't gather keys"))
+
+
 class _NotInterruptedSyncCancel(logging.Filter):
     """Drops the traceback that distributed's ``sync`` logs when Ctrl-C comes before the
     future it waits for exists: its cancel callback then fails with a NameError (distributed
@@ -188,8 +199,9 @@ def open_client(config: Config, say=print) -> Iterator[Client]:
     be asked for. Raises :class:`ClusterError` when the scheduler cannot be reached or the
     machine cannot hold the requested cluster.
     """
-    quiet = _NotInterruptedSyncCancel()
+    quiet, timed_out = _NotInterruptedSyncCancel(), _NotTimedOutTasks()
     logging.getLogger("tornado.application").addFilter(quiet)
+    logging.getLogger("distributed.scheduler").addFilter(timed_out)
     try:
         # A scheduler zdask starts fails the tasks that wait with no worker for this long
         # (read when the scheduler starts); a running one keeps its own setting.
@@ -205,6 +217,7 @@ def open_client(config: Config, say=print) -> Iterator[Client]:
             "the finished work is stored: run again to resume from it") from None
     finally:
         logging.getLogger("tornado.application").removeFilter(quiet)
+        logging.getLogger("distributed.scheduler").removeFilter(timed_out)
 
 
 @contextlib.contextmanager
@@ -284,8 +297,10 @@ class ClientOnDemand:
             self._client = self._stack.enter_context(open_client(self._config, self._say))
         return self._client
 
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
+    def __exit__(self, *exc) -> bool:
+        # The run's exception goes through open_client, which tells a cluster left without
+        # workers in one line.
+        return self._stack.__exit__(*exc)
 
 
 def _quietly_close(closable) -> None:

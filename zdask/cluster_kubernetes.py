@@ -3,9 +3,9 @@
 The spec is a pure function of the configuration (:func:`kubernetes_cluster_spec`): the same
 function writes ``deploy/kubernetes/daskcluster.yaml`` (a test keeps the two equal), and
 ``--cluster kubernetes`` creates the cluster from it through ``KubeCluster``, which deletes it
-when the run ends. Every pod mounts one ReadWriteMany volume at ``cluster.volume_path``, so the
-frames and the output folder (its work store included) are at the same path in the pod that
-runs ``zdask run`` and in every worker.
+when the run ends. The workers and the pod that runs ``zdask run`` mount one ReadWriteMany volume
+at ``cluster.volume_path``, so the frames and the output folder (its work store included) are
+at the same path in each of them.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ def kubernetes_cluster_spec(config: Config, name: str) -> dict:
 
     ``cluster.jobs`` worker pods, each with ``cluster.cores`` CPUs and ``cluster.memory``
     requested and as its limit, running one dask worker with that many threads and that memory
-    limit; the scheduler with no resources reserved (it plans nothing, the client does); the
-    scheduler's no-workers timeout from ``cluster.no_workers_timeout``; the data volume mounted
-    in every pod.
+    limit, the data volume mounted at ``cluster.volume_path``; the scheduler with no resources
+    reserved (it plans nothing, the client does) and its no-workers timeout from
+    ``cluster.no_workers_timeout``.
     """
     from dask.utils import parse_bytes
     from dask_kubernetes.operator import make_cluster_spec
@@ -43,13 +43,10 @@ def kubernetes_cluster_spec(config: Config, name: str) -> dict:
         env={"DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": f"{c.no_workers_timeout:g}s"},
         worker_command=f"dask worker --nthreads {c.cores} --memory-limit {memory}",
     )
-    mount = {"name": VOLUME_NAME, "mountPath": c.volume_path}
-    volume = {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": c.volume_claim}}
-    for role in ("scheduler", "worker"):
-        pod = spec["spec"][role]["spec"]
-        pod["volumes"] = [volume]
-        for container in pod["containers"]:
-            container["volumeMounts"] = [mount]
+    # The workers read the frames and read/write the work store; the scheduler touches no file.
+    workers = spec["spec"]["worker"]["spec"]
+    workers["volumes"] = [{"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": c.volume_claim}}]
+    workers["containers"][0]["volumeMounts"] = [{"name": VOLUME_NAME, "mountPath": c.volume_path}]
     del spec["spec"]["scheduler"]["spec"]["containers"][0]["resources"]
     return spec
 
