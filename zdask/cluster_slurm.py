@@ -156,6 +156,10 @@ def _slurm_cluster_class():
     previous = signal.getsignal(signal.SIGINT) if main else None
     try:
         from dask_jobqueue import SLURMCluster
+    except ImportError:
+        from zdask.cluster import ClusterError
+
+        raise ClusterError("cluster.kind = 'slurm' needs dask-jobqueue: pip install 'zdask[slurm]'") from None
     finally:
         if main and previous is not None:
             signal.signal(signal.SIGINT, previous)
