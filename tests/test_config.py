@@ -237,3 +237,41 @@ def test_every_setting_declares_the_stages_it_changes():
     assert Config.stage_fields("hotpixels") == ("hot_pixel_sigma", "hot_pixel_min_fraction", "hot_pixel_frames")
     with pytest.raises(ValueError, match="unknown stage"):
         Config.stage_fields("nothing")
+
+
+def test_the_cluster_section_from_toml_keeps_top_level_cluster_fields_grouped_under_it(tmp_path):
+    path = tmp_path / "zdask.toml"
+    path.write_text('[cluster]\nkind = "slurm"\njobs = 4\ncores = 8\nmemory = "32GiB"\nqueue = "astro"\n'
+                    'job_directives = ["--gres=gpu:1"]\nmemory_limit = "4GiB"\n')
+    config = load_config(path)
+    assert (config.cluster.kind, config.cluster.jobs, config.cluster.cores, config.cluster.memory,
+            config.cluster.queue, config.cluster.job_directives) == ("slurm", 4, 8, "32GiB", "astro", ("--gres=gpu:1",))
+    assert config.memory_limit == "4GiB"  # a top-level field grouped under [cluster], as before
+    assert load_config(path, **{"cluster.kind": "local"}).cluster.kind == "local"  # --cluster local
+    path.write_text("[cluster]\nnodes = 3\n")
+    with pytest.raises(ConfigError, match="cluster.nodes"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("kind", "pbs", "local, slurm, kubernetes"),
+    ("no_workers_timeout", 0, "> 0"),
+    ("jobs", 0, ">= 1"),
+    ("processes", 3, "at most cluster.cores (1)"),
+    ("adaptive_max", -1, "0 (no adaptive scaling)"),
+    ("memory", "lots", "byte size"),
+    ("walltime", "2h", "[D-]HH:MM:SS"),
+    ("job_directives", ["gres=gpu:1"], "each starting with '-'"),
+    ("job_directives", "--gres=gpu:1", "a list of strings"),
+    ("volume_path", "data", "absolute path"),
+])
+def test_bad_cluster_values_name_the_field(name, value, words):
+    with pytest.raises(ConfigError) as err:
+        Config().replace(**{f"cluster.{name}": value})
+    assert f"'cluster.{name}'" in str(err.value) and words in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("field, value", [("scheduler", "tcp://h:8786"), ("workers", 2), ("threads_per_worker", 2)])
+def test_a_started_cluster_conflicts_with_the_embedded_clusters_fields(field, value):
+    with pytest.raises(ConfigError, match=f"'cluster.kind' = 'slurm' and '{field}' conflict"):
+        Config().replace(**{"cluster.kind": "slurm", field: value})

@@ -234,6 +234,9 @@ def run(
     out: Path = typer.Option(..., "--out", help="Output folder (mosaic.fits, preview.png, report.json)."),
     config: Optional[Path] = typer.Option(None, help="TOML configuration file; options below override it."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running dask scheduler."),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", help="Cluster to start: local (default), slurm or kubernetes; sized in "
+                                "the TOML table [cluster] (zdask config lists its fields)."),
     workers: Optional[int] = typer.Option(None, help="Worker processes of the embedded cluster."),
     threads_per_worker: Optional[int] = typer.Option(None, help="Threads per worker."),
     memory_limit: Optional[str] = typer.Option(None, help="Memory per worker, e.g. 4GiB, or auto."),
@@ -292,7 +295,7 @@ def run(
             **{"sds.min_lot_size": sds_min_lot_size, "sds.lot_coverage": sds_lot_coverage,
                "sds.target_lot_size": sds_target_lot_size, "sds.min_coverage_keep": sds_min_coverage_keep,
                "grid.cell_fov_factor": grid_cell_fov_factor, "grid.cell_overlap": grid_cell_overlap,
-               "grid.max_cells": grid_max_cells},
+               "grid.max_cells": grid_max_cells, "cluster.kind": cluster},
         )
     except ConfigError as exc:
         _fail(str(exc))
@@ -311,7 +314,7 @@ def run(
         _fail("no input: give frames (INPUT...) or --tiles DIR")
     sources = [str(tiles)] if tiles is not None else [str(p) for p in inputs]
     with _failures_reported(debug):
-        if cfg.scheduler is None:
+        if cfg.scheduler is None and cfg.cluster.kind == "local":
             check_local_resources(cfg)  # before scanning: refuse a cluster this machine cannot hold
         # The command owns the cluster: opened for this run when the run first needs it (a run
         # refused before that starts none), closed after it.

@@ -1,4 +1,6 @@
-"""Where a run executes: an embedded LocalCluster by default, or an existing scheduler."""
+"""Where a run executes: an embedded LocalCluster by default, an existing scheduler, or a
+cluster started for the run on SLURM (:mod:`zdask.cluster_slurm`) or Kubernetes
+(:mod:`zdask.cluster_kubernetes`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import os
 import socket
 from typing import Iterator, Sequence
 
+import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+from distributed.scheduler import NoWorkerError
 
 from zdask.config import Config
 
@@ -182,6 +186,15 @@ def scheduler_dashboard_link(client: Client) -> str:
         return "none (the scheduler serves no dashboard)"
     host = get_address_host(client.scheduler.address)
     return format_dashboard_link(f"[{host}]" if ":" in host else host, port)
+class _NotTimedOutTasks(logging.Filter):
+    """Drops the scheduler's log line for each task failed by its no-workers timeout (and its
+    failed gather of results lost with the workers): the run ends with one line saying that
+    the cluster had no worker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not ("timed out waiting without any running workers" in text
+                    or text.startswith("Couldn't gather keys"))
 
 
 class _NotInterruptedSyncCancel(logging.Filter):
@@ -203,17 +216,33 @@ def open_client(config: Config, say=print) -> Iterator[Client]:
     be asked for. Raises :class:`ClusterError` when the scheduler cannot be reached or the
     machine cannot hold the requested cluster.
     """
-    quiet = _NotInterruptedSyncCancel()
+    quiet, timed_out = _NotInterruptedSyncCancel(), _NotTimedOutTasks()
     logging.getLogger("tornado.application").addFilter(quiet)
+    logging.getLogger("distributed.scheduler").addFilter(timed_out)
     try:
-        with _open_client(config, say) as client:
-            yield client
+        # A scheduler zdask starts fails the tasks that wait with no worker for this long
+        # (read when the scheduler starts); a running one keeps its own setting.
+        with dask.config.set({"distributed.scheduler.no-workers-timeout":
+                              f"{config.cluster.no_workers_timeout}s"}):
+            with _open_client(config, say) as client:
+                yield client
+    except NoWorkerError as exc:
+        setting = ("its distributed.scheduler.no-workers-timeout" if config.scheduler
+                   else "cluster.no_workers_timeout")
+        raise ClusterError(
+            f"the cluster had no worker for {exc.timeout:g} s ({setting}) while work waited; "
+            "the finished work is stored: run again to resume from it") from None
     finally:
         logging.getLogger("tornado.application").removeFilter(quiet)
+        logging.getLogger("distributed.scheduler").removeFilter(timed_out)
 
 
 @contextlib.contextmanager
 def _open_client(config: Config, say) -> Iterator[Client]:
+    if config.cluster.kind != "local":
+        with _batch_client(config, say) as client:  # SingleThreadedKernels registered
+            yield client
+        return
     if config.scheduler:
         client = connect_scheduler(config.scheduler)
         try:
@@ -256,6 +285,17 @@ def _open_client(config: Config, say) -> Iterator[Client]:
         _quietly_close(cluster)
 
 
+def _batch_client(config: Config, say):
+    """The Client of a cluster started through a batch system (cluster.kind slurm or kubernetes)."""
+    if config.cluster.kind == "slurm":
+        from zdask.cluster_slurm import slurm_client
+
+        return slurm_client(config, say)
+    from zdask.cluster_kubernetes import kubernetes_client
+
+    return kubernetes_client(config, say)
+
+
 class ClientOnDemand:
     """The configured cluster's Client, opened at the first call and closed when this context
     exits: a caller (the command line) owns the cluster of a run, yet a run refused before it
@@ -274,8 +314,10 @@ class ClientOnDemand:
             self._client = self._stack.enter_context(open_client(self._config, self._say))
         return self._client
 
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
+    def __exit__(self, *exc) -> bool:
+        # The run's exception goes through open_client, which tells a cluster left without
+        # workers in one line.
+        return self._stack.__exit__(*exc)
 
 
 def _quietly_close(closable) -> None:

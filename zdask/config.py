@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -140,8 +141,158 @@ class GridConfig:
         return self
 
 
+CLUSTER_KINDS = ("local", "slurm", "kubernetes")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where a run starts its dask cluster (TOML table ``[cluster]``, option ``--cluster``): an
+    embedded LocalCluster, SLURM jobs (dask-jobqueue) or worker pods (dask-kubernetes). Not
+    used with ``scheduler`` (a running scheduler brings its own workers)."""
+
+    kind: str = _doc(
+        "The cluster a run starts: local (an embedded LocalCluster on this machine), slurm "
+        "(dask workers in SLURM batch jobs, the scheduler in this process) or kubernetes (a "
+        "DaskCluster of the dask-kubernetes operator) (one of " + ", ".join(CLUSTER_KINDS) + ").",
+        default="local",
+    )
+    no_workers_timeout: float = _doc(
+        "A run whose cluster has had no worker for this long while work waits fails with one "
+        "line saying so; what is stored is kept and a re-run resumes from it (seconds, > 0). "
+        "Applies to the clusters zdask starts; SLURM's first jobs are awaited without limit, "
+        "but an adaptive cluster's new jobs must start within it. A running scheduler "
+        "(scheduler) keeps its own distributed.scheduler.no-workers-timeout.",
+        default=300.0,
+    )
+    jobs: int = _doc(
+        "SLURM jobs (or Kubernetes worker pods) started for the run when adaptive_max is 0 "
+        "(jobs, >= 1).",
+        default=1,
+    )
+    adaptive_min: int = _doc(
+        "Adaptive scaling, SLURM: the fewest jobs kept while the run lasts (jobs, >= 0).",
+        default=0,
+    )
+    adaptive_max: int = _doc(
+        "Adaptive scaling, SLURM: the most jobs submitted at once, more while tasks wait "
+        "(jobs, >= adaptive_min; 0 = no adaptive scaling, start `jobs` jobs).",
+        default=0,
+    )
+    cores: int = _doc(
+        "Cores of each SLURM job (sbatch --cpus-per-task) or Kubernetes worker pod, all "
+        "used as dask threads (cores, >= 1).",
+        default=1,
+    )
+    memory: str = _doc(
+        "Memory of each SLURM job (sbatch --mem) or Kubernetes worker pod, a byte size such "
+        "as '4GiB' (bytes); the job's dask workers share it.",
+        default="4GiB",
+    )
+    processes: int = _doc(
+        "Dask worker processes in each SLURM job, sharing its cores and memory (processes, "
+        "1..cores).",
+        default=1,
+    )
+    queue: str | None = _doc(
+        "SLURM partition the jobs are submitted to (sbatch -p; a name); None: the cluster's "
+        "default partition.",
+        default=None,
+    )
+    account: str | None = _doc(
+        "SLURM account the jobs are charged to (sbatch -A; a name); None: the user's default.",
+        default=None,
+    )
+    walltime: str = _doc(
+        "Time limit of each SLURM job, [D-]HH:MM:SS (duration); a run outliving its jobs loses "
+        "its workers (see no_workers_timeout), so size it to the run or use adaptive scaling.",
+        default="01:00:00",
+    )
+    job_directives: tuple[str, ...] = _doc(
+        "Further sbatch options written as '#SBATCH' lines in each job script, e.g. "
+        "['--gres=gpu:1', '--constraint=ib'] (list of sbatch options).",
+        default=(),
+    )
+    python: str | None = _doc(
+        "The Python interpreter the SLURM jobs run their dask workers with; it must import "
+        "zdask (path on the compute nodes); None: the interpreter running zdask now.",
+        default=None,
+    )
+    log_directory: str | None = _doc(
+        "Folder for the SLURM jobs' stdout/stderr files, zdask-worker-JOBID.out/.err "
+        "(path, on a file system the nodes share); None: SLURM's default, slurm-JOBID.out in "
+        "the folder zdask runs from.",
+        default=None,
+    )
+    interface: str | None = _doc(
+        "Network interface the scheduler and the SLURM workers listen on, e.g. 'ib0' or 'eth0' "
+        "(interface name; 'lo' keeps a one-machine cluster on localhost); None: the address "
+        "this machine's name resolves to.",
+        default=None,
+    )
+    image: str = _doc(
+        "Kubernetes: the container image of the scheduler and worker pods, built from "
+        "deploy/kubernetes/Containerfile (image reference).",
+        default="zdask:0.1.0",
+    )
+    namespace: str | None = _doc(
+        "Kubernetes namespace the DaskCluster is created in (a name); None: the current "
+        "context's.",
+        default=None,
+    )
+    volume_claim: str = _doc(
+        "Kubernetes: the PersistentVolumeClaim mounted in every pod, holding the frames and "
+        "the output folder (work store included) (a claim name; ReadWriteMany).",
+        default="zdask-data",
+    )
+    volume_path: str = _doc(
+        "Kubernetes: where the volume is mounted in every pod; inputs and --out must lie under "
+        "it (absolute path).",
+        default="/data",
+    )
+
+    def validate(self) -> "ClusterConfig":
+        from dask.utils import parse_bytes
+
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(f"config field 'cluster.{name}' = {getattr(self, name)!r}: {allowed}")
+
+        for f, expected in typing.get_type_hints(ClusterConfig).items():
+            if not _has_type(getattr(self, f), expected):
+                raise bad(f, f"must be {_type_words(expected)}")
+        if self.kind not in CLUSTER_KINDS:
+            raise bad("kind", "allowed values are " + ", ".join(CLUSTER_KINDS))
+        if not self.no_workers_timeout > 0:
+            raise bad("no_workers_timeout", "must be a number of seconds > 0")
+        for name in ("jobs", "cores", "processes"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be an integer >= 1")
+        if self.processes > self.cores:
+            raise bad("processes", f"must be at most cluster.cores ({self.cores})")
+        if self.adaptive_min < 0:
+            raise bad("adaptive_min", "must be an integer >= 0")
+        if self.adaptive_max and self.adaptive_max < max(1, self.adaptive_min):
+            raise bad("adaptive_max", f"must be 0 (no adaptive scaling) or an integer >= "
+                                      f"max(1, cluster.adaptive_min) ({max(1, self.adaptive_min)})")
+        try:
+            if parse_bytes(self.memory) < 1 << 20:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise bad("memory", "must be a byte size of at least 1MiB, e.g. '4GiB'") from None
+        if not _WALLTIME.fullmatch(self.walltime):
+            raise bad("walltime", "must be [D-]HH:MM:SS, e.g. '01:00:00' or '2-00:00:00'")
+        if any(not d.startswith("-") or "\n" in d for d in self.job_directives):
+            raise bad("job_directives", "must be sbatch options, each starting with '-', e.g. "
+                                        "['--gres=gpu:1']")
+        if not self.volume_path.startswith("/"):
+            raise bad("volume_path", "must be an absolute path, e.g. '/data'")
+        return self
+
+
+_WALLTIME = re.compile(r"(\d+-)?\d{1,2}:\d{2}:\d{2}")
+
+
 #: The sections of the configuration: name → the dataclass of its fields.
-SECTIONS = {"sds": SdsConfig, "grid": GridConfig}
+SECTIONS = {"sds": SdsConfig, "grid": GridConfig, "cluster": ClusterConfig}
 
 
 @dataclass(frozen=True)
@@ -439,6 +590,10 @@ class Config:
         "The grid mode's settings (TOML table [grid]).",
         default_factory=GridConfig,
     )
+    cluster: ClusterConfig = _doc(
+        "The cluster a run starts (TOML table [cluster]): local, SLURM or Kubernetes.",
+        default_factory=ClusterConfig,
+    )
 
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> "Config":
@@ -460,6 +615,7 @@ class Config:
             raise bad("mode", "allowed values are " + ", ".join(MODES))
         self.sds.validate()
         self.grid.validate()
+        self.cluster.validate()
         if not (isinstance(self.link_fov_fraction, (int, float)) and self.link_fov_fraction > 0):
             raise bad("link_fov_fraction", "must be a number > 0")
         if not (isinstance(self.max_group_size, int) and self.max_group_size >= 1):
@@ -536,6 +692,14 @@ class Config:
             raise bad("dashboard_address", "must be HOST:PORT with a port in 0..65535, e.g. 127.0.0.1:8787")
         if not isinstance(self.performance_report, bool):
             raise bad("performance_report", "must be true or false")
+        if self.cluster.kind != "local":
+            for name in ("scheduler", "workers", "threads_per_worker"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"config fields 'cluster.kind' = {self.cluster.kind!r} and '{name}' conflict: "
+                        f"'{name}' is for the embedded cluster or a running scheduler; size the "
+                        f"{self.cluster.kind} cluster with cluster.jobs, cluster.cores, cluster.memory"
+                    )
         if self.scheduler is not None and self.workers is not None:
             raise ConfigError(
                 "config fields 'scheduler' and 'workers' conflict: an existing scheduler brings "
@@ -554,7 +718,7 @@ class Config:
             raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
         kept = {k: _coerce(k, v) for k, v in changes.items() if v is not None and k in top}
         for section in SECTIONS:
-            inner = {k.split(".", 1)[1]: v for k, v in changes.items()
+            inner = {k.split(".", 1)[1]: _coerce(k, v) for k, v in changes.items()
                      if v is not None and k.startswith(section + ".")}
             if inner:
                 kept[section] = dataclasses.replace(kept.get(section, getattr(self, section)), **inner)
@@ -617,6 +781,8 @@ def _has_type(value: Any, expected: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if expected is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if origin is tuple and args[-1:] == (Ellipsis,):
+        return isinstance(value, tuple) and all(_has_type(v, args[0]) for v in value)
     if origin is tuple:
         return (isinstance(value, tuple) and len(value) == len(args)
                 and all(_has_type(v, a) for v, a in zip(value, args)))
@@ -633,6 +799,8 @@ def _type_words(expected: Any) -> str:
     origin, args = typing.get_origin(expected), typing.get_args(expected)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_words(a) for a in args)
+    if origin is tuple and args[-1:] == (Ellipsis,):
+        return f"a list of {_TYPE_WORDS[args[0]][1]}"
     if origin is tuple and len(set(args)) == 1:
         return f"{len(args)} {_TYPE_WORDS[args[0]][1]}"
     return _TYPE_WORDS.get(expected, (getattr(expected, "__name__", str(expected)),))[0]
@@ -658,6 +826,8 @@ def _coerce(name: str, value: Any) -> Any:
         return _number_pair(name, value, "two numbers low, high, e.g. 0.95,1.05", single_ok=False)
     if name == "kappa":
         return _number_pair(name, value, "one or two numbers, e.g. 3 or 2.5,3", single_ok=True)
+    if name == "cluster.job_directives" and isinstance(value, list):  # a TOML array
+        return tuple(value)
     return value
 
 
@@ -674,11 +844,15 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Conf
             raise ConfigError(f"config file {os.fspath(path)}: not valid TOML ({exc})") from None
         except OSError as exc:  # a folder, no permission, ...
             raise ConfigError(f"config file {os.fspath(path)}: cannot read ({exc.strerror or exc})") from None
+        top = {f.name for f in fields(Config)}
         for key, value in data.items():
-            # A section's table ([sds]) holds that section's fields; other tables ([stacking],
-            # [cluster], ...) only group top-level fields for the reader.
+            # A section's table ([sds], [cluster]) holds that section's fields, and may group
+            # top-level fields too ([cluster] scheduler, workers: files written before the
+            # section existed); other tables ([stacking], ...) only group top-level fields.
             if isinstance(value, dict) and key in SECTIONS:
-                values.update({f"{key}.{k}": v for k, v in value.items()})
+                own = {f.name for f in fields(SECTIONS[key])}
+                values.update({k if k in top and k not in own else f"{key}.{k}": v
+                               for k, v in value.items()})
             elif isinstance(value, dict):
                 values.update(value)
             else:
