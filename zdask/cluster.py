@@ -15,19 +15,13 @@ from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 from distributed.scheduler import NoWorkerError
 
 from zdask.config import Config
+from zdask.clusterbase import ClusterError, SingleThreadedKernels, quietly_close, scheduler_dashboard_link
 
 #: The embedded cluster runs at most this many task threads per core: beyond it more threads only
 #: add memory, file handles and contention (``workers = 10000`` on a laptop fails with "Too many
 #: open files" while starting processes, long before any work).
 MAX_THREADS_PER_CORE = 4
 
-# Shorter than dask's defaults: an interrupted or failed run must give the terminal back
-# promptly; work left in a worker is lost either way.
-_CLOSE_TIMEOUT_S = 10
-
-
-class ClusterError(Exception):
-    """The cluster cannot be started or reached; the message is one line for the user (exit status 2)."""
 
 
 def default_local_layout(config: Config) -> tuple[int, int]:
@@ -70,33 +64,6 @@ def check_local_resources(config: Config) -> tuple[int, int]:
                 f"than this machine's memory ({format_bytes(total)})"
             )
     return workers, threads
-
-
-class SingleThreadedKernels(WorkerPlugin):
-    """Run BLAS, OpenMP and OpenCV single-threaded in a worker: its dask threads are the
-    parallelism.  Otherwise each of them fans out into a pool sized to the machine, and the
-    pools fight over the cores (measured on 2 cores: warps with sky surfaces 1.75× faster).
-    Dask's nanny does the same for BLAS in the worker processes it spawns, but not in a worker
-    that runs inside the client's process (zdask's default) and never for OpenCV.
-    The previous settings come back when the plugin is removed or the worker closes."""
-
-    name = "zdask-single-threaded-kernels"
-
-    def setup(self, worker=None):
-        import cv2  # noqa: PLC0415
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415
-
-        self._cv2_threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        self._limits = threadpool_limits(limits=1)
-
-    def teardown(self, worker=None):
-        import cv2  # noqa: PLC0415
-
-        if hasattr(self, "_limits"):
-            cv2.setNumThreads(self._cv2_threads)
-            self._limits.restore_original_limits()
-            del self._limits
 
 
 class _NotReportedElsewhere(logging.Filter):
@@ -169,23 +136,6 @@ def dashboard_link(cluster: LocalCluster) -> str:
     return f"{link} (listening on all interfaces, port {port})" if listening_on_all else link
 
 
-def scheduler_dashboard_link(client: Client) -> str:
-    """The link of the dashboard a running scheduler serves, on the host this client reached
-    the scheduler at (its address as given: the name the user's machine resolves), or a note
-    that it serves none (no HTTP server advertised).
-
-    Not ``client.dashboard_link``: it cuts an IPv6 address at its first colon
-    (``http://[:8787/status`` for ``tcp://[::1]:8786``) and raises KeyError for a scheduler that
-    advertises no dashboard.
-    """
-    from distributed.comm import get_address_host
-    from distributed.utils import format_dashboard_link
-
-    port = client.scheduler_info().get("services", {}).get("dashboard")
-    if port is None:
-        return "none (the scheduler serves no dashboard)"
-    host = get_address_host(client.scheduler.address)
-    return format_dashboard_link(f"[{host}]" if ":" in host else host, port)
 class _NotTimedOutTasks(logging.Filter):
     """Drops the scheduler's log line for each task failed by its no-workers timeout (and its
     failed gather of results lost with the workers): the run ends with one line saying that
@@ -250,7 +200,7 @@ def _open_client(config: Config, say) -> Iterator[Client]:
             with _worker_plugins(client, SingleThreadedKernels()):
                 yield client
         finally:
-            _quietly_close(client)
+            quietly_close(client)
         return
     workers, threads = check_local_resources(config)
     # One worker (the default) runs in this process: its threads already share one address
@@ -271,7 +221,7 @@ def _open_client(config: Config, say) -> Iterator[Client]:
     try:
         client = Client(cluster)
     except BaseException:
-        _quietly_close(cluster)
+        quietly_close(cluster)
         raise
     say(f"local cluster: {workers} worker(s) × {threads} thread(s); dashboard: {dashboard_link(cluster)}")
     try:
@@ -281,8 +231,8 @@ def _open_client(config: Config, say) -> Iterator[Client]:
             client.register_plugin(plugin)
         yield client
     finally:
-        _quietly_close(client)
-        _quietly_close(cluster)
+        quietly_close(client)
+        quietly_close(cluster)
 
 
 def _batch_client(config: Config, say):
@@ -318,20 +268,6 @@ class ClientOnDemand:
         # The run's exception goes through open_client, which tells a cluster left without
         # workers in one line.
         return self._stack.__exit__(*exc)
-
-
-def _quietly_close(closable) -> None:
-    """Close a Client or cluster without waiting long, and without the shutdown chatter that
-    dask logs when it stops running tasks (an interrupted or failed run ends with its own
-    one-line message)."""
-    logger = logging.getLogger("distributed")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        with contextlib.suppress(Exception):
-            closable.close(timeout=_CLOSE_TIMEOUT_S)
-    finally:
-        logger.setLevel(level)
 
 
 def wait_with_progress(futures: Sequence, description: str, console=None, on_result=None) -> list:

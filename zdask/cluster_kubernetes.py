@@ -17,6 +17,7 @@ from typing import Iterator
 from distributed import Client
 
 from zdask.config import Config
+from zdask.clusterbase import ClusterError, SingleThreadedKernels, quietly_close, scheduler_dashboard_link
 
 #: The name of the volume in the pod specs (the claim is ``cluster.volume_claim``).
 VOLUME_NAME = "zdask-data"
@@ -58,7 +59,6 @@ def kubernetes_client(config: Config, say=print) -> Iterator[Client]:
     Needs the dask-kubernetes operator in the Kubernetes cluster and the rights to create
     DaskCluster resources (deploy/kubernetes/ has both); refused in one line otherwise.
     """
-    from zdask.cluster import ClusterError, SingleThreadedKernels, _quietly_close
 
     try:
         from dask_kubernetes.operator import KubeCluster
@@ -83,9 +83,9 @@ def kubernetes_client(config: Config, say=print) -> Iterator[Client]:
         try:
             client.register_plugin(SingleThreadedKernels())  # the run's own workers
             say(f"Kubernetes cluster {name}: {config.cluster.jobs} worker pod(s) of "
-                f"{config.cluster.cores} CPU(s), {config.cluster.memory}; dashboard: {client.dashboard_link}")
+                f"{config.cluster.cores} CPU(s), {config.cluster.memory}; dashboard: {scheduler_dashboard_link(client)}")
             yield client
         finally:
-            _quietly_close(client)
+            quietly_close(client)
     finally:
-        _quietly_close(cluster)
+        quietly_close(cluster)

@@ -18,6 +18,7 @@ from typing import Iterator
 from distributed import Client
 
 from zdask.config import Config
+from zdask.clusterbase import ClusterError, SingleThreadedKernels, quietly_close, scheduler_dashboard_link
 
 #: The name of every job (squeue, sacct): what a cluster user looks for.
 JOB_NAME = "zdask-worker"
@@ -50,7 +51,6 @@ def slurm_cluster_options(config: Config) -> dict:
 
 def _slurm_command(args: list[str]) -> subprocess.CompletedProcess:
     """A SLURM client command, or :class:`ClusterError` when it is missing or hangs."""
-    from zdask.cluster import ClusterError
 
     if shutil.which(args[0]) is None:
         raise ClusterError(f"cluster.kind = 'slurm': {args[0]} not found on PATH (run zdask on a "
@@ -66,8 +66,6 @@ def check_job_script(script: str) -> None:
     """Ask SLURM whether it would accept the job script (``sbatch --test-only``), submitting
     nothing; raise :class:`ClusterError` with SLURM's reason otherwise."""
     import tempfile
-
-    from zdask.cluster import ClusterError
 
     with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="zdask-job-") as fh:
         fh.write(script)
@@ -110,7 +108,6 @@ def slurm_client(config: Config, say=print) -> Iterator[Client]:
     queue), but jobs that all end before any worker joins (a wrong ``cluster.python``, a node
     that cannot reach the scheduler) end the run with :class:`ClusterError` naming them.
     """
-    from zdask.cluster import SingleThreadedKernels, _quietly_close
 
     SLURMCluster = _slurm_cluster_class()
 
@@ -133,15 +130,15 @@ def slurm_client(config: Config, say=print) -> Iterator[Client]:
             # run's own workers, closed with it: nothing to unregister.
             client.register_plugin(SingleThreadedKernels())
             say(f"SLURM cluster: {shown} of {c.cores} core(s), {c.memory}, {c.walltime} "
-                f"(job name {JOB_NAME}); dashboard: {client.dashboard_link}")
+                f"(job name {JOB_NAME}); dashboard: {scheduler_dashboard_link(client)}")
             _wait_for_first_worker(cluster, client, submitted, say)
             yield client
         finally:
             submitted |= _job_ids(cluster)
-            _quietly_close(client)
+            quietly_close(client)
     finally:
         submitted |= _job_ids(cluster)
-        _quietly_close(cluster)  # cancels the jobs it knows
+        quietly_close(cluster)  # cancels the jobs it knows
         cancel_jobs(submitted)  # and any it lost track of, should its close have timed out
 
 
@@ -157,7 +154,6 @@ def _slurm_cluster_class():
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
-        from zdask.cluster import ClusterError
 
         raise ClusterError("cluster.kind = 'slurm' needs dask-jobqueue: pip install 'zdask[slurm]'") from None
     finally:
@@ -171,7 +167,6 @@ def _job_ids(cluster) -> set[str]:
 
 
 def _wait_for_first_worker(cluster, client: Client, submitted: set[str], say) -> None:
-    from zdask.cluster import ClusterError
 
     shown_ids: set[str] = set()
     while not client.scheduler_info(n_workers=-1)["workers"]:

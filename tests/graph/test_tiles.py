@@ -6,7 +6,7 @@ import pytest
 
 from zdask.config import Config
 from zdask.graph.geometry import Grid, tan_header
-from zdask.graph.tiles import TileSource, finish_tile, master_tile, store_tile
+from zdask.graph.tiles import TileSource, finish_tile, master_tile
 from zdask.io import store
 from zdask.ops.framestats import frame_statistics
 

@@ -22,7 +22,7 @@ from zdask.graph.geometry import Grid
 from zdask.graph.harmonize import frame_backgrounds, group_sky
 from zdask.graph.modes.base import MasterTile
 from zdask.graph.taskkeys import task_key
-from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile, tile_grid
+from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile
 from zdask.io import store
 from zdask.io.chunkrows import read_whole
 from zdask.io.outputs import write_image_fits

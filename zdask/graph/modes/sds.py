@@ -47,7 +47,7 @@ from zdask.graph.modes.base import ModeResult
 from zdask.graph.sds_plan import Lot, plan_lots
 from zdask.graph.sds_run import GLOBAL_METHODS, SdsError, SdsSettings, run_sds
 from zdask.graph.sds_sky import lot_backgrounds, lot_skies, lot_window, sky_bin
-from zdask.graph.tile_stage import MODE_ALTAZ, cleanup_decisions
+from zdask.graph.tile_stage import cleanup_decisions
 from zdask.graph.tiles import TileSource, tile_grid
 from zdask.io import store
 
