@@ -20,7 +20,7 @@ from astropy.io import fits
 import zdask
 
 PINNED = {
-    "image": "89749bdc10a932c9d71e38947d0755fb31ebcedfc7d611ad26312e683a222438",
+    "image": "9fd612a1eeb2a4901d2c7c4a52bdbccdd98a6e9280c880c3c3f1599e6e293ab8",
     "COVERAGE": "10cb15940d4acf1463f9df3b3ac95440a8f5b65bdad637ab5753220e42960ea7",
     "ALPHA": "2da96f11b47c835bbd067b83a9a22271141d067dc06f6c6ebd5a0bc3e661b41b",
 }
