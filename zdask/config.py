@@ -432,31 +432,31 @@ class Config:
     # --- clean tiles ----------------------------------------------------------------------------
     altaz_cleanup: bool = _doc(
         "Mask the low-coverage corners that field rotation leaves in ALT_AZ master tiles "
-        "(bool); applied per tile, only to ALT_AZ groups.",
+        "(sds mode: mega-tiles) (bool); applied per tile (lot), only to ALT_AZ groups (lots).",
         default=False,
     )
     altaz_min_abs: float = _doc(
         "Alt-az mask: keep pixels covered by at least this many frames (frames, >= 1; bounded "
         "by the frames the tile used).",
         default=3.0,
-        stages=("tiles",),
+        stages=("tiles", "sds"),
     )
     altaz_min_frac: float = _doc(
         "Alt-az mask: keep pixels covered by at least this fraction of the tile's maximum "
         "coverage (fraction in [0, 1]).",
         default=0.5,
-        stages=("tiles",),
+        stages=("tiles", "sds"),
     )
     altaz_opening_px: int = _doc(
         "Alt-az mask: radius of the morphological opening that removes thin slivers "
         "(pixels, >= 0).",
         default=3,
-        stages=("tiles",),
+        stages=("tiles", "sds"),
     )
     altaz_ramp_px: int = _doc(
         "Alt-az mask: width of the soft alpha ramp inside the mask edge (pixels, >= 0).",
         default=8,
-        stages=("tiles",),
+        stages=("tiles", "sds"),
     )
     rgb_equalize: bool = _doc(
         "Equalise the medians of the R, G, B channels of each master tile after stacking "
@@ -519,10 +519,11 @@ class Config:
 
     )
     coverage_renorm: bool = _doc(
-        "Two-pass coverage renormalisation of each master tile: a per-pixel gain from the ratio "
-        "of smoothed to raw coverage, clipped to [0.5, 2] (bool).",
+        "Two-pass coverage renormalisation of each master tile (sds mode: of the mosaic, after "
+        "the coverage cut): a per-pixel gain from the ratio of smoothed to raw coverage, "
+        "clipped to [0.5, 2] (bool).",
         default=False,
-        stages=("tiles",),
+        stages=("tiles", "sds"),
     )
     autocrop: bool = _doc(
         "Crop the canvas to the covered area, adjusting the WCS (bool).",

@@ -4,6 +4,7 @@ canvas (planted skies)."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 
 import numpy as np
@@ -18,6 +19,7 @@ from zdask.graph.sds_plan import plan_lots
 from zdask.graph.sds_sky import lot_skies, lot_window, on_canvas, sky_bin, sky_fit_bytes
 from zdask.graph.tiles import TileSource
 from zdask.io import store
+from zdask.io.scan import MOUNT_EQ
 from zdask.ops.background import Surface
 
 
@@ -52,10 +54,16 @@ def test_the_plan_is_the_lots_of_the_frames_not_excluded_each_with_its_window(sm
             b = grid_bbox_of(Grid(f.wcs_header, (f.height, f.width)), canvas.grid)
             assert y0 <= b[0] and b[1] <= y1 and x0 <= b[2] and b[3] <= x1
         assert job.sky_bin == config.match_bin  # small windows: the classic binning
-    # alt-az cleanup is asked of the ALT_AZ lots only, and the run says it is not done
+    # alt-az cleanup is asked of the ALT_AZ lots only (the survey has some: no warning)
     assert [job.cleanup for job in plan.lots] == [job.mode == "ALT_AZ" for job in plan.lots]
-    assert any("not done in the sds mode" in w for w in plan.warnings)
+    assert any(job.cleanup for job in plan.lots) and plan.warnings == ()
     assert sds.plan(front, canvas, Config()).warnings == ()
+    # asked of a run without any ALT_AZ frame: off for every lot, with classic's warning
+    equatorial = dataclasses.replace(front, frames=tuple(dataclasses.replace(f, mount=MOUNT_EQ)
+                                                         for f in front.frames))
+    plan = sds.plan(equatorial, canvas, config)
+    assert plan.lots and not any(job.cleanup for job in plan.lots)
+    assert plan.warnings == ("alt-az cleanup requested but no ALT_AZ frames detected: disabled",)
 
 
 def test_the_sky_fit_bins_more_where_the_window_would_exceed_the_budget():

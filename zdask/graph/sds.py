@@ -45,6 +45,7 @@ import zarr
 
 from zdask.graph.geometry import Grid, grid_bbox_of
 from zdask.graph.mosaic import crop_grid
+from zdask.graph.sds_polish import renormalise_block
 from zdask.graph.stack import budget_bytes
 from zdask.graph.tiles import TileSource, TileStack, stack_tile_block
 from zdask.io import store
@@ -203,20 +204,28 @@ def create_stack_store(root: str, name: str, blocks: BlockGrid, channels: int, f
                        fill_value=0.0)
 
 
-def global_block(members: tuple[tuple[str, tuple, tuple], ...], rows: tuple[int, int], cols: tuple[int, int],
+def global_block(members: tuple[tuple[str, tuple, tuple, str | None], ...], rows: tuple[int, int], cols: tuple[int, int],
                  root: str, name: str, method: str, params: dict, channels: int, factor: int) -> dict:
     """Worker task: one block of the global stack from the lots that touch it, ``members`` =
-    ((mega-tile group, gain (C,), offset (C,)), ...): each lot's sample ``gain · x + offset``,
-    weighted by the lot's coverage at that pixel, rejected and averaged by ``method``. Writes the
-    image, the summed coverage and the block's peak-coverage cells; returns its sums."""
+    ((mega-tile group, gain (C,), offset (C,), alt-az alpha array or None), ...): each lot's
+    sample ``gain · x + offset``, weighted by the lot's coverage at that pixel (times its alt-az
+    alpha, where it has one: :mod:`zdask.graph.sds_polish`), rejected and averaged by ``method``.
+    Writes the image, the summed (weighted) coverage and the block's peak-coverage cells; returns
+    its sums."""
     start = time.perf_counter()
     (r0, r1), (c0, c1) = rows, cols
     where = (slice(r0, r1), slice(c0, c1))
     stack = np.empty((len(members), r1 - r0, c1 - c0, channels), dtype=np.float32)
     weights = np.empty((len(members), r1 - r0, c1 - c0), dtype=np.float32)
-    for k, (tile, _, _) in enumerate(members):
+    for k, (tile, _, _, alpha) in enumerate(members):
         stack[k] = zarr.open_array(root, path=f"{tile}/image", mode="r")[where]
         weights[k] = zarr.open_array(root, path=f"{tile}/coverage", mode="r")[where]
+        if alpha is not None:
+            cut = zarr.open_array(root, path=alpha, mode="r")[where]
+            weights[k] *= cut
+            # A corner the mask cuts takes no part in the rejection either (as it is absent
+            # from a cleaned master tile): weight 0 alone would still count in the median.
+            stack[k][~(cut > 0)] = np.nan
     np.nan_to_num(weights, copy=False, nan=0.0)
     result = stack_pixel_weighted(stack, weights, method, scale=np.array([m[1] for m in members]),
                                   offset=np.array([m[2] for m in members]), **params)
@@ -234,13 +243,14 @@ def global_block(members: tuple[tuple[str, tuple, tuple], ...], rows: tuple[int,
             "rejected": rejected, "seconds": time.perf_counter() - start}
 
 
-def global_stack_tasks(lots: Sequence[tuple[MegaTile, Sequence[float], Sequence[float]]], root: str, name: str,
-                       blocks: BlockGrid, method: str, params: dict, channels: int, factor: int) -> list:
+def global_stack_tasks(lots: Sequence[tuple[MegaTile, Sequence[float], Sequence[float], str | None]], root: str,
+                       name: str, blocks: BlockGrid, method: str, params: dict, channels: int, factor: int) -> list:
     """Delayed block tasks of the global stack: one per block that some lot touches, its frame
-    axis holding only those lots (``lots`` = (mega-tile, gain, offset) per lot)."""
+    axis holding only those lots (``lots`` = (mega-tile, gain, offset, alt-az alpha array or
+    None) per lot)."""
     by_block: dict[tuple[int, int], list] = {}
-    for tile, gain, offset in lots:
-        entry = (tile.name, tuple(float(g) for g in gain), tuple(float(o) for o in offset))
+    for tile, gain, offset, alpha in lots:
+        entry = (tile.name, tuple(float(g) for g in gain), tuple(float(o) for o in offset), alpha)
         for ij in tile.blocks:
             by_block.setdefault(ij, []).append(entry)
     return [dask.delayed(global_block, pure=True)(tuple(members), blocks.rows(i), blocks.cols(j), root, name, method,
@@ -276,15 +286,22 @@ def crop_box(root: str, name: str, threshold: float, shape: tuple[int, int], fac
             x0 + int(left[0]), max(x0, x1 - factor) + int(right[-1]) + 1)
 
 
-def polished_arrays(root: str, name: str, canvas: Grid, box: tuple[int, int, int, int], threshold: float) -> dict:
+def polished_arrays(root: str, name: str, canvas: Grid, box: tuple[int, int, int, int], threshold: float,
+                    renormalise: bool = False) -> dict:
     """Lazy image (h, w, C), coverage (h, w) float32 and alpha (h, w) uint8 of the global stack
     cropped to ``box``: pixels below ``threshold`` coverage become NaN with coverage 0, alpha
-    255 where coverage remains (:func:`zdask.io.outputs.alpha_from_coverage`). Also ``grid``,
-    the cropped canvas (its WCS moved with the crop)."""
+    255 where coverage remains (:func:`zdask.io.outputs.alpha_from_coverage`); with
+    ``renormalise``, the image times the two-pass coverage renormalisation gain of the coverage
+    the cut keeps, on the whole canvas (:func:`zdask.graph.sds_polish.renormalise_block`). Also
+    ``grid``, the cropped canvas (its WCS moved with the crop)."""
     y0, y1, x0, x1 = box
     stored_image = zarr.open_array(root, path=f"{name}/image", mode="r")
     stored_coverage = zarr.open_array(root, path=f"{name}/coverage", mode="r")
-    image = da.from_array(stored_image, chunks=stored_image.chunks, asarray=True)[y0:y1, x0:x1]
+    image = da.from_array(stored_image, chunks=stored_image.chunks, asarray=True)
+    if renormalise:
+        image = image.map_blocks(renormalise_block, root, f"{name}/coverage", float(threshold),
+                                 tuple(canvas.shape), dtype=np.float32)
+    image = image[y0:y1, x0:x1]
     coverage = da.from_array(stored_coverage, chunks=stored_coverage.chunks, asarray=True)[y0:y1, x0:x1]
     keep = coverage >= np.float32(threshold)
     cut_image = da.where(keep[..., None], image, np.float32(np.nan)).astype(np.float32)

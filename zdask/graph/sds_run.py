@@ -9,7 +9,7 @@ reuses tiles.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import dask
@@ -19,6 +19,7 @@ import zarr
 from zdask.graph import sds
 from zdask.graph.geometry import Grid
 from zdask.graph.sds_plan import Lot
+from zdask.graph.sds_polish import ALTAZ_PARAMS, altaz_outcome, altaz_tasks, create_alpha_store
 from zdask.graph.tiles import TileSource, release_block_buffers, stack_spec
 from zdask.io import store
 from zdask.ops.framestats import FrameStats
@@ -43,8 +44,11 @@ class SdsSettings:
     ``normalization``, ``weights`` and ``warp_grid_step`` as for master tiles. Mega-tiles:
     ``global_method`` (``kappa_sigma`` | ``winsorized``) with ``global_params``; the gain from
     ``gain_method`` (``sources`` | ``medians``, :mod:`zdask.ops.lotgain`) over pixels both
-    cover above ``gain_min_fraction`` of their peaks. Polish: pixels below
-    ``min_coverage_keep`` × the peak coverage are cut, then ``autocrop``. ``budget`` (bytes or
+    cover above ``gain_min_fraction`` of their peaks. Polish: the lots that the caller names
+    get the alt-az cleanup with ``altaz`` (``min_abs``, ``min_frac``, ``opening_px``,
+    ``ramp_px``: :func:`zdask.ops.masks.altaz_alpha`'s) before the global stack; after it,
+    pixels below ``min_coverage_keep`` × the peak coverage are cut, the image renormalised with
+    ``coverage_renorm``, then ``autocrop``. ``budget`` (bytes or
     "256MiB") bounds one block task; ``bin_factor`` (px) bins the mega-tiles for the gain match
     and the crop; ``max_block`` (px) caps the blocks' side.
     """
@@ -63,6 +67,8 @@ class SdsSettings:
     budget: str | int
     bin_factor: int
     max_block: int
+    altaz: dict
+    coverage_renorm: bool
 
     @classmethod
     def from_config(cls, config, *, global_method: str, gain_method: str, gain_min_fraction: float,
@@ -75,7 +81,9 @@ class SdsSettings:
             if global_method == "kappa_sigma" else {"kappa": config.kappa}
         return cls(config.reject, method_parameters(config), config.normalization, config.weights,
                    config.warp_grid_step, global_method, global_params, gain_method, gain_min_fraction,
-                   min_coverage_keep, config.autocrop, config.budget, config.match_bin, config.canvas_block)
+                   min_coverage_keep, config.autocrop, config.budget, config.match_bin, config.canvas_block,
+                   {"min_abs": config.altaz_min_abs, "min_frac": config.altaz_min_frac,
+                    "opening_px": config.altaz_opening_px, "ramp_px": config.altaz_ramp_px}, config.coverage_renorm)
 
     def check(self) -> None:
         """ValueError naming the setting when one is out of range."""
@@ -89,6 +97,8 @@ class SdsSettings:
             raise ValueError(f"bin_factor must be an integer >= 1; got {self.bin_factor!r}")
         if self.max_block < self.bin_factor:
             raise ValueError(f"max_block must be >= bin_factor ({self.bin_factor}); got {self.max_block!r}")
+        if set(self.altaz) != set(ALTAZ_PARAMS):
+            raise ValueError(f"altaz must give {', '.join(ALTAZ_PARAMS)}; got {', '.join(self.altaz)}")
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,8 @@ def _compute(tasks: list, client) -> list:
 def run_sds(
     sources: Sequence[TileSource], stats: Sequence[FrameStats], exptimes: Sequence[float | None],
     lots: Sequence[Lot], canvas: Grid, channels: int, root: str, settings: SdsSettings, *,
-    paths: Sequence[str] | None = None, client=None, say: Callable[[str], None] = print,
+    paths: Sequence[str] | None = None, altaz_lots: Collection[int] = (), client=None,
+    say: Callable[[str], None] = print,
 ) -> SdsResult:
     """Mega-tile per lot, gain match, global stack, polish; raises :class:`SdsError` when no
     mosaic comes out (no lot, no frame on the canvas, every pixel cut).
@@ -132,6 +143,9 @@ def run_sds(
     settings : SdsSettings
     paths : sequence of str, optional
         The frames' file names, for the report (else their indices).
+    altaz_lots : collection of int
+        Ids of the lots whose mega-tile gets the alt-az cleanup (the mode's per-lot decision:
+        ALT_AZ lots, when asked).
     client : dask.distributed.Client, optional
         Computes on it; else on dask's configured scheduler.
     say : callable
@@ -141,7 +155,8 @@ def run_sds(
     -------
     SdsResult
         Report keys: ``lots`` (per lot ``id``, ``mode``, ``frames``, ``seconds``, ``gain``,
-        ``offset``, ``gain_fitted``, ``rejected_fraction``, ``coverage_sum``, ``reused``),
+        ``offset``, ``gain_fitted``, ``rejected_fraction``, ``coverage_sum``, ``reused``,
+        ``altaz_cleanup``, ``altaz_applied``, ``altaz_note``), ``coverage_renorm``,
         ``reference`` and ``reference_median``, ``gain_method`` and why, ``median_spread_before``
         / ``_after`` (per channel), ``block_side``, ``global_rejected_fraction``,
         ``coverage_threshold``, ``crop_box``, ``shape``, ``zarr`` (the global stack's group; each
@@ -195,6 +210,9 @@ def run_sds(
         client.run(release_block_buffers)
     release_block_buffers()
 
+    # 1b. The alt-az alpha of each mega-tile that gets the cleanup (None: the lot's coverage as is).
+    alphas, altaz = _altaz_alphas(lots, megatiles, set(altaz_lots), root, blocks, settings.altaz, client, say)
+
     # 2. Gain match against the mega-tile with the largest summed coverage.
     try:
         ref = reference_lot([t.coverage_sum for t in megatiles])
@@ -220,14 +238,14 @@ def run_sds(
 
     # 3. The global stack, block by block, each block holding only the lots that touch it.
     stack_fp = store.fingerprint([t.name for t in megatiles], [g.tolist() for g in gain], [o.tolist() for o in offset],
-                                 settings.global_method, settings.global_params, side, factor)
+                                 alphas, settings.global_method, settings.global_params, side, factor)
     stack_name = f"sds/stack/{stack_fp}"
     if store.is_complete(root, stack_name, stack_fp):
         summary = dict(zarr.open_group(root, path=stack_name, mode="r").attrs["summary"])
     else:
         store.begin_entry(root, stack_name)
         sds.create_stack_store(root, stack_name, blocks, channels, factor)
-        parts = _compute(sds.global_stack_tasks(list(zip(megatiles, gain, offset)), root, stack_name, blocks,
+        parts = _compute(sds.global_stack_tasks(list(zip(megatiles, gain, offset, alphas)), root, stack_name, blocks,
                                                 settings.global_method, settings.global_params, channels, factor),
                          client)
         summary = {"peak": max((p["peak"] for p in parts), default=0.0), "kept": sum(p["kept"] for p in parts),
@@ -236,13 +254,13 @@ def run_sds(
     if not summary["peak"] > 0:
         raise SdsError("the global stack of the mega-tiles covers no pixel")
 
-    # 4. Polish: coverage cut, autocrop, alpha.
+    # 4. Polish: coverage cut, coverage renormalisation, autocrop, alpha.
     threshold = float(np.float32(settings.min_coverage_keep * summary["peak"]))
     box = sds.crop_box(root, stack_name, threshold, tuple(canvas.shape), factor, settings.autocrop)
     if box is None:
         raise SdsError(f"no pixel reaches the coverage cut ({settings.min_coverage_keep} x the peak "
                        f"{summary['peak']:.3g})")
-    polished = sds.polished_arrays(root, stack_name, canvas, box, threshold)
+    polished = sds.polished_arrays(root, stack_name, canvas, box, threshold, settings.coverage_renorm)
 
     total = summary["kept"] + summary["rejected"]
     report = {
@@ -252,7 +270,7 @@ def run_sds(
                   "offset": [float(v) for v in offset[k]], "gain_fitted": [bool(v) for v in gains[k].fitted] if k != ref
                   else [True] * channels, "rejected_fraction": tile.rejected / max(1, tile.kept + tile.rejected),
                   "coverage_sum": tile.coverage_sum, "blocks": len(tile.blocks), "zarr": tile.name,
-                  "reused": k in reused}
+                  "reused": k in reused, **altaz[k]}
                  for k, (lot, tile) in enumerate(zip(lots, megatiles))],
         "reference": lots[ref].id, "reference_median": ref_median.tolist(),
         "gain_method": settings.gain_method, "gain_method_reason": _GAIN_REASONS[settings.gain_method],
@@ -260,10 +278,43 @@ def run_sds(
         "median_spread_before": before.tolist(), "median_spread_after": after.tolist(),
         "block_side": side, "global_method": settings.global_method,
         "global_rejected_fraction": summary["rejected"] / total if total else 0.0,
-        "coverage_peak": summary["peak"], "coverage_threshold": threshold, "crop_box": list(box),
+        "coverage_peak": summary["peak"], "coverage_threshold": threshold, "coverage_renorm": settings.coverage_renorm, "crop_box": list(box),
         "shape": list(polished["grid"].shape), "zarr": stack_name,
     }
     return SdsResult(polished["image"], polished["coverage"], polished["alpha"], polished["grid"], report)
+
+
+def _altaz_alphas(lots, megatiles, asked: set[int], root: str, blocks, params: dict, client, say):
+    """Per lot: its alt-az alpha array (None: no cleanup, or the guard kept its coverage) and
+    its report entries. Each alpha is stored once under ``sds/altaz/<fp>`` (the mega-tile, the
+    lot's frame count, the mask's settings, the blocks) and reused by a re-run."""
+    paths = [None] * len(lots)
+    notes = [{"altaz_cleanup": lot.id in asked, "altaz_applied": False, "altaz_note": None} for lot in lots]
+    counts, pending = {}, []
+    for k, (lot, tile) in enumerate(zip(lots, megatiles)):
+        if lot.id not in asked:
+            continue
+        fp = store.fingerprint(tile.name, len(lot.frames), params, blocks.side)
+        name = f"sds/altaz/{fp}"
+        if store.is_complete(root, name, fp):
+            counts[k] = (name, dict(zarr.open_group(root, path=name, mode="r").attrs["counts"]))
+            continue
+        store.begin_entry(root, name)
+        create_alpha_store(root, name, blocks.shape, blocks.side)
+        pending.append((k, name, fp, altaz_tasks(root, tile.name, name, blocks, tile.blocks, len(lot.frames),
+                                                 tile.coverage_peak, params)))
+    results = iter(_compute([t for *_, tasks in pending for t in tasks], client))
+    for k, name, fp, tasks in pending:
+        parts = [next(results) for _ in tasks]
+        total = {"kept": sum(p["kept"] for p in parts), "covered": sum(p["covered"] for p in parts)}
+        store.mark_complete(root, name, fp, counts=total)
+        counts[k] = (name, total)
+    for k, (name, total) in sorted(counts.items()):
+        applied, note = altaz_outcome([total])
+        paths[k] = f"{name}/alpha" if applied else None
+        notes[k].update(altaz_applied=applied, altaz_note=note)
+        say(f"SDS lot {lots[k].id}: alt-az cleanup {'applied' if applied else 'not applied'}: {note}")
+    return paths, notes
 
 
 _GAIN_REASONS = {

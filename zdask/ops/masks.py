@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["AlphaResult", "altaz_alpha", "coverage_renormalisation_gain", "feather_weights"]
+__all__ = ["AlphaResult", "MIN_KEEP_FRACTION", "RENORM_SMOOTH_PX", "altaz_alpha", "altaz_reach", "coverage_renormalisation_gain",
+           "feather_weights", "renormalisation_reach"]
+
+#: :func:`altaz_alpha`'s guard: a mask keeping less than this fraction of the covered pixels is
+#: not applied (so no stack ever comes out empty).
+MIN_KEEP_FRACTION = 0.05
+#: :func:`coverage_renormalisation_gain`'s smoothing (px, the Gaussian's sigma).
+RENORM_SMOOTH_PX = 15.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,8 @@ def altaz_alpha(
     min_frac: float = 0.5,
     opening_px: int = 3,
     ramp_px: float = 8,
-    min_keep_fraction: float = 0.05,
+    min_keep_fraction: float = MIN_KEEP_FRACTION,
+    peak: float | None = None,
 ) -> AlphaResult:
     """Soft alpha mask that drops the thinly covered rim of a field-rotated (alt-az) stack.
 
@@ -95,7 +103,8 @@ def altaz_alpha(
 
     Steps:
 
-    1. good pixels: ``coverage >= max(min(min_abs, n_frames), min_frac * max(coverage))``;
+    1. good pixels: ``coverage >= max(min(min_abs, n_frames), min_frac * peak)``, ``peak``
+       the maximum coverage;
        ``min_abs`` is bounded by the frames actually stacked, so a 2-frame group is not
        masked away entirely;
     2. morphological opening with an elliptical (disk) structuring element of diameter
@@ -110,6 +119,13 @@ def altaz_alpha(
     Guard: if the mask keeps less than ``min_keep_fraction`` of the pixels with coverage > 0,
     it is not applied and ``alpha = (coverage > 0)`` is returned with ``applied=False``, so no
     tile ever comes out empty.
+
+    Windows: a pixel's alpha depends only on the coverage within :func:`altaz_reach` pixels of
+    it (and on ``peak``). So the alpha of a large map can be made window by window: cut the
+    window with that margin (or up to the map's edge), pass the whole map's ``peak`` and
+    ``min_keep_fraction=0``, keep the window's inner part; it equals the whole map's alpha
+    there, bit for bit. The guard is then the caller's, on the counts of the inner parts
+    (kept: ``alpha > 0``; covered: ``coverage > 0``).
 
     Parameters
     ----------
@@ -127,6 +143,9 @@ def altaz_alpha(
         Width (px) of the smoothstep edge ramp; >= 0.
     min_keep_fraction : float
         Minimum kept fraction of the covered pixels, in ``[0, 1]``.
+    peak : float, optional
+        The maximum coverage the relative threshold uses (frames, >= 0); default the maximum of
+        ``coverage``. Pass the whole map's when ``coverage`` is a window of it.
 
     Returns
     -------
@@ -144,6 +163,8 @@ def altaz_alpha(
         raise ValueError(f"min_keep_fraction must be in [0, 1]; got {min_keep_fraction!r}")
     if int(opening_px) != opening_px or opening_px < 0:
         raise ValueError(f"opening_px must be an integer >= 0; got {opening_px!r}")
+    if peak is not None:
+        _check_nonneg("peak", peak)
 
     covered = cov > 0
     n_covered = int(covered.sum())
@@ -151,7 +172,8 @@ def altaz_alpha(
     if n_covered == 0:
         return AlphaResult(fallback, False, "no pixel has coverage > 0")
 
-    threshold = max(min(float(min_abs), float(n_frames)), float(min_frac) * float(cov.max()))
+    top = float(cov.max()) if peak is None else float(peak)
+    threshold = max(min(float(min_abs), float(n_frames)), float(min_frac) * top)
     # Never accept uncovered pixels, even with thresholds of 0.
     good = covered & (cov >= threshold)
     if opening_px > 0:
@@ -174,6 +196,14 @@ def altaz_alpha(
     return AlphaResult(
         alpha, True, f"kept {kept:.1%} of covered pixels (coverage >= {threshold:g} frames)"
     )
+
+
+def altaz_reach(opening_px: int, ramp_px: float) -> int:
+    """How far (px) :func:`altaz_alpha`'s result at a pixel looks: the opening reads ``2 ×
+    opening_px`` around it (an erosion, then a dilation of the eroded mask), and the ramp needs
+    the nearest rejected pixel only when it lies closer than ``ramp_px``; one pixel more, so that
+    a rejected pixel that the window's edge could invent lies beyond the ramp."""
+    return 2 * int(opening_px) + int(np.ceil(float(ramp_px))) + 1
 
 
 def feather_weights(coverage: np.ndarray, *, ramp_px: float = 32) -> np.ndarray:
@@ -206,7 +236,7 @@ def feather_weights(coverage: np.ndarray, *, ramp_px: float = 32) -> np.ndarray:
 
 
 def coverage_renormalisation_gain(
-    coverage: np.ndarray, *, smooth_px: float = 15, clip: tuple[float, float] = (0.5, 2.0)
+    coverage: np.ndarray, *, smooth_px: float = RENORM_SMOOTH_PX, clip: tuple[float, float] = (0.5, 2.0)
 ) -> np.ndarray:
     """Per-pixel gain ``smoothed(coverage) / coverage`` for two-pass coverage renormalisation.
 
@@ -218,6 +248,10 @@ def coverage_renormalisation_gain(
     The smoothing is a Gaussian of standard deviation ``smooth_px`` computed as a normalised
     convolution over covered pixels only, ``G*(cov) / G*(cov > 0)``, so uncovered pixels do not
     drag the footprint's edge down. Borders are reflected.
+
+    Windows: the gain at a pixel reads the coverage within :func:`renormalisation_reach` pixels
+    of it, so a window cut with that margin (or up to the map's edge) gives the whole map's gain
+    on its inner part.
 
     Parameters
     ----------
@@ -236,12 +270,13 @@ def coverage_renormalisation_gain(
     cov = _coverage(coverage)
     if not np.isfinite(smooth_px) or smooth_px <= 0:
         raise ValueError(f"smooth_px must be a finite number > 0; got {smooth_px!r}")
+    radius = renormalisation_reach(smooth_px)
     lo, hi = (float(v) for v in clip)
     if not (0 < lo <= 1.0 <= hi and np.isfinite(hi)):
         raise ValueError(f"clip must be (low, high) with 0 < low <= 1 <= high; got {clip!r}")
     covered = cov > 0
     support = covered.astype(np.float32)
-    blur = dict(ksize=(0, 0), sigmaX=float(smooth_px), sigmaY=float(smooth_px),
+    blur = dict(ksize=(2 * radius + 1, 2 * radius + 1), sigmaX=float(smooth_px), sigmaY=float(smooth_px),
                 borderType=cv2.BORDER_REFLECT_101)
     num = cv2.GaussianBlur(cov, **blur)
     den = cv2.GaussianBlur(support, **blur)
@@ -249,3 +284,10 @@ def coverage_renormalisation_gain(
     ok = covered & (den > 1e-6)
     gain[ok] = num[ok] / den[ok] / cov[ok]
     return np.clip(gain, lo, hi).astype(np.float32)
+
+
+def renormalisation_reach(smooth_px: float) -> int:
+    """The radius (px) of :func:`coverage_renormalisation_gain`'s Gaussian kernel: OpenCV's own
+    choice for a float32 image given only sigma (``ksize = round(8σ + 1) | 1``), made explicit so
+    that a caller cutting windows knows the margin they need."""
+    return (int(np.rint(float(smooth_px) * 8 + 1)) | 1) // 2

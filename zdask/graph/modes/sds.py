@@ -5,8 +5,9 @@ canvas to a mega-tile, the mega-tiles gain-matched and stacked again, then polis
 knobs, on the frames not excluded, placed by their aligned WCS), each with the canvas window its
 frames touch and the binning its sky fit uses. :func:`build` matches the skies of each lot's
 frames (as the classic mode matches a group's: :mod:`zdask.graph.sds_sky`), runs the chain
-(:func:`zdask.graph.sds_run.run_sds`: mega-tiles, gain match, a global stack without any
-background matching, coverage cut and autocrop) and writes the mosaic's image and coverage
+(:func:`zdask.graph.sds_run.run_sds`: mega-tiles, the alt-az cleanup of the ALT_AZ lots, gain
+match, a global stack without any background matching, coverage cut, the two-pass coverage
+renormalisation when ``coverage_renorm`` is on, and autocrop) and writes the mosaic's image and coverage
 into ``sds/mosaic`` of the working store, reused by a re-run with the same fingerprint.
 
 When SDS cannot make a mosaic (no lot, nothing covered, every pixel NaN, or a coverage cut that
@@ -24,9 +25,11 @@ mega-tiles (0.25 MB per canvas megapixel at ``match_bin`` 8). So the process tre
 ``threads × (2 × budget + 2 × one frame) + 64 MiB`` above the cluster's start, the master-tile
 stage's bound (tests/graph/test_sds_memory.py checks the chain against it at 6 and 24 lots, budget 4 MiB).
 
-Not done here: alt-az cleanup of ALT_AZ lots (the classic mode masks the corners that field
-rotation leaves on a tile's coverage; a mega-tile's corners stay). A run that asks for it on a
-run with ALT_AZ frames says so in a warning.
+Alt-az cleanup (``altaz_cleanup``) is decided per lot as the classic mode decides it per group
+(:func:`zdask.graph.tile_stage.cleanup_decisions`: ALT_AZ lots only, and a warning when the
+run has no ALT_AZ frame); each lot's report says ``altaz_cleanup`` (asked of it) and
+``altaz_applied`` (the mask's guard let it be used). How both polish steps stay bounded on the
+canvas: :mod:`zdask.graph.sds_polish`.
 """
 
 from __future__ import annotations
@@ -64,8 +67,8 @@ GAIN_MIN_FRACTION = 0.01
 class LotJob:
     """One lot: its id and mount mode, its frames (indices into the front's frames), the
     fraction of its mode's survey cells it covers, the canvas window (y0, y1, x0, x1) its frames
-    touch (None: none lies on the canvas), the binning of its sky fit and whether alt-az
-    cleanup was asked of it (not done: see the module doc)."""
+    touch (None: none lies on the canvas), the binning of its sky fit and whether it gets the
+    alt-az cleanup."""
 
     id: int
     mode: str
@@ -95,9 +98,6 @@ def plan(front, canvas: Canvas, config) -> SdsPlan:
     headers = [front.wcs_of(f) for f in frames]
     lots = plan_lots(frames, canvas.grid, wcs_headers=headers, **lot_knobs(config)) if frames else ()
     decisions, warnings = cleanup_decisions([lot.mode for lot in lots], config.altaz_cleanup)
-    if any(decisions):
-        warnings.append("alt-az cleanup is not done in the sds mode: the corners of the ALT_AZ lots' "
-                        "mega-tiles are kept (the classic mode masks them)")
     jobs = []
     for lot, cleanup in zip(lots, decisions):
         window = lot_window([headers[k] for k in lot.frames],
@@ -186,7 +186,8 @@ def _build_sds(plan: SdsPlan, front, canvas: Canvas, config, client, work) -> Mo
     lots = [Lot(job.id, job.mode, tuple(position[i] for i in job.frames), job.coverage) for job in plan.lots]
     result = run_sds([sources[i] for i in order], [front.stats[f.path] for f in frames],
                      [f.exptime_s for f in frames], lots, canvas.grid, front.channels, work.root,
-                     settings_of(config), paths=[f.path for f in frames], client=client, say=work.say)
+                     settings_of(config), paths=[f.path for f in frames],
+                     altaz_lots=[job.id for job in plan.lots if job.cleanup], client=client, say=work.say)
     timings["sds"] = time.perf_counter() - t
     t = time.perf_counter()
     chain = dict(result.report)
@@ -195,7 +196,7 @@ def _build_sds(plan: SdsPlan, front, canvas: Canvas, config, client, work) -> Mo
         raise SdsError(f"the coverage cut ({config.sds.min_coverage_keep} x the peak coverage) keeps "
                        f"{kept:.0%} of the field the frames cover, below sds.min_field_kept "
                        f"{config.sds.min_field_kept}: the lots do not each cover the field (a survey of panels?)")
-    fp = store.fingerprint(chain["zarr"], chain["crop_box"], chain["coverage_threshold"])
+    fp = store.fingerprint(chain["zarr"], chain["crop_box"], chain["coverage_threshold"], chain["coverage_renorm"])
     reused = store.is_complete(work.root, MOSAIC, fp)
     if not reused:
         _store_mosaic(result, fp, client, work)
@@ -203,7 +204,7 @@ def _build_sds(plan: SdsPlan, front, canvas: Canvas, config, client, work) -> Mo
     jobs = {job.id: job for job in plan.lots}
     lots_report = [{**entry, "coverage": round(jobs[entry["id"]].coverage, 4),
                     "window": None if jobs[entry["id"]].window is None else list(jobs[entry["id"]].window),
-                    "sky_bin": jobs[entry["id"]].sky_bin, "altaz_cleanup": False}
+                    "sky_bin": jobs[entry["id"]].sky_bin}
                    for entry in chain.pop("lots")]
     mosaic = {"shape": list(result.grid.shape), "scale_arcsec": canvas.scale_arcsec, "channels": front.channels,
               "crop_box": chain["crop_box"], "field_kept": kept, "reused": reused}
