@@ -234,3 +234,97 @@ def _mtimes(root, name):
     folder = os.path.join(root, name)
     return sorted((os.path.relpath(os.path.join(d, f), folder), os.stat(os.path.join(d, f)).st_mtime_ns)
                   for d, _, files in os.walk(folder) for f in files)
+
+
+# --- polish: alt-az cleanup of ALT_AZ lots, two-pass coverage renormalisation ------------------------
+
+# Three lots dithered by a few pixels over the middle of the canvas, and two lots (3 and 4) whose
+# frames wander 24 px: a well covered core with thinly covered corners, as field rotation leaves.
+# Lot 3 is ALT_AZ, lot 4 EQ; both have the same layout.
+POLISH_CANVAS, POLISH_FRAME = (72, 136), (40, 72)
+WANDER = [(24, 8), (36, 14), (48, 20), (42, 26), (30, 20), (36, 8)]
+POLISH_LAYOUT = ([[(30 + (k + m) % 4, 14 + (2 * k + m) % 4) for m in range(5)] for k in range(3)]
+                 + [WANDER, [(x + 1, y + 1) for x, y in WANDER]])
+
+
+def test_an_altaz_lots_corners_do_not_reach_the_mosaic_where_classic_cuts_them_an_eq_lots_do(tmp_path):
+    from zdask.graph.tile_stage import cleanup_decisions
+    from zdask.ops.masks import altaz_alpha
+
+    root = str(tmp_path / "work.zarr")
+    sources, stats, exptimes, lots, canvas = make_survey(root, POLISH_CANVAS, POLISH_FRAME, POLISH_LAYOUT,
+                                                         [1.0] * 5, [100.0] * 5, seed=7)
+    lots[3] = dataclasses.replace(lots[3], mode="ALT_AZ")
+    decisions, warnings = cleanup_decisions([lot.mode for lot in lots], True)  # the mode's gating
+    assert decisions == [False, False, False, True, False] and warnings == []
+    asked = [lot.id for lot, cleanup in zip(lots, decisions) if cleanup]
+    for budget in ("64KiB", "2MiB"):  # blocks of 16 px (under the mask's reach of 15 px + block) and 136 px
+        with dask.config.set(scheduler="sync"):
+            result = run_sds(sources, stats, exptimes, lots, canvas, 3, root, sds_settings(budget=budget),
+                             altaz_lots=asked, say=lambda _: None)
+        report = result.report
+        assert [e["altaz_cleanup"] for e in report["lots"]] == decisions
+        assert [e["altaz_applied"] for e in report["lots"]] == decisions
+        covs = [_read(root, f"{e['zarr']}/coverage") for e in report["lots"]]
+        tiles = [_read(root, f"{e['zarr']}/image") for e in report["lots"]]
+        # Classic's alpha of the lot's coverage, on the whole canvas at once.
+        alpha = altaz_alpha(covs[3], n_frames=len(WANDER)).alpha
+        corners = (covs[3] > 0) & (alpha == 0)
+        assert corners.sum() > 500 and ((covs[4] > 0) & (altaz_alpha(covs[4], n_frames=6).alpha == 0)).sum() > 500
+        gains = np.array([e["gain"] for e in report["lots"]])
+        offsets = np.array([e["offset"] for e in report["lots"]])
+        stack_name = report["zarr"]
+        image, coverage = _read(root, f"{stack_name}/image"), _read(root, f"{stack_name}/coverage")
+        # The ALT_AZ lot's corners: the mosaic is the other lots' stack there, bit for bit.
+        others = [0, 1, 2, 4]
+        without = stack_pixel_weighted(np.stack([tiles[k] for k in others]), np.stack([covs[k] for k in others]),
+                                       "kappa_sigma", scale=gains[others], offset=offsets[others],
+                                       kappa=(3.0, 3.0), iterations=1)
+        np.testing.assert_array_equal(image[corners], without.image[corners])
+        np.testing.assert_array_equal(coverage[corners], np.sum([covs[k] for k in others], axis=0)[corners])
+        # The EQ lot's samples in the same corners (its layout is lot 3's) do reach it.
+        in_eq = corners & (covs[4] > 0)
+        assert in_eq.sum() > 500
+        assert (coverage[in_eq] >= covs[4][in_eq]).all()
+        alone = stack_pixel_weighted(np.stack(tiles[:3]), np.stack(covs[:3]), "kappa_sigma", scale=gains[:3],
+                                     offset=offsets[:3], kappa=(3.0, 3.0), iterations=1)
+        assert np.isfinite(image[in_eq]).all() and np.mean(image[in_eq] != alone.image[in_eq]) > 0.9
+        # Everywhere: the dense reference, lot 3 weighted by coverage × alpha, absent where alpha is 0.
+        weights = np.stack(covs)
+        weights[3] *= alpha
+        masked = np.stack(tiles)
+        masked[3][alpha == 0] = np.nan
+        reference = stack_pixel_weighted(masked, weights, "kappa_sigma", scale=gains, offset=offsets,
+                                         kappa=(3.0, 3.0), iterations=1)
+        np.testing.assert_array_equal(image, reference.image)
+        np.testing.assert_array_equal(coverage, weights.sum(axis=0, dtype=np.float32))
+        # The stored alpha, made block by block, is classic's on the whole canvas.
+        assert [e["altaz_zarr"] is not None for e in report["lots"]] == decisions
+        np.testing.assert_array_equal(_read(root, report["lots"][3]["altaz_zarr"]), alpha)
+
+
+def test_the_renormalisation_equals_the_dense_reference_on_the_cut_coverage(survey):
+    from zdask.ops.masks import coverage_renormalisation_gain
+
+    root, (sources, stats, exptimes, lots, canvas) = survey
+    for budget in ("64KiB", "2MiB"):  # blocks of 16 px (a quarter of the Gaussian's reach) and 120 px
+        with dask.config.set(scheduler="sync"):
+            result = run_sds(sources, stats, exptimes, lots, canvas, 3, root,
+                             sds_settings(budget=budget, coverage_renorm=True), say=lambda _: None)
+            image, coverage = dask.compute(result.image, result.coverage)
+        report = result.report
+        assert report["coverage_renorm"] is True
+        stacked, total = _read(root, f"{report['zarr']}/image"), _read(root, f"{report['zarr']}/coverage")
+        threshold = np.float32(report["coverage_threshold"])
+        cut = np.where(total >= threshold, total, np.float32(0))
+        gain = coverage_renormalisation_gain(cut)  # on the whole canvas, in memory
+        y0, y1, x0, x1 = report["crop_box"]
+        kept = cut[y0:y1, x0:x1] > 0
+        expected = np.where(kept[..., None], (stacked * gain[..., None])[y0:y1, x0:x1], np.nan)
+        # (to float32 rounding: OpenCV's Gaussian rounds a pixel by its place in the window's
+        # row, a few ulps of the gain; rtol 1e-6 is 8 ulps, the gain's deviations are 0.05+)
+        np.testing.assert_allclose(image, expected, rtol=1e-6, atol=0)
+        assert (np.isnan(image) == np.isnan(expected)).all()
+        np.testing.assert_array_equal(coverage, cut[y0:y1, x0:x1])
+        # (the gain does change the mosaic: coverage steps inside what the cut keeps)
+        assert np.abs(gain[y0:y1, x0:x1][kept] - 1).max() > 0.05

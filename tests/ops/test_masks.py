@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from zdask.ops.masks import altaz_alpha, coverage_renormalisation_gain, feather_weights
+from zdask.ops.masks import (altaz_alpha, altaz_reach, coverage_renormalisation_gain, feather_weights,
+                             renormalisation_reach)
 
 
 def _smoothstep(t):
@@ -152,3 +153,54 @@ def test_distances_are_exact_and_the_same_at_every_call(shape):
     for _ in range(8):
         np.testing.assert_array_equal(_distance_inside(good, outside_is_edge=False), exact)
         np.testing.assert_array_equal(_distance_inside(good, outside_is_edge=True), exact_edge)
+
+
+def _dithered_coverage(shape=(150, 220), seed=4) -> np.ndarray:
+    """Coverage of a dozen rectangular footprints: steps and thin rims everywhere."""
+    rng = np.random.default_rng(seed)
+    cov = np.zeros(shape, np.float32)
+    for _ in range(12):
+        y, x = rng.integers(0, shape[0] - 40), rng.integers(0, shape[1] - 60)
+        cov[y:y + rng.integers(30, 90), x:x + rng.integers(40, 120)] += 1
+    return cov
+
+
+def _windows(shape, side, reach):
+    """(window, inner, block) for every block of ``side`` px, the window ``reach`` px wider."""
+    for r0 in range(0, shape[0], side):
+        for c0 in range(0, shape[1], side):
+            r1, c1 = min(shape[0], r0 + side), min(shape[1], c0 + side)
+            y0, x0 = max(0, r0 - reach), max(0, c0 - reach)
+            window = (slice(y0, min(shape[0], r1 + reach)), slice(x0, min(shape[1], c1 + reach)))
+            yield window, (slice(r0 - y0, r1 - y0), slice(c0 - x0, c1 - x0)), (slice(r0, r1), slice(c0, c1))
+
+
+@pytest.mark.parametrize("opening_px, ramp_px", [(3, 8), (0, 5), (2, 0)])
+def test_alpha_made_window_by_window_with_its_reach_is_the_whole_maps_bit_for_bit(opening_px, ramp_px):
+    cov = _dithered_coverage()
+    kw = dict(n_frames=12, opening_px=opening_px, ramp_px=ramp_px)
+    whole = altaz_alpha(cov, **kw).alpha
+    assert 0 < (whole == 0)[cov > 0].mean() < 1  # the mask does cut somewhere
+    for side in (16, 50):
+        for window, inner, block in _windows(cov.shape, side, altaz_reach(opening_px, ramp_px)):
+            part = altaz_alpha(cov[window], peak=float(cov.max()), min_keep_fraction=0.0, **kw).alpha[inner]
+            np.testing.assert_array_equal(part, whole[block])
+    # (without the whole map's peak, some window thresholds on its own maximum)
+    assert any(not np.array_equal(altaz_alpha(cov[window], min_keep_fraction=0.0, **kw).alpha[inner], whole[block])
+               for window, inner, block in _windows(cov.shape, 16, altaz_reach(opening_px, ramp_px)))
+
+
+def test_renormalisation_gain_made_window_by_window_is_the_whole_maps_to_float32_rounding():
+    cov = _dithered_coverage()
+    whole = coverage_renormalisation_gain(cov)
+    reach = renormalisation_reach(15)
+    assert reach == 60  # OpenCV's kernel for sigma 15 on float32: 121 taps
+    for side in (16, 50):
+        for window, inner, block in _windows(cov.shape, side, reach):
+            part = coverage_renormalisation_gain(cov[window])[inner]
+            # (OpenCV's vectorised Gaussian rounds a pixel by where it falls in the row)
+            ulps = np.abs(part.view(np.int32) - whole[block].view(np.int32))
+            assert ulps.max() <= 8
+    # a margin short of the reach is not enough
+    assert max(np.abs(coverage_renormalisation_gain(cov[window])[inner] - whole[block]).max()
+               for window, inner, block in _windows(cov.shape, 16, reach // 2)) > 1e-3

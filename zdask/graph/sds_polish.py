@@ -6,8 +6,9 @@ Both kernels look only a bounded distance around a pixel (:func:`zdask.ops.masks
 15 px with the default opening and ramp; :func:`zdask.ops.masks.renormalisation_reach`: 60 px),
 so each block task reads its block of the stored coverage with that margin (clipped at the
 canvas's edge, where the kernels' own border rules apply as on the whole map), runs the kernel
-on that window and keeps the block's part: the same values, bit for bit, as the kernel on the
-whole canvas, without the canvas ever being in memory.
+on that window and keeps the block's part: the kernel's values on the whole canvas (the alpha bit
+for bit; the renormalisation gain to a few float32 ulps, OpenCV's Gaussian rounding a pixel by
+its place in the row), without the canvas ever being in memory.
 
 Alt-az cleanup (per ALT_AZ lot, when asked; the classic mode's per-group gating): the alpha of
 the lot's mega-tile coverage as :func:`~zdask.ops.masks.altaz_alpha` gives it for a master tile

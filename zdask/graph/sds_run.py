@@ -156,7 +156,8 @@ def run_sds(
     SdsResult
         Report keys: ``lots`` (per lot ``id``, ``mode``, ``frames``, ``seconds``, ``gain``,
         ``offset``, ``gain_fitted``, ``rejected_fraction``, ``coverage_sum``, ``reused``,
-        ``altaz_cleanup``, ``altaz_applied``, ``altaz_note``), ``coverage_renorm``,
+        ``altaz_cleanup``, ``altaz_applied``, ``altaz_note``, ``altaz_zarr``: its alpha array),
+        ``coverage_renorm``,
         ``reference`` and ``reference_median``, ``gain_method`` and why, ``median_spread_before``
         / ``_after`` (per channel), ``block_side``, ``global_rejected_fraction``,
         ``coverage_threshold``, ``crop_box``, ``shape``, ``zarr`` (the global stack's group; each
@@ -289,7 +290,8 @@ def _altaz_alphas(lots, megatiles, asked: set[int], root: str, blocks, params: d
     its report entries. Each alpha is stored once under ``sds/altaz/<fp>`` (the mega-tile, the
     lot's frame count, the mask's settings, the blocks) and reused by a re-run."""
     paths = [None] * len(lots)
-    notes = [{"altaz_cleanup": lot.id in asked, "altaz_applied": False, "altaz_note": None} for lot in lots]
+    notes = [{"altaz_cleanup": lot.id in asked, "altaz_applied": False, "altaz_note": None, "altaz_zarr": None}
+             for lot in lots]
     counts, pending = {}, []
     for k, (lot, tile) in enumerate(zip(lots, megatiles)):
         if lot.id not in asked:
@@ -312,7 +314,7 @@ def _altaz_alphas(lots, megatiles, asked: set[int], root: str, blocks, params: d
     for k, (name, total) in sorted(counts.items()):
         applied, note = altaz_outcome([total])
         paths[k] = f"{name}/alpha" if applied else None
-        notes[k].update(altaz_applied=applied, altaz_note=note)
+        notes[k].update(altaz_applied=applied, altaz_note=note, altaz_zarr=paths[k])
         say(f"SDS lot {lots[k].id}: alt-az cleanup {'applied' if applied else 'not applied'}: {note}")
     return paths, notes
 
