@@ -25,6 +25,8 @@ blocks so that both stacks fit ``budget``):
   plus the outputs (``s² × C × 16``);
 - a gain task: two binned mega-tiles, at most ``2 × (H/f) × (W/f) × (C + 1) × 4`` bytes
   (0.25 MB per canvas megapixel with f = 8), and the median filter's copies of their overlap;
+- a polish task (alt-az alpha, coverage renormalisation): a block's coverage with the kernel's
+  reach around it, ``(s + 2 r)²`` pixels (:mod:`zdask.graph.sds_polish`);
 - the client: a few numbers per lot and block, and the peak-coverage map ``(H/f)(W/f) × 4``.
 
 So the process tree peaks near ``threads × (budget + frame windows)``, the bound of the
