@@ -206,7 +206,8 @@ def create_stack_store(root: str, name: str, blocks: BlockGrid, channels: int, f
                        fill_value=0.0)
 
 
-def global_block(members: tuple[tuple[str, tuple, tuple, str | None], ...], rows: tuple[int, int], cols: tuple[int, int],
+def global_block(members: tuple[tuple[str, tuple, tuple, str | None], ...], rows: tuple[int, int],
+                 cols: tuple[int, int],
                  root: str, name: str, method: str, params: dict, channels: int, factor: int) -> dict:
     """Worker task: one block of the global stack from the lots that touch it, ``members`` =
     ((mega-tile group, gain (C,), offset (C,), alt-az alpha array or None), ...): each lot's

@@ -279,7 +279,8 @@ def run_sds(
         "median_spread_before": before.tolist(), "median_spread_after": after.tolist(),
         "block_side": side, "global_method": settings.global_method,
         "global_rejected_fraction": summary["rejected"] / total if total else 0.0,
-        "coverage_peak": summary["peak"], "coverage_threshold": threshold, "coverage_renorm": settings.coverage_renorm, "crop_box": list(box),
+        "coverage_peak": summary["peak"], "coverage_threshold": threshold,
+        "coverage_renorm": settings.coverage_renorm, "crop_box": list(box),
         "shape": list(polished["grid"].shape), "zarr": stack_name,
     }
     return SdsResult(polished["image"], polished["coverage"], polished["alpha"], polished["grid"], report)

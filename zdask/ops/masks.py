@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["AlphaResult", "MIN_KEEP_FRACTION", "RENORM_SMOOTH_PX", "altaz_alpha", "altaz_reach", "coverage_renormalisation_gain",
-           "feather_weights", "renormalisation_reach"]
+__all__ = ["AlphaResult", "MIN_KEEP_FRACTION", "RENORM_SMOOTH_PX", "altaz_alpha", "altaz_reach",
+           "coverage_renormalisation_gain", "feather_weights", "renormalisation_reach"]
 
 #: :func:`altaz_alpha`'s guard: a mask keeping less than this fraction of the covered pixels is
 #: not applied (so no stack ever comes out empty).
