@@ -71,10 +71,25 @@ def _frame_window(src, canvas: Grid, factor: int, shape_b: tuple[int, int]) -> C
 
 
 def _sampled(item: CutOut) -> CutOut:
-    """A binned window (:func:`_frame_window`) on the sampled canvas: every SAMPLE_STEP-th
-    binned pixel, sampled pixel s being binned pixel s·SAMPLE_STEP."""
-    s = SAMPLE_STEP
-    return CutOut(item.image[::s, ::s], item.weight[::s, ::s], (item.origin[0] // s, item.origin[1] // s))
+    """A binned window (:func:`_frame_window`) on the sampled canvas: means of blocks of
+    SAMPLE_STEP × SAMPLE_STEP binned pixels (every pixel counts: one in SAMPLE_STEP² alone
+    would be that much noisier, and aliases compact sources), NaN where a block reaches off
+    the frame (its mean would not sit at its centre). Sampled pixel s is centred on binned
+    pixel s·SAMPLE_STEP + (SAMPLE_STEP − 1) / 2 (:func:`sampled_extent`)."""
+    step = SAMPLE_STEP
+    h, w, channels = item.image.shape
+    padded = np.full((-(-h // step) * step, -(-w // step) * step, channels), np.nan, dtype=np.float32)
+    padded[:h, :w] = item.image
+    image = padded.reshape(padded.shape[0] // step, step, padded.shape[1] // step, step, channels).mean(axis=(1, 3))
+    weight = np.isfinite(image).all(axis=-1).astype(np.float32)
+    return CutOut(image.astype(np.float32), weight, (item.origin[0] // step, item.origin[1] // step))
+
+
+def sampled_extent(extent_b: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The extent in sampled pixels that gives surfaces the coefficients they have over
+    ``extent_b`` in binned pixels: binned pixel b is sampled coordinate (b − (step − 1) / 2) / step."""
+    half = (SAMPLE_STEP - 1) / 2.0
+    return tuple((v - half) / SAMPLE_STEP for v in extent_b)
 
 
 def frame_sky_on_canvas(sources: list, canvas: Grid, factor: int, order: int) -> dict:
@@ -109,9 +124,9 @@ def frame_sky_on_canvas(sources: list, canvas: Grid, factor: int, order: int) ->
         mean = total / count[..., None]
     fill = float(np.nanmedian(mean)) if np.isfinite(mean).any() else 0.0
     stars = star_mask(np.nan_to_num(mean, nan=fill).astype(np.float32))
-    # sampled pixel s is binned pixel s·step: the same coefficients as on the binned canvas over
-    # (0, H_b − 1, 0, W_b − 1), hence as in full-resolution pixels over binned_extent
-    extent = tuple(v / SAMPLE_STEP for v in extent_b)
+    # the same coefficients as on the binned canvas over extent_b, hence as in full-resolution
+    # pixels over binned_extent
+    extent = sampled_extent(extent_b)
     match = match_to_consensus(items, shape_s, order=order, extent=extent, exclude=stars, passes=PASSES)
     coeffs = [np.asarray(c, dtype=np.float64) for c in match.coeffs]
     out_order, common = order, None
