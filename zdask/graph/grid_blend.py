@@ -7,8 +7,11 @@ binned canvas, so overlaps are intersections of windows. In order:
 1. RGB equalisation per cell (its gains, measured by the cell stage, folded into its gain);
 2. photometric scaling (:mod:`zdask.ops.cellscale`): reference = the first healthy cell,
    per-pair gain and offset on coverage masks, one least-squares solve;
-3. the sky surfaces of the scaled cells matched to each other, as the classic mode matches its
-   tiles (:func:`zdask.graph.harmonize.plan_tile_photometry`, its gains left at 1);
+3. the sky: the frames' skies were matched over the survey before stacking, less the
+   curvature they share (:mod:`zdask.graph.grid_sky`), so cells agree on their overlaps; their
+   levels are matched (:func:`zdask.graph.harmonize.plan_tile_photometry`, order 0, gains left
+   at 1) and the plane they all share is fitted on their mean, sources masked, and taken out
+   of every cell (also of a single cell);
 4. autocrop, and the coadd of :func:`zdask.graph.mosaic.mosaic_arrays`: per canvas block the
    weighted mean of the corrected cells with weights coverage × the cells' partition of unity
    (smooth to ~0 at each shared edge), so no cell boundary shows and the mosaic's coverage is

@@ -1,16 +1,27 @@
 """The grid mode's frame skies: every frame's sky surface matched to the consensus of ALL the
-frames that overlap it, once, on the binned canvas.
+frames that overlap it, once, on the binned canvas, less the curvature they all share.
 
 Master tiles match their frames inside a group (frames that overlap almost entirely); a grid
 cell holds frames of several pointings that overlap it in part, and each cell matching its own
 frames would leave every cell its own consensus (steps where frames end inside a cell, and
 surfaces extrapolated from thin overlaps). Here each frame, binned by ``match_bin`` and warped
-onto its own window of the binned canvas (sampled every :data:`SAMPLE_STEP` binned pixels), is
-one cut-out of :func:`zdask.ops.skymatch.match_to_consensus`, whose cost is linear in the frames;
-compact sources are masked from the mean of the warped frames. The surfaces are in canvas
-pixels: a cell (a window of the canvas) takes them with its origin subtracted
-(:func:`surface_on_cell`). Memory: the frames' sampled windows (1/256 of their pixels at the
-default binning) and the sampled canvas's sums.
+onto its own window of the binned canvas, then averaged over blocks of :data:`SAMPLE_STEP`²
+binned pixels (the sampled canvas), is one cut-out of
+:func:`zdask.ops.skymatch.match_to_consensus`, whose cost is linear in the frames; compact
+sources are masked from the mean of the warped frames.
+
+The match fixes what differs between frames; a curvature that every frame carries in its own
+pixels (a horizon glow) it leaves whole, a bowl as wide as the mosaic. As the classic mode does
+for its tiles (:mod:`zdask.ops.skyshape`), it is the median of the frames' own curvatures
+(each fitted on its window at the binned resolution, sources masked) and is taken out of every
+frame. Measured on frames, whatever the size of the cells: a cell is a window of the canvas
+that frames cover in part, not a frame, and on small cells its own curvature is mostly noise,
+scaled by (canvas / cell)² on the canvas. The plane all frames share is left to the blend
+(:mod:`zdask.graph.grid_blend`), fitted on the cells' mean.
+
+The surfaces are in canvas pixels: a cell (a window of the canvas) takes them with its origin
+subtracted (:func:`surface_on_cell`). Memory: the frames' sampled windows (1/256 of their pixels
+at the default binning), one frame's binned window at a time, and the sampled canvas's sums.
 """
 
 from __future__ import annotations
@@ -95,8 +106,8 @@ def sampled_extent(extent_b: tuple[float, float, float, float]) -> tuple[float, 
 def frame_sky_on_canvas(sources: list, canvas: Grid, factor: int, order: int) -> dict:
     """Worker task: per frame, (coefficients (C, n_terms), order, extent) of its sky surface in
     full-resolution canvas pixels, matched to the consensus of every frame overlapping it, with
-    the surface every frame shares taken out too (see the module doc); None for a frame that
-    does not reach the canvas. Returns ``{"surfaces": [...], "common": report}``."""
+    the curvature every frame shares in it (order >= 1; see the module doc); None for a frame
+    that does not reach the canvas. Returns ``{"surfaces": [...], "curvature": report}``."""
     shape_b = (max(1, canvas.shape[0] // factor), max(1, canvas.shape[1] // factor))
     shape_s = (-(-shape_b[0] // SAMPLE_STEP), -(-shape_b[1] // SAMPLE_STEP))
     extent_b = (0.0, float(shape_b[0] - 1), 0.0, float(shape_b[1] - 1))
