@@ -7,8 +7,11 @@ binned canvas, so overlaps are intersections of windows. In order:
 1. RGB equalisation per cell (its gains, measured by the cell stage, folded into its gain);
 2. photometric scaling (:mod:`zdask.ops.cellscale`): reference = the first healthy cell,
    per-pair gain and offset on coverage masks, one least-squares solve;
-3. the sky surfaces of the scaled cells matched to each other, as the classic mode matches its
-   tiles (:func:`zdask.graph.harmonize.plan_tile_photometry`, its gains left at 1);
+3. the sky: the frames' skies were matched over the survey before stacking, less the
+   curvature they share (:mod:`zdask.graph.grid_sky`), so cells agree on their overlaps; their
+   levels are matched (:func:`zdask.graph.harmonize.plan_tile_photometry`, order 0, gains left
+   at 1) and the plane they all share is fitted on their mean, sources masked, and taken out
+   of every cell (also of a single cell);
 4. autocrop, and the coadd of :func:`zdask.graph.mosaic.mosaic_arrays`: per canvas block the
    weighted mean of the corrected cells with weights coverage × the cells' partition of unity
    (smooth to ~0 at each shared edge), so no cell boundary shows and the mosaic's coverage is
@@ -36,7 +39,9 @@ from zdask.ops.cellscale import apply_cell_scaling, cell_stats, reference_cell, 
 from zdask.ops.colour import TileHealth
 from zdask.ops.crop import autocrop_box
 from zdask.ops.seams import seam_metric
-from zdask.ops.skymatch import CutOut
+from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky
+from zdask.ops.skyshape import pad_order
+from zdask.ops.warp import binned_extent
 
 #: console lines of pair masks at most (every pair is in report.json)
 PAIR_LINES = 40
@@ -104,11 +109,26 @@ def blend_cells(cells, places, side: int, step: int, canvas: Canvas, channels: i
     meshed = config.background_mesh > 0
     items = [CutOut(scaled[k], np.where(np.isfinite(scaled[k]).all(axis=-1), coverages[k], 0).astype(np.float32),
                     origins[k]) for k in keep]
+    # The frames' skies were matched over the whole survey, and the curvature they all share
+    # (the median of the frames' own) taken out, before the cells were stacked
+    # (zdask.graph.grid_sky): the cells agree on their overlaps already, and what is left to
+    # match between them is a level at most. Not planes, and no curvature of the cells' own: a
+    # cell is a window of the canvas, not a frame, and the curvature of its sky is no glow's
+    # (measured on small cells it is mostly noise, scaled by (canvas / cell)² on the canvas).
     sky = plan_tile_photometry(items, shape_b, factor, harmonize=False,
-                               order=-1 if meshed else config.sky_surface_order)
+                               order=-1 if meshed else min(config.sky_surface_order, 0))
     surfaces = [None] * len(cells)
     for k, surface in zip(keep, sky["surfaces"]):
         surfaces[k] = surface
+    plane = None
+    if not meshed and config.sky_surface_order >= 1:
+        # The plane all cells share (as the classic mode's tiles): fitted on their mean, sources
+        # masked, whatever the number of cells (one cell has no neighbour to be matched to).
+        levelled = [CutOut(_minus_surface(scaled[k], surfaces[k], origins[k], shape_b), items[n].weight, origins[k])
+                    for n, k in enumerate(keep)]
+        plane = _common_plane(levelled, shape_b)
+        surfaces = [None if k not in keep else _plus_plane(surfaces[k], plane, shape_b, factor)
+                    for k in range(len(cells))]
     flattened = [_minus_surface(img, s, origins[k], shape_b) for k, (img, s) in enumerate(zip(scaled, surfaces))]
     valid = [cov > 0 for cov in coverages]
     stats_before = [cell_stats(img, v) for img, v in zip(images, valid)]
@@ -171,11 +191,40 @@ def blend_cells(cells, places, side: int, step: int, canvas: Canvas, channels: i
         "scaling_disabled": [cells[k].id for k in scaling.disabled],
         "sky": {"seam_before": sky["seam_before"], "seam_after": sky["seam_after"],
                 "pair_seam_before": sky["pair_seam_before"], "pair_seam_after": sky["pair_seam_after"],
-                "common_surface": sky["common_surface"]},
+                "common_surface": _common_report(plane, cells[0].summary.get("sky_curvature"))},
     }
     mosaic = {"shape": list(cropped.shape), "scale_arcsec": canvas.scale_arcsec, "channels": channels,
               "crop_box": list(box), "reused": reused}
     return cropped.wcs_header, {"per_cell": per_cell, "photometry": photometry, "metric": metric, "mosaic": mosaic}
+
+
+def _common_plane(items: list[CutOut], shape_b: tuple[int, int]) -> np.ndarray:
+    """(C, 3): the plane of the cells' coverage-weighted mean on the binned canvas, sources
+    masked (:func:`zdask.ops.skymatch.fit_common_sky`); coefficients over (0, H_b − 1, 0, W_b − 1)."""
+    total, wsum = accumulate(items, [it.image for it in items], shape_b, items[0].image.shape[-1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (total / wsum[..., None]).astype(np.float32)
+    return fit_common_sky(mean, wsum.astype(np.float32), order=1,
+                          extent=(0.0, float(shape_b[0] - 1), 0.0, float(shape_b[1] - 1)))
+
+
+def _plus_plane(surface, plane: np.ndarray, shape_b: tuple[int, int], factor: int) -> tuple:
+    """A cell's surface (coefficients, order, extent; None = nothing) with ``plane`` added, in
+    full-resolution canvas pixels (the same coefficients: the normalisation is linear)."""
+    coeffs, order = (np.zeros((plane.shape[0], 1)), 0) if surface is None else (np.asarray(surface[0]), surface[1])
+    top = max(order, 1)
+    total = pad_order(coeffs, order, top) + pad_order(plane, 1, top)
+    return (total.tolist(), top, list(binned_extent(shape_b, factor)))
+
+
+def _common_report(plane: np.ndarray | None, curvature: dict | None) -> dict:
+    """The surface every frame and cell shares that was taken out, and what fixed it."""
+    if plane is None:
+        return {"determined": [], "undetermined": ["all (sky_surface_order < 1 or background_mesh)"]}
+    return {"determined": ["1", "u", "v", *((curvature or {}).get("determined") or [])],
+            "undetermined": list((curvature or {}).get("undetermined") or []),
+            "plane": np.asarray(plane).tolist(), "plane_from": "the cells' mean, sources masked",
+            "curvature": curvature}
 
 
 def _median_std(stats: list[dict]) -> list[float | None]:

@@ -151,8 +151,7 @@ def stack_cells(jobs: list[CellJob], channels: int, canvas: Grid, config, client
             done[job.id] = StackedCell(job.id, job.name, job.fp, job.grid, job.box, len(job.sources), summary, True)
         else:
             pending.append(job)
-    if pending:
-        _frame_skies(pending, canvas, config, client, work)
+    curvature = _frame_skies(pending, canvas, config, client, work) if pending else None
     futures = []
     for job in pending:
         store.begin_entry(work.root, job.name)
@@ -163,16 +162,18 @@ def stack_cells(jobs: list[CellJob], channels: int, canvas: Grid, config, client
     summaries = wait_with_progress(futures, "grid cells", work.console)
     client.run(release_block_buffers)
     for job, summary in zip(pending, summaries):
+        summary = {**summary, "sky_curvature": curvature}
         store.mark_complete(work.root, job.name, job.fp, summary=summary)
         done[job.id] = StackedCell(job.id, job.name, job.fp, job.grid, job.box, len(job.sources), summary, False)
     return [done[job.id] for job in jobs]
 
 
-def _frame_skies(pending: list[CellJob], canvas: Grid, config, client, work) -> None:
+def _frame_skies(pending: list[CellJob], canvas: Grid, config, client, work) -> dict | None:
     """Give the pending cells' sources their frames' skies: each frame's surface matched to
-    every frame overlapping it on the canvas (:func:`zdask.graph.grid_sky.frame_sky_on_canvas`,
-    one task for the survey), shifted onto each cell; or, with ``background_mesh``, each
-    frame's own local background (one task per :data:`BACKGROUND_BATCH` frames)."""
+    every frame overlapping it on the canvas, less the curvature they all share
+    (:func:`zdask.graph.grid_sky.frame_sky_on_canvas`, one task for the survey), shifted onto
+    each cell; or, with ``background_mesh``, each frame's own local background (one task per
+    :data:`BACKGROUND_BATCH` frames). Returns the report of that curvature (None without one)."""
     mesh, order = config.background_mesh, config.sky_surface_order
     frames = {}
     for job in pending:
@@ -188,16 +189,19 @@ def _frame_skies(pending: list[CellJob], canvas: Grid, config, client, work) -> 
         by_key = {key: b for batch, result in zip(batches, found) for key, b in zip(batch, result)}
         for job in pending:
             job.sources[:] = [dataclasses.replace(s, background=by_key[s.key]) for s in job.sources]
-        return
+        return None
     if order < 0 or len(keys) < 2:
-        return
+        return None
     token = store.fingerprint([frames[key].token for key in keys], [frames[key].wcs_header for key in keys],
                               canvas.to_json(), config.match_bin, order)
     future = client.submit(frame_sky_on_canvas, [frames[key] for key in keys], canvas, config.match_bin, order,
                            key=f"grid-frame-sky-{token}")
-    skies = dict(zip(keys, wait_with_progress([future], "grid frame skies", work.console)[0]))
+    found = wait_with_progress([future], "grid frame skies", work.console)[0]
+    skies = dict(zip(keys, found["surfaces"]))
+    work.say(f"grid frame skies: curvature taken out of every frame {found['curvature']}")
     for job in pending:
         job.sources[:] = [dataclasses.replace(s, sky=surface_on_cell(skies[s.key], job.box)) for s in job.sources]
+    return found["curvature"]
 
 
 def cell_job(cell_id: int, grid: Grid, box, profile_rows, profile_cols, frames, front, root: str, survey: str,
