@@ -35,6 +35,7 @@ from zdask.graph.modes.base import Workspace
 from zdask.graph.write import write_mosaic_outputs, write_report
 from zdask.io.folderlock import FolderInUse, FolderLock
 from zdask.io.outputs import atomic_path
+from zdask.io.store import StoreUnreachable, check_store, is_url
 from zdask.ops.coadd import warm_up as coadd_warm_up
 from zdask.ops.stacking import warm_up
 
@@ -89,10 +90,21 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, client=None, say=pr
         warnings.simplefilter("ignore", AstropyWarning)
         check_output_location(inputs, out_dir, "the tiles folder" if mode.INPUT == "tiles" else "input folder")
         with claim_output_folder(out_dir):
-            work = Workspace(out_dir, say, console)
+            work = Workspace(out_dir, say, console, config.work)
+            _check_work_store(work.root)
             if mode.INPUT == "tiles":
                 return _run_tiles(mode, inputs[0], config, client, work)
             return _run_frames(mode, inputs, config, client, work)
+
+
+def _check_work_store(root: str) -> None:
+    """A working store at a URL is opened (created) before any work: a missing bucket or refused
+    credentials fail in one line, not in the first worker's task."""
+    if is_url(root):
+        try:
+            check_store(root)
+        except StoreUnreachable as exc:
+            raise RunError(str(exc)) from None
 
 
 @contextlib.contextmanager
