@@ -97,3 +97,15 @@ def test_an_unknown_store_protocol_is_refused_as_a_setting(small_survey, tmp_pat
                                       "--work", "nosuch://bucket/run1", *CLUSTER])
     assert result.exit_code == 2, result.output
     assert result.output.strip() == "error: config field 'work' = 'nosuch://bucket/run1': unknown protocol 'nosuch'"
+
+
+def test_a_working_store_inside_an_input_folder_is_refused(small_survey, tmp_path):
+    survey, _ = small_survey
+    frames = survey / "frames"
+    before = sorted(p.name for p in frames.iterdir())
+    for work in (str(frames / "work.zarr"), f"file://{frames}/work.zarr"):
+        result = CliRunner().invoke(app, ["run", str(frames), "--out", str(tmp_path / "o"), "--work", work, *CLUSTER])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (f"error: working store {frames}/work.zarr is inside input folder {frames}; "
+                                         f"choose another --work")
+    assert sorted(p.name for p in frames.iterdir()) == before
