@@ -127,7 +127,12 @@ def test_ctrl_c_stops_a_run_promptly_with_status_130(small_survey, tmp_path, wor
         if run.poll() is None:
             run.kill()
             run.wait()
-    assert rest.rstrip().splitlines()[-1] == "interrupted" and "Traceback" not in rest
+    # The worker processes got the same SIGINT (as in a terminal); multiprocessing's resource
+    # tracker, a process of its own sharing stderr, may then warn about their semaphores after
+    # zdask's last line, in an order that depends on the machine's load: its lines are not ours.
+    ours = [line for line in rest.rstrip().splitlines()
+            if "resource_tracker" not in line and "leaked semaphore" not in line]
+    assert ours[-1] == "interrupted" and "Traceback" not in rest
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
     assert not (tmp_path / "out" / "mosaic.fits").exists()

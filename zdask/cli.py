@@ -243,6 +243,10 @@ def run(
     dashboard_address: Optional[str] = typer.Option(
         None, help="HOST:PORT of the embedded cluster's dashboard (default 127.0.0.1:0, this machine "
                    "only; 0.0.0.0:8787 exposes it to the network)."),
+    work: Optional[str] = typer.Option(
+        None, "--work", help="Working Zarr store: a folder or an fsspec URL every worker reaches "
+                             "(s3://bucket/run1; credentials and endpoint from AWS_* variables); "
+                             "default OUT/work.zarr."),
     performance_report: Optional[bool] = typer.Option(
         None, "--performance-report/--no-performance-report",
         help="Write dask's HTML performance report (performance-report.html) next to the outputs."),
@@ -286,7 +290,7 @@ def run(
         cfg = load_config(
             config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
             memory_limit=memory_limit, dashboard_address=dashboard_address,
-            performance_report=performance_report, reject=reject,
+            performance_report=performance_report, work=work, reject=reject,
             kappa=kappa, iterations=iterations, normalization=normalization, weights=weights, budget=budget,
             max_group_size=max_group_size, link_fov_fraction=link_fov_fraction,
             altaz_cleanup=altaz_cleanup, harmonize=harmonize, sky_surface_order=sky_surface_order,

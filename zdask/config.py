@@ -575,6 +575,14 @@ class Config:
         "scheduler (--scheduler) serves its own dashboard.",
         default="127.0.0.1:0",
     )
+    work: str | None = _doc(
+        "Where the working Zarr store lives (its finished frames and tiles, reused by the next "
+        "run): a folder, or an fsspec URL every worker can reach, e.g. 's3://bucket/run1' "
+        "(credentials and endpoint from the environment: AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL), 'file:///shared/run1.zarr', 'gs://...' "
+        "(path or URL); None is work.zarr in the output folder.",
+        default=None,
+    )
     performance_report: bool = _doc(
         "Write dask's HTML performance report of the run's computations (task stream, worker "
         "profiles, bandwidth: distributed.performance_report) as performance-report.html in the "
@@ -693,6 +701,14 @@ class Config:
             raise bad("dashboard_address", "must be HOST:PORT with a port in 0..65535, e.g. 127.0.0.1:8787")
         if not isinstance(self.performance_report, bool):
             raise bad("performance_report", "must be true or false")
+        if self.work is not None:
+            from zdask.io.store import is_url, url_problem
+
+            if not self.work.strip():
+                raise bad("work", "must be a folder or an fsspec URL such as s3://bucket/run1, or unset")
+            problem = url_problem(self.work) if is_url(self.work) else None
+            if problem:
+                raise bad("work", problem)
         if self.cluster.kind != "local":
             for name in ("scheduler", "workers", "threads_per_worker"):
                 if getattr(self, name) is not None:

@@ -3,7 +3,8 @@ curved gradients, and the report says which sky model ran.
 
 No extended object here, so that the local background costs nothing and the large-scale residual
 against the truth measures only the sky model. Measured on this survey (64 px cells of the
-residual, in pixel-noise units): 16.5 with the default matched surfaces, 0.76 with a 64 px mesh.
+residual, in pixel-noise units): 0.76 with a 64 px mesh; 1.21 with the default matched surfaces
+(16.5 before their common curvature came from the tiles' own skies).
 """
 
 import json
@@ -46,7 +47,7 @@ def test_the_mesh_flattens_what_the_matched_surfaces_leave(both_runs):
     default, _ = both_runs["default"]
     mesh, _ = both_runs["mesh"]
     assert mesh["large_scale_rms_over_noise"] < MAX_LARGE_SCALE_WITH_MESH, mesh
-    assert mesh["large_scale_rms_over_noise"] < 0.5 * default["large_scale_rms_over_noise"], (mesh, default)
+    assert mesh["large_scale_rms_over_noise"] < 0.8 * default["large_scale_rms_over_noise"], (mesh, default)
     # flat, not emptied: stars and small-scale structure are as in the default run
     assert mesh["small_scale_rms_over_noise"] < 1.1 * default["small_scale_rms_over_noise"], (mesh, default)
     assert mesh["covered_fraction"] > 0.99 * default["covered_fraction"]

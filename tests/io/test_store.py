@@ -50,3 +50,35 @@ def test_a_complete_array_entry_is_never_overwritten(tmp_path):
     store.begin_entry(root, "frames/absent")  # nothing to unmark: no error
     store.create_array(group, "frames/f", (3,), "float32", (3,))[:] = 6.0
     assert not store.is_complete(root, "frames/f", "fp")
+
+
+def test_the_store_root_is_the_work_setting_or_work_zarr_in_the_output_folder(tmp_path):
+    out = str(tmp_path / "out")
+    assert store.work_store_root(out, None) == str(tmp_path / "out" / "work.zarr")
+    assert store.work_store_root(out, "s3://bucket/run1/") == "s3://bucket/run1"
+    # a file:// URL is its path: local stores keep their direct chunk reads and writes
+    assert store.work_store_root(out, f"file://{tmp_path}/shared.zarr") == f"{tmp_path}/shared.zarr"
+    assert store.is_url("s3://bucket/run1") and not store.is_url(str(tmp_path))
+    assert store.url_problem("s3://bucket/run1") is None
+    assert store.url_problem("nosuchprotocol://x") == "unknown protocol 'nosuchprotocol'"
+
+
+def test_a_store_at_a_url_keeps_entries_marks_and_rows(tmp_path):
+    """The same entries, marks and row reads through fsspec (memory://) as in a folder."""
+    from zdask.io.chunkrows import read_rows, write_rows
+
+    data = np.arange(40 * 6 * 3, dtype=np.float32).reshape(40, 6, 3)
+    for root in (str(tmp_path / "work.zarr"), "memory://zdask-test-store/work.zarr"):
+        group = store.open_store(root)
+        arr = store.create_array(group, "frames/a", data.shape, "float32", (16, 6, 3),
+                                 compressor=store.FRAME_COMPRESSOR)
+        write_rows(arr, data)
+        assert not store.is_complete(root, "frames/a", "fp")
+        store.mark_complete(root, "frames/a", "fp", stats={"median": 1.5})
+        assert store.is_complete(root, "frames/a", "fp") and not store.is_complete(root, "frames/b", "fp")
+        with pytest.raises(store.CompleteEntryError):
+            store.create_array(group, "frames/a", data.shape, "float32", (16, 6, 3))
+        reopened = store.open_array(root, "frames/a", "fp")
+        np.testing.assert_array_equal(read_rows(reopened, 5, 37), data[5:37])
+        assert store.open_node(root, "frames/a").attrs["stats"] == {"median": 1.5}
+    assert list(store.open_group("memory://zdask-test-store/work.zarr", "frames")) == ["a"]

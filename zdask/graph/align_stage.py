@@ -25,7 +25,7 @@ ALIGN_VERSION = "align-v1"
 
 def _stored(root: str, key: str, fp: str) -> AlignResult | None:
     try:
-        attrs = zarr.open_group(root, path=f"align/{key}", mode="r").attrs
+        attrs = store.open_group(root, f"align/{key}").attrs
     except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
         return None
     if attrs.get("fingerprint") != fp:
@@ -34,7 +34,7 @@ def _stored(root: str, key: str, fp: str) -> AlignResult | None:
 
 
 def _store(root: str, key: str, fp: str, result: AlignResult) -> None:
-    group = zarr.open_group(root, path=f"align/{key}", mode="a")
+    group = store.open_group(root, f"align/{key}", "a")
     group.attrs.update({"result": result.to_json(), "fingerprint": fp})
 
 

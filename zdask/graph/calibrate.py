@@ -145,9 +145,7 @@ def calibrate_frame(job: CalibrationJob) -> dict:
 
 
 def stored_stats(root: str, key: str) -> dict:
-    import zarr
-
-    return dict(zarr.open(root, path=f"frames/{key}", mode="r").attrs["stats"])
+    return dict(store.open_node(root, f"frames/{key}").attrs["stats"])
 
 
 def stored_stars(attrs) -> np.ndarray | None:

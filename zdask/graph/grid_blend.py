@@ -26,7 +26,6 @@ from __future__ import annotations
 import dask
 import dask.array as da
 import numpy as np
-import zarr
 
 from zdask.cluster import wait_with_progress
 from zdask.graph.canvas import Canvas
@@ -65,7 +64,7 @@ def neighbour_pairs(cells, side: int, step: int) -> list[tuple[int, int]]:
 
 
 def _binned(root: str, cell) -> tuple[np.ndarray, np.ndarray]:
-    group = zarr.open_group(root, path=cell.name, mode="r")
+    group = store.open_group(root, cell.name)
     return group["binned_image"][...], group["binned_coverage"][...]
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import dask
 import dask.array as da
 import numpy as np
-import zarr
 
 from zdask.cluster import wait_with_progress
 from zdask.graph.geometry import Grid
@@ -110,7 +109,7 @@ def finish_cell(_writes, root: str, name: str, factor: int, rgb_equalize: bool, 
     """Worker task: bin the stored cell by ``factor`` (bands of rows), store the binned image and
     coverage, and return its summary: health, RGB gains (median equalisation of the binned
     cell; 1 for mono or when off), rejected fraction, peak coverage."""
-    group = zarr.open_group(root, path=name, mode="r+")
+    group = store.open_group(root, name, mode="r+")
     image, coverage = group["image"], group["coverage"]
     h = image.shape[0] // factor * factor
     band = max(factor, BAND_ROWS // factor * factor)
@@ -147,7 +146,7 @@ def stack_cells(jobs: list[CellJob], channels: int, canvas: Grid, config, client
     pending = []
     for job in jobs:
         if store.is_complete(work.root, job.name, job.fp):
-            summary = dict(zarr.open_group(work.root, path=job.name, mode="r").attrs["summary"])
+            summary = dict(store.open_group(work.root, job.name).attrs["summary"])
             done[job.id] = StackedCell(job.id, job.name, job.fp, job.grid, job.box, len(job.sources), summary, True)
         else:
             pending.append(job)

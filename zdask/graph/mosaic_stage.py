@@ -11,7 +11,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import zarr
 
 from zdask.cluster import wait_with_progress
 from zdask.graph.canvas import Canvas
@@ -53,7 +52,7 @@ def assemble_mosaic(tiles: list[MasterTile], canvas: Canvas, channels: int, fram
     grid, scale = canvas.grid, canvas.scale_arcsec
     fp = store.fingerprint([t.fingerprint for t in tiles], grid.to_json(), config.stage_digest("mosaic"))
     if store.is_complete(work.root, "mosaic", fp):
-        attrs = dict(zarr.open_group(work.root, path="mosaic", mode="r").attrs)
+        attrs = dict(store.open_group(work.root, "mosaic").attrs)
         return attrs["wcs"], {**attrs["summary"], "reused": True}
     factor = config.match_bin
     placed, entries = [], []

@@ -35,6 +35,7 @@ from zdask.graph.modes.base import Workspace
 from zdask.graph.write import write_mosaic_outputs, write_report
 from zdask.io.folderlock import FolderInUse, FolderLock
 from zdask.io.outputs import atomic_path
+from zdask.io.store import StoreUnreachable, check_store, is_url, work_store_root
 from zdask.ops.coadd import warm_up as coadd_warm_up
 from zdask.ops.stacking import warm_up
 
@@ -44,15 +45,17 @@ __all__ = ["RunError", "run", "check_output_location", "claim_output_folder"]
 PERFORMANCE_REPORT = "performance-report.html"
 
 
-def check_output_location(inputs: Sequence[str], out_dir: str, what: str = "input folder") -> None:
-    """Refuse a missing input, and an output folder inside an input folder: inputs are never written."""
+def check_output_location(inputs: Sequence[str], out_dir: str, what: str = "input folder",
+                          kind: str = "output folder", option: str = "--out") -> None:
+    """Refuse a missing input, and an output folder (or a local working store: ``kind``,
+    ``option``) inside an input folder: inputs are never written."""
     out = os.path.realpath(out_dir)
     for item in inputs:
         if not os.path.exists(item):
             raise RunError(f"{item}: no such file or folder")
         folder = os.path.realpath(item if os.path.isdir(item) else os.path.dirname(item) or ".")
         if out == folder or out.startswith(folder + os.sep):
-            raise RunError(f"output folder {out_dir} is inside {what} {item}; choose another --out")
+            raise RunError(f"{kind} {out_dir} is inside {what} {item}; choose another {option}")
 
 
 def claim_output_folder(out_dir: str) -> FolderLock:
@@ -87,12 +90,27 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, client=None, say=pr
     # and the notice leaks. One filter for the whole run, set before any thread starts, holds.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
-        check_output_location(inputs, out_dir, "the tiles folder" if mode.INPUT == "tiles" else "input folder")
+        what = "the tiles folder" if mode.INPUT == "tiles" else "input folder"
+        check_output_location(inputs, out_dir, what)
+        work_root = work_store_root(out_dir, config.work)
+        if config.work is not None and not is_url(work_root):
+            check_output_location(inputs, work_root, what, "working store", "--work")
         with claim_output_folder(out_dir):
-            work = Workspace(out_dir, say, console)
+            work = Workspace(out_dir, say, console, config.work)
+            _check_work_store(work.root)
             if mode.INPUT == "tiles":
                 return _run_tiles(mode, inputs[0], config, client, work)
             return _run_frames(mode, inputs, config, client, work)
+
+
+def _check_work_store(root: str) -> None:
+    """A working store at a URL is opened (created) before any work: a missing bucket or refused
+    credentials fail in one line, not in the first worker's task."""
+    if is_url(root):
+        try:
+            check_store(root)
+        except StoreUnreachable as exc:
+            raise RunError(str(exc)) from None
 
 
 @contextlib.contextmanager

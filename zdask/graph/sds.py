@@ -43,7 +43,6 @@ from dataclasses import dataclass
 import dask
 import dask.array as da
 import numpy as np
-import zarr
 
 from zdask.graph.geometry import Grid, grid_bbox_of
 from zdask.graph.mosaic import crop_grid
@@ -157,7 +156,7 @@ def megatile_block(spec: TileStack, rows: tuple[int, int], cols: tuple[int, int]
 
 
 def _write(root: str, path: str, where: tuple, data: np.ndarray) -> None:
-    zarr.open_array(root, path=path, mode="r+")[where] = data
+    store.open_array_at(root, path, "r+")[where] = data
 
 
 def megatile_tasks(spec: TileStack, root: str, name: str, blocks: BlockGrid, touched: Sequence[tuple[int, int]],
@@ -183,7 +182,7 @@ def lot_gain(root: str, reference: MegaTile, lot: MegaTile, method: str, min_fra
     over the bounding box of the pixels both cover (so the result does not depend on the blocks;
     none: the fallback, gain 1)."""
     read = lambda tile, key, window=(slice(None), slice(None)): \
-        zarr.open_array(root, path=f"{tile.name}/{key}", mode="r")[window]  # noqa: E731
+        store.open_array_at(root, f"{tile.name}/{key}")[window]  # noqa: E731
     ref_cov, cov = read(reference, "binned_coverage"), read(lot, "binned_coverage")
     both = overlap_mask(ref_cov, cov, reference.coverage_peak, lot.coverage_peak, min_fraction)
     rows, cols = np.flatnonzero(both.any(axis=1)), np.flatnonzero(both.any(axis=0))
@@ -221,10 +220,10 @@ def global_block(members: tuple[tuple[str, tuple, tuple, str | None], ...], rows
     stack = np.empty((len(members), r1 - r0, c1 - c0, channels), dtype=np.float32)
     weights = np.empty((len(members), r1 - r0, c1 - c0), dtype=np.float32)
     for k, (tile, _, _, alpha) in enumerate(members):
-        stack[k] = zarr.open_array(root, path=f"{tile}/image", mode="r")[where]
-        weights[k] = zarr.open_array(root, path=f"{tile}/coverage", mode="r")[where]
+        stack[k] = store.open_array_at(root, f"{tile}/image")[where]
+        weights[k] = store.open_array_at(root, f"{tile}/coverage")[where]
         if alpha is not None:
-            cut = zarr.open_array(root, path=alpha, mode="r")[where]
+            cut = store.open_array_at(root, alpha)[where]
             weights[k] *= cut
             # A corner the mask cuts takes no part in the rejection either (as it is absent
             # from a cleaned master tile): weight 0 alone would still count in the median.
@@ -271,13 +270,13 @@ def crop_box(root: str, name: str, threshold: float, shape: tuple[int, int], fac
     exact on four strips of ``factor`` pixels); else the whole canvas. None when no pixel does."""
     # (a cut at 0 keeps every pixel; the box is still that of the covered ones)
     threshold = max(float(threshold), float(np.finfo(np.float32).tiny))
-    peaks = zarr.open_array(root, path=f"{name}/peak_coverage", mode="r")[:]
+    peaks = store.open_array_at(root, f"{name}/peak_coverage")[:]
     coarse = autocrop_box(peaks, min_coverage=threshold)
     if coarse is None:
         return None
     if not autocrop:
         return 0, shape[0], 0, shape[1]
-    coverage = zarr.open_array(root, path=f"{name}/coverage", mode="r")
+    coverage = store.open_array_at(root, f"{name}/coverage")
     y0, y1 = coarse[0] * factor, min(shape[0], coarse[1] * factor)
     x0, x1 = coarse[2] * factor, min(shape[1], coarse[3] * factor)
     # The first (last) kept row lies in the box's first (last) cell row; likewise for columns.
@@ -298,8 +297,8 @@ def polished_arrays(root: str, name: str, canvas: Grid, box: tuple[int, int, int
     the cut keeps, on the whole canvas (:func:`zdask.graph.sds_polish.renormalise_block`). Also
     ``grid``, the cropped canvas (its WCS moved with the crop)."""
     y0, y1, x0, x1 = box
-    stored_image = zarr.open_array(root, path=f"{name}/image", mode="r")
-    stored_coverage = zarr.open_array(root, path=f"{name}/coverage", mode="r")
+    stored_image = store.open_array_at(root, f"{name}/image")
+    stored_coverage = store.open_array_at(root, f"{name}/coverage")
     image = da.from_array(stored_image, chunks=stored_image.chunks, asarray=True)
     if renormalise:
         image = image.map_blocks(renormalise_block, root, f"{name}/coverage", float(threshold),

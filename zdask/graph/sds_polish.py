@@ -30,7 +30,6 @@ from collections.abc import Sequence
 
 import dask
 import numpy as np
-import zarr
 
 from zdask.io import store
 from zdask.ops.masks import (MIN_KEEP_FRACTION, RENORM_SMOOTH_PX, altaz_alpha, altaz_reach,
@@ -51,7 +50,7 @@ def _window(rows: tuple[int, int], cols: tuple[int, int], shape: tuple[int, int]
 
 
 def _coverage(root: str, path: str, window: tuple) -> np.ndarray:
-    return np.nan_to_num(np.asarray(zarr.open_array(root, path=path, mode="r")[window], dtype=np.float32))
+    return np.nan_to_num(np.asarray(store.open_array_at(root, path)[window], dtype=np.float32))
 
 
 # --- alt-az cleanup of a lot's mega-tile -----------------------------------------------------------
@@ -74,7 +73,7 @@ def altaz_block(root: str, coverage: str, alpha: str, rows: tuple[int, int], col
                          **{k: params[k] for k in ALTAZ_PARAMS})
     block = np.ascontiguousarray(result.alpha[inner], dtype=np.float32)
     (r0, r1), (c0, c1) = rows, cols
-    zarr.open_array(root, path=alpha, mode="r+")[r0:r1, c0:c1] = block
+    store.open_array_at(root, alpha, mode="r+")[r0:r1, c0:c1] = block
     return {"kept": int(np.count_nonzero(block > 0)), "covered": int(np.count_nonzero(cov[inner] > 0))}
 
 

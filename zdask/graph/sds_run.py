@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import dask
 import numpy as np
-import zarr
 
 from zdask.graph import sds
 from zdask.graph.geometry import Grid
@@ -191,7 +190,7 @@ def run_sds(
                                side, factor)
         name = f"sds/lots/{fp}"
         if store.is_complete(root, name, fp):
-            megatiles[k] = sds.MegaTile(**_tile_fields(zarr.open_group(root, path=name, mode="r").attrs["megatile"]))
+            megatiles[k] = sds.MegaTile(**_tile_fields(store.open_group(root, name).attrs["megatile"]))
             reused.add(k)
             log(k)
             continue
@@ -242,7 +241,7 @@ def run_sds(
                                  alphas, settings.global_method, settings.global_params, side, factor)
     stack_name = f"sds/stack/{stack_fp}"
     if store.is_complete(root, stack_name, stack_fp):
-        summary = dict(zarr.open_group(root, path=stack_name, mode="r").attrs["summary"])
+        summary = dict(store.open_group(root, stack_name).attrs["summary"])
     else:
         store.begin_entry(root, stack_name)
         sds.create_stack_store(root, stack_name, blocks, channels, factor)
@@ -300,7 +299,7 @@ def _altaz_alphas(lots, megatiles, asked: set[int], root: str, blocks, params: d
         fp = store.fingerprint(tile.name, len(lot.frames), params, blocks.side)
         name = f"sds/altaz/{fp}"
         if store.is_complete(root, name, fp):
-            counts[k] = (name, dict(zarr.open_group(root, path=name, mode="r").attrs["counts"]))
+            counts[k] = (name, dict(store.open_group(root, name).attrs["counts"]))
             continue
         store.begin_entry(root, name)
         create_alpha_store(root, name, blocks.shape, blocks.side)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import dask
 import numpy as np
-import zarr
 
 from zdask.cluster import wait_with_progress
 from zdask.graph.geometry import Grid
@@ -114,6 +113,9 @@ def stack_master_tiles(plan, front, config, client, work) -> tuple[list[MasterTi
         pending.append(_Stacking(job, {}, job.grid, fp, sources, [f.exptime_s for f in frames],
                                  [front.stats[f.path] for f in frames]))
     futures = [None] * len(pending)
+    # The tiles' FITS files go to the output folder, which is the client's: with the store at a
+    # URL the workers may run on nodes that do not see that folder, so the client writes them.
+    by_client = store.is_url(work.root)
 
     def submit_tile(k: int) -> None:
         item = pending[k]
@@ -125,7 +127,7 @@ def stack_master_tiles(plan, front, config, client, work) -> tuple[list[MasterTi
         # read back from the store: summing the lazy arrays here as well would be optimised as
         # separate collections and warp every block once per sum.
         summary = dask.delayed(_finish)(writes, work.root, tile.zarr, tile.mode, len(item.sources),
-                                        item.job.cleanup, config, _tile_file(work, tile),
+                                        item.job.cleanup, config, None if by_client else _tile_file(work, tile),
                                         dask_key_name=task_key("finish-tile", item.job.id, item.fp))
         futures[k] = client.compute(summary)
 
@@ -139,7 +141,7 @@ def stack_master_tiles(plan, front, config, client, work) -> tuple[list[MasterTi
         store.mark_complete(work.root, tiles[item.job.id].zarr, item.fp, summary=summary)
     ordered = [tiles[job.id] for job in plan.tiles]
     for tile in ordered:
-        if tile.reused:  # (the tiles just computed wrote theirs in their finishing task)
+        if tile.reused or (by_client and tile.grid is not None):  # (else written by the finishing task)
             write_tile_fits(work.root, _tile_file(work, tile))
         if not tile.healthy:
             text = f"tile {tile.id} excluded from the mosaic: {tile.health_reason}"
@@ -213,11 +215,12 @@ def _fit_backgrounds(config, work, client, pending: list[_Stacking], then, mesh:
     wait_with_progress(futures, "local backgrounds", work.console, on_result=with_backgrounds)
 
 
-def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: TileFile) -> dict:
-    """Worker task: the finishing pass, the tile's FITS file, and the tile's summary."""
+def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: TileFile | None) -> dict:
+    """Worker task: the finishing pass, the tile's FITS file (unless None), and the tile's summary."""
     summary = finish_tile(root, name, mode, n_frames, cleanup, config)
-    write_tile_fits(root, tile_file)
-    group = zarr.open_group(root, path=name, mode="r")
+    if tile_file is not None:
+        write_tile_fits(root, tile_file)
+    group = store.open_group(root, name)
     rejected = sum(int(read_whole(group[k]).sum(dtype=np.int64)) for k in ("rejected_low", "rejected_high"))
     total = rejected + int(read_whole(group["count"]).sum(dtype=np.int64))
     summary["rejected_fraction"] = rejected / total if total else 0.0
@@ -225,7 +228,7 @@ def _finish(_writes, root, name, mode, n_frames, cleanup, config, tile_file: Til
 
 
 def zarr_summary(root: str, name: str) -> dict:
-    return dict(zarr.open_group(root, path=name, mode="r").attrs["summary"])
+    return dict(store.open_group(root, name).attrs["summary"])
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,7 @@ def write_tile_fits(root: str, tile: TileFile) -> None:
                 return
         except OSError:
             pass  # unreadable leftovers are simply replaced
-    group = zarr.open_group(root, path=tile.zarr, mode="r")
+    group = store.open_group(root, tile.zarr)
     alpha = np.round(np.clip(read_whole(group["alpha"]), 0, 1) * 255).astype(np.uint8)
     write_image_fits(
         tile.path, read_whole(group["image"]), tile.wcs_header,

@@ -12,13 +12,13 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import zarr
 from astropy.io import fits
 from astropy.wcs import WCS
 from dask.utils import parse_bytes
 
 from zdask.graph.geometry import footprint_outline
 from zdask.graph.modes.base import ModeResult, Workspace
+from zdask.io import store
 from zdask.io.outputs import PreviewSampler, rows_per_band, write_json, write_mosaic, write_text
 from zdask.io.reporthtml import TileOutline, render_report_html
 
@@ -40,7 +40,7 @@ def write_mosaic_outputs(result: ModeResult, config, work: Workspace) -> Written
     """mosaic.fits and preview.png from the mode's arrays in Zarr (each written atomically),
     streamed in bands of rows of at most the stacking budget, so no process ever holds the whole
     canvas."""
-    group = zarr.open_group(work.root, path=result.group, mode="r")
+    group = store.open_group(work.root, result.group)
     image, coverage = group["image"], group["coverage"]
     # Bands of a quarter of the budget: two are in memory at once (one read while the other is
     # written), and bands of hundreds of MB cost more in page faults than their fewer writes save.

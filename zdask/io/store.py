@@ -1,5 +1,15 @@
 """Layout of the working Zarr store ``DIR/work.zarr`` and its fingerprints.
 
+The store may live elsewhere (``Config.work``): a folder, or any fsspec URL whose package is
+installed (``s3://bucket/run1``, ``gs://``, ``memory://`` ...), so that workers on nodes without a
+shared file system read and write the same store. Everything that opens it goes through this
+module with the store's *root* (a local path or a URL string: :func:`work_store_root`). A URL's
+credentials and endpoint come from the environment of every process that opens it (the client's
+and each worker's), as fsspec and its backends read them: for S3 and S3-compatible servers
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` (or fsspec's
+``FSSPEC_S3_ENDPOINT_URL``). Environment, not settings: a worker started by SLURM or Kubernetes
+gets it the way it gets its credentials, and no secret is written into report.json.
+
 ```
 work.zarr/
   hotpixels/<sensor>        int64 flat indices of the sensor's hot pixels       attrs: fingerprint
@@ -78,8 +88,72 @@ def frame_key(path: str) -> str:
     return f"{safe}-{hashlib.sha256(path.encode()).hexdigest()[:10]}"
 
 
+#: The store's folder in the output folder when ``Config.work`` is not set.
+DEFAULT_STORE_NAME = "work.zarr"
+
+
+def is_url(root: str) -> bool:
+    """Whether ``root`` is an fsspec URL (``s3://...``) rather than a local path."""
+    return "://" in root
+
+
+def work_store_root(out_dir: str, work: str | None) -> str:
+    """The working store's root: ``work`` (a path or an fsspec URL), or ``work.zarr`` in the output
+    folder. A ``file://`` URL becomes its path, so that local reads and writes keep their direct
+    paths (:mod:`zdask.io.chunkrows`)."""
+    if not work:
+        return os.path.join(out_dir, DEFAULT_STORE_NAME)
+    if work.startswith("file://"):
+        return work[len("file://"):] or "/"
+    return work.rstrip("/") if is_url(work) else work
+
+
+def url_problem(url: str) -> str | None:
+    """Why no store can be opened at ``url`` (unknown protocol, its package missing), or None."""
+    import fsspec
+
+    protocol = url.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        return f"unknown protocol {protocol!r}"
+    except ImportError as exc:
+        return f"protocol {protocol!r} needs a package that is not installed ({exc})"
+    return None
+
+
+class StoreUnreachable(OSError):
+    """The working store cannot be opened or created (one line naming it and why)."""
+
+
+def check_store(root: str) -> None:
+    """Open the store's root group, creating it: raises :class:`StoreUnreachable` (a missing
+    bucket, refused credentials, an unreachable server) before a run starts any work."""
+    try:
+        open_store(root)
+    except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own kinds (botocore, aiohttp)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise StoreUnreachable(f"working store {root}: {reason}") from None
+
+
 def open_store(root: str, mode: str = "a") -> zarr.Group:
-    return zarr.open_group(root, mode=mode)
+    """The store's root group (``mode`` 'a' creates it)."""
+    return zarr.open_group(root, mode=mode, zarr_format=3)
+
+
+def open_group(root: str, path: str, mode: str = "r") -> zarr.Group:
+    """The group ``path`` of the store (``mode`` 'r', 'r+', or 'a' to create it)."""
+    return zarr.open_group(root, path=path, mode=mode, zarr_format=3)
+
+
+def open_array_at(root: str, path: str, mode: str = "r") -> zarr.Array:
+    """The array ``path`` of the store, not cached (for writes, or arrays read once)."""
+    return zarr.open_array(root, path=path, mode=mode, zarr_format=3)
+
+
+def open_node(root: str, path: str, mode: str = "r") -> zarr.Array | zarr.Group:
+    """The array or group ``path`` of the store."""
+    return zarr.open(root, path=path, mode=mode, zarr_format=3)
 
 
 # A block task of a master tile opens every frame of its group: with fewer entries than a group
@@ -88,7 +162,7 @@ def open_store(root: str, mode: str = "a") -> zarr.Group:
 # ~20 KiB for a calibrated frame (its statistics and kept stars), 80 MB if all 4096 are frames.
 @functools.lru_cache(maxsize=4096)
 def _open_array_cached(root: str, name: str, token: str) -> zarr.Array:
-    return zarr.open_array(root, path=name, mode="r")
+    return open_array_at(root, name)
 
 
 def open_array(root: str, name: str, token: str = "") -> zarr.Array:
@@ -99,7 +173,7 @@ def open_array(root: str, name: str, token: str = "") -> zarr.Array:
 def is_complete(root: str, name: str, expected: str) -> bool:
     """True when ``name`` (array or group) exists with the fingerprint ``expected``."""
     try:
-        node = zarr.open(root, path=name, mode="r")
+        node = open_node(root, name)
     except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
         return False
     return node.attrs.get("fingerprint") == expected
@@ -125,7 +199,7 @@ def complete_entry_of(group: zarr.Group, name: str) -> str | None:
 def begin_entry(root: str, name: str) -> None:
     """About to (re)write entry ``name``: remove its completion mark first, if it has one."""
     try:
-        node = zarr.open(root, path=name, mode="r+")
+        node = open_node(root, name, "r+")
     except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
         return
     if "fingerprint" in node.attrs:
@@ -151,5 +225,5 @@ def create_array(
 
 def mark_complete(root: str, name: str, fp: str, **attrs: Any) -> None:
     """Record the fingerprint (and other attributes) of a finished entry, last."""
-    node = zarr.open(root, path=name, mode="r+")
+    node = open_node(root, name, "r+")
     node.attrs.update({**attrs, "fingerprint": fp})

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
 from zdask.graph.geometry import Grid
+from zdask.io.store import work_store_root
 
 
 @dataclass(frozen=True)
 class Workspace:
-    """Where a run writes and how it talks: the output folder (its working Zarr store is
-    ``work.zarr`` inside), the one-line logger and the console for progress bars."""
+    """Where a run writes and how it talks: the output folder, the one-line logger, the console
+    for progress bars, and where the working Zarr store is (``Config.work``: a path or an fsspec
+    URL; None is ``work.zarr`` in the output folder)."""
 
     out_dir: str
     say: Callable[[str], None]
     console: object = None
+    work_url: str | None = None
 
     @property
     def root(self) -> str:
-        return os.path.join(self.out_dir, "work.zarr")
+        """The working store's root, as every function of :mod:`zdask.io.store` takes it."""
+        return work_store_root(self.out_dir, self.work_url)
 
 
 @dataclass(frozen=True)

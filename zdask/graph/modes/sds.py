@@ -41,7 +41,6 @@ from dataclasses import dataclass
 import dask
 import dask.array as da
 import numpy as np
-import zarr
 
 from zdask.cluster import wait_with_progress
 from zdask.graph.canvas import Canvas, canvas_of_grids
@@ -219,7 +218,7 @@ MOSAIC = "sds/mosaic"
 
 def _field_kept(root: str, stack: str, threshold: float, client) -> float:
     """Fraction of the global stack's covered pixels that the coverage cut keeps."""
-    stored = zarr.open_array(root, path=f"{stack}/coverage", mode="r")
+    stored = store.open_array_at(root, f"{stack}/coverage")
     coverage = da.from_array(stored, chunks=stored.chunks, asarray=True)
     counts = da.stack([(coverage > 0).sum(), (coverage >= np.float32(threshold)).sum()])
     covered, kept = client.compute(counts).result()
