@@ -23,15 +23,13 @@ across cells of each cell's median, per channel, before scaling and after.
 
 from __future__ import annotations
 
-import dask
-import dask.array as da
 import numpy as np
 
-from zdask.cluster import wait_with_progress
 from zdask.graph.canvas import Canvas
 from zdask.graph.errors import RunError
 from zdask.graph.harmonize import binned_shape, plan_tile_photometry
-from zdask.graph.mosaic import PlacedTile, crop_grid, mosaic_arrays
+from zdask.graph.mosaic import PlacedTile, crop_grid
+from zdask.graph.mosaic_stage import coadd_into_store
 from zdask.io import store
 from zdask.ops.background import Surface
 from zdask.ops.cellscale import apply_cell_scaling, cell_stats, reference_cell, scale_cells
@@ -169,14 +167,7 @@ def blend_cells(cells, places, side: int, step: int, canvas: Canvas, channels: i
                            [p.surface for p in placed], cropped.to_json(), config.stage_digest("mosaic"))
     reused = store.is_complete(work.root, "grid/mosaic", fp)
     if not reused:
-        arrays = mosaic_arrays(placed, cropped, channels, config.canvas_block, config.warp_grid_step,
-                               origin=(box[0], box[2]))
-        store.begin_entry(work.root, "grid/mosaic")
-        group = store.open_store(work.root)
-        targets = [store.create_array(group, f"grid/mosaic/{key}", arrays[key].shape, arrays[key].dtype,
-                                      tuple(c[0] for c in arrays[key].chunks)) for key in ("image", "coverage")]
-        writes = da.store([arrays["image"], arrays["coverage"]], targets, lock=False, compute=False)
-        wait_with_progress([client.compute(dask.delayed(lambda _: None)(writes))], "grid blend", work.console)
+        coadd_into_store(placed, cropped, (box[0], box[2]), channels, config, client, work, "grid/mosaic", fp)
         store.mark_complete(work.root, "grid/mosaic", fp)
     per_cell = {c.id: {"gain": [float(v) for v in gains[k]], "offset": [float(v) for v in scaling.offsets[k]],
                        "scaling_gain": [float(v) for v in scaling.gains[k]],

@@ -98,16 +98,7 @@ def assemble_mosaic(tiles: list[MasterTile], canvas: Canvas, channels: int, fram
                                 tuple(float(v) for v in photometry["gains"][k]),
                                 tuple(float(v) for v in photometry["offsets"][k]),
                                 photometry["surfaces"][k]))
-    arrays = mosaic_arrays(final, cropped, channels, config.canvas_block, config.warp_grid_step,
-                           origin=(box[0], box[2]))
-    # The canvas of other tiles or settings is replaced under the same name: unmark it first,
-    # or a crash while writing would leave it marked complete for the old fingerprint.
-    store.begin_entry(work.root, "mosaic")
-    group = store.open_store(work.root)
-    targets = [store.create_array(group, f"mosaic/{key}", arrays[key].shape, arrays[key].dtype,
-                                  tuple(c[0] for c in arrays[key].chunks)) for key in ("image", "coverage")]
-    writes = store_named([arrays["image"], arrays["coverage"]], targets, "write-mosaic", None, fp)
-    wait_with_progress([client.compute(writes)], "mosaic", work.console)
+    coadd_into_store(final, cropped, (box[0], box[2]), channels, config, client, work, "mosaic", fp)
     per_tile = {t.id: {"gains": [float(v) for v in photometry["gains"][k]],
                           "offsets": [float(v) for v in photometry["offsets"][k]],
                           "surface": photometry["surfaces"][k]}
@@ -130,3 +121,20 @@ def assemble_mosaic(tiles: list[MasterTile], canvas: Canvas, channels: int, fram
     work.say(f"sky surface shared by all tiles: determined by the data {common['determined'] or 'nothing'}, "
             f"left as matched {common['undetermined'] or 'nothing'}, assumed flat {common.get('assumed_flat', [])}")
     return cropped.wcs_header, {**summary, "reused": False}
+
+
+def coadd_into_store(tiles: list[PlacedTile], canvas, origin: tuple[int, int], channels: int, config, client,
+                     work, name: str, fp: str) -> None:
+    """The feathered coadd of ``tiles`` on ``canvas`` written as ``name``/image and
+    ``name``/coverage in the work store, block by block by the workers (not yet marked
+    complete: the caller does, with its summary)."""
+    arrays = mosaic_arrays(tiles, canvas, channels, config.canvas_block, config.warp_grid_step, origin=origin)
+    # The canvas of other tiles or settings is replaced under the same name: unmark it first,
+    # or a crash while writing would leave it marked complete for the old fingerprint.
+    store.begin_entry(work.root, name)
+    group = store.open_store(work.root)
+    targets = [store.create_array(group, f"{name}/{key}", arrays[key].shape, arrays[key].dtype,
+                                  tuple(c[0] for c in arrays[key].chunks)) for key in ("image", "coverage")]
+    writes = store_named([arrays["image"], arrays["coverage"]], targets, "write-mosaic", None, fp)
+    wait_with_progress([client.compute(writes)], name, work.console)
+
