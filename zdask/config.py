@@ -13,16 +13,13 @@ import hashlib
 import json
 import os
 import tomllib
-import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
-from zdask.config_base import STAGES, ConfigError, _doc, _has_type, _type_words
+from zdask.config_base import STAGES, ConfigError, _doc
+from zdask.config_rules import NORMALIZATIONS, REJECT_METHODS, WEIGHTINGS, check_fields
 from zdask.config_sections import ClusterConfig, GridConfig, SdsConfig
 
-REJECT_METHODS = ("kappa_sigma", "winsorized", "linear_fit_clip", "median", "mean", "sum")
-NORMALIZATIONS = ("none", "additive", "multiplicative", "linear_fit")
-WEIGHTINGS = ("none", "exposure", "noise_variance")
 
 
 #: The sections of the configuration: name → the dataclass of its fields.
@@ -340,122 +337,9 @@ class Config:
 
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> "Config":
-        """Check every field; raise ConfigError naming the field and the allowed values."""
-        from dask.utils import parse_bytes
-
-        from zdask.graph.modes import MODES
-
-        def bad(name: str, allowed: str) -> ConfigError:
-            return ConfigError(f"config field '{name}' = {getattr(self, name)!r}: {allowed}")
-
-        # Types first, from the annotations, so that no field escapes and the range rules
-        # below compare numbers with numbers.
-        for f, expected in _field_types().items():
-            if not _has_type(getattr(self, f), expected):
-                raise bad(f, f"must be {_type_words(expected)}")
-
-        if self.mode not in MODES:
-            raise bad("mode", "allowed values are " + ", ".join(MODES))
-        self.sds.validate()
-        self.grid.validate()
-        self.cluster.validate()
-        if not (isinstance(self.link_fov_fraction, (int, float)) and self.link_fov_fraction > 0):
-            raise bad("link_fov_fraction", "must be a number > 0")
-        if not (isinstance(self.max_group_size, int) and self.max_group_size >= 1):
-            raise bad("max_group_size", "must be an integer >= 1")
-        if not (isinstance(self.hot_pixel_sigma, (int, float)) and self.hot_pixel_sigma > 0):
-            raise bad("hot_pixel_sigma", "must be a number > 0")
-        if not (0 < self.hot_pixel_min_fraction <= 1):
-            raise bad("hot_pixel_min_fraction", "must be in (0, 1]")
-        if not (self.hot_pixel_frames == 0 or self.hot_pixel_frames >= 3):
-            raise bad("hot_pixel_frames", "must be 0 (all frames) or an integer >= 3")
-        if not (isinstance(self.max_saturated_fraction, (int, float)) and 0 <= self.max_saturated_fraction <= 1):
-            raise bad("max_saturated_fraction", "must be in [0, 1]")
-        if not (isinstance(self.min_frame_stars, int) and self.min_frame_stars >= 0):
-            raise bad("min_frame_stars", "must be an integer >= 0 (0 disables)")
-        if self.reject not in REJECT_METHODS:
-            raise bad("reject", "allowed values are " + ", ".join(REJECT_METHODS))
-        if (
-            not isinstance(self.kappa, tuple)
-            or len(self.kappa) != 2
-            or not all(isinstance(k, (int, float)) and k > 0 for k in self.kappa)
-        ):
-            raise bad("kappa", "must be two numbers > 0 (low, high), e.g. 3,3")
-        if not (isinstance(self.iterations, int) and self.iterations >= 1):
-            raise bad("iterations", "must be an integer >= 1")
-        if self.normalization not in NORMALIZATIONS:
-            raise bad("normalization", "allowed values are " + ", ".join(NORMALIZATIONS))
-        if self.weights not in WEIGHTINGS:
-            raise bad("weights", "allowed values are " + ", ".join(WEIGHTINGS))
-        try:
-            if parse_bytes(self.budget) < 1 << 20:
-                raise ValueError
-        except (ValueError, TypeError):
-            raise bad("budget", "must be a byte size of at least 1MiB, e.g. '256MiB'") from None
-        if not (isinstance(self.warp_grid_step, int) and 4 <= self.warp_grid_step <= 256):
-            raise bad("warp_grid_step", "must be an integer in 4..256")
-        if not (isinstance(self.align_threshold_px, (int, float)) and self.align_threshold_px > 0):
-            raise bad("align_threshold_px", "must be a number > 0")
-        for name in ("align", "altaz_cleanup", "rgb_equalize", "harmonize", "coverage_renorm", "autocrop"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "must be true or false")
-        if not (isinstance(self.altaz_min_abs, (int, float)) and self.altaz_min_abs >= 1):
-            raise bad("altaz_min_abs", "must be a number >= 1")
-        if not (isinstance(self.altaz_min_frac, (int, float)) and 0 <= self.altaz_min_frac <= 1):
-            raise bad("altaz_min_frac", "must be in [0, 1]")
-        for name in ("altaz_opening_px", "altaz_ramp_px", "feather_px"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
-                raise bad(name, "must be an integer >= 0")
-        lo, hi = self.rgb_gain_range if len(self.rgb_gain_range) == 2 else (0, 0)
-        if not (0 < lo <= 1 <= hi):
-            raise bad("rgb_gain_range", "must be two numbers low, high with 0 < low <= 1 <= high")
-        if self.sky_surface_order not in (-1, 0, 1, 2):
-            raise bad("sky_surface_order", "allowed values are -1 (off), 0, 1, 2")
-        if not (self.background_mesh == 0 or self.background_mesh >= 32):  # zdask.ops.bgmesh.MIN_MESH
-            raise bad("background_mesh", "must be 0 (off) or an integer >= 32 (pixels of the raw frame)")
-        if not (isinstance(self.match_bin, int) and 1 <= self.match_bin <= 64):
-            raise bad("match_bin", "must be an integer in 1..64")
-        if not (isinstance(self.canvas_block, int) and 256 <= self.canvas_block <= 8192):
-            raise bad("canvas_block", "must be an integer in 256..8192")
-        if not (isinstance(self.max_canvas_pixels, int) and self.max_canvas_pixels >= 1):
-            raise bad("max_canvas_pixels", "must be an integer >= 1 (pixels)")
-        if not (isinstance(self.tile_margin, int) and self.tile_margin >= 0):
-            raise bad("tile_margin", "must be an integer >= 0")
-        for name in ("workers", "threads_per_worker"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise bad(name, "must be an integer >= 1 or unset")
-        if self.memory_limit != "auto":
-            try:
-                parse_bytes(self.memory_limit)
-            except (ValueError, TypeError):
-                raise bad("memory_limit", "must be 'auto' or a byte size such as '4GiB'") from None
-        _host, colon, port = self.dashboard_address.rpartition(":")
-        if not (colon and port.isdigit() and int(port) <= 65535):
-            raise bad("dashboard_address", "must be HOST:PORT with a port in 0..65535, e.g. 127.0.0.1:8787")
-        if not isinstance(self.performance_report, bool):
-            raise bad("performance_report", "must be true or false")
-        if self.work is not None:
-            from zdask.io.store import is_url, url_problem
-
-            if not self.work.strip():
-                raise bad("work", "must be a folder or an fsspec URL such as s3://bucket/run1, or unset")
-            problem = url_problem(self.work) if is_url(self.work) else None
-            if problem:
-                raise bad("work", problem)
-        if self.cluster.kind != "local":
-            for name in ("scheduler", "workers", "threads_per_worker"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(
-                        f"config fields 'cluster.kind' = {self.cluster.kind!r} and '{name}' conflict: "
-                        f"'{name}' is for the embedded cluster or a running scheduler; size the "
-                        f"{self.cluster.kind} cluster with cluster.jobs, cluster.cores, cluster.memory"
-                    )
-        if self.scheduler is not None and self.workers is not None:
-            raise ConfigError(
-                "config fields 'scheduler' and 'workers' conflict: an existing scheduler brings "
-                "its own workers; set one of them"
-            )
+        """Check every field; raise ConfigError naming the field and the allowed values
+        (the rules: :func:`zdask.config_rules.check_fields`)."""
+        check_fields(self)
         return self
 
     # ---------------------------------------------------------------------------------------------
@@ -511,11 +395,6 @@ def _all_fields() -> list[tuple[str, dataclasses.Field]]:
         else:
             found.append((f.name, f))
     return found
-
-
-def _field_types() -> dict[str, Any]:
-    """Each field's annotation, resolved (the module's annotations are strings)."""
-    return typing.get_type_hints(Config)
 
 
 def _number_pair(name: str, value: Any, example: str, single_ok: bool) -> Any:
