@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from zdask.graph.geometry import Grid, tan_header
-from zdask.graph.sds_plan import footprint_cells, lots_json, plan_lots, summarize_lots
+from zdask.graph.geometry import Grid, footprint_outline, tan_header
+from zdask.graph.sds_plan import footprint_cells, footprint_mask, lots_json, plan_lots, summarize_lots
+from zdask.io.fitsheader import wcs_from_header
 from zdask.io.scan import MOUNT_ALTAZ, MOUNT_EQ, MOUNT_UNKNOWN, Frame
 
 SCALE = 2.0  # arcsec / px
@@ -35,6 +37,58 @@ def test_footprint_cells_are_exactly_the_pixels_inside_the_frame():
     wide = Grid(tan_header(10.0, 40.0, SCALE, (0.5, 0.5)), (100, 1000))
     right = footprint_cells(tan_header(10.0, 40.0, SCALE, (0.5 - 500, 0.5)), (100, 500), wide)
     np.testing.assert_array_equal(np.sort(right), (np.arange(50)[:, None] * 500 + np.arange(250, 500)).ravel())
+
+
+def rotated_header(angle_deg: float, dx: float, dy: float) -> dict:
+    """A TAN header of the canvas's tangent point, rotated by ``angle_deg``, its reference pixel
+    moved by (dx, dy)."""
+    header = tan_header(10.0, 40.0, SCALE, (0.5 + dx, 0.5 + dy))
+    a = np.radians(angle_deg)
+    s = SCALE / 3600.0
+    header.update(CD1_1=-s * np.cos(a), CD1_2=s * np.sin(a), CD2_1=s * np.sin(a), CD2_2=s * np.cos(a))
+    for key in ("CDELT1", "CDELT2", "PC1_1", "PC1_2", "PC2_1", "PC2_2", "CROTA2"):
+        header.pop(key, None)
+    return header
+
+
+def even_odd_cells(header: dict, shape: tuple[int, int], canvas: Grid) -> np.ndarray:
+    """The reference: every cell centre of a 1-px cell canvas tested against every edge of the
+    frame's outline by the even-odd rule (cells × edges)."""
+    ra, dec = footprint_outline(wcs_from_header(header), shape)
+    u, v = canvas.wcs().all_world2pix(ra, dec, 0)
+    jj, ii = np.meshgrid(np.arange(canvas.shape[1], dtype=float), np.arange(canvas.shape[0], dtype=float))
+    inside = np.zeros(jj.shape, dtype=bool)
+    for k in range(u.size):
+        ua, va, ub, vb = u[k], v[k], u[k - 1], v[k - 1]
+        if va != vb:
+            inside ^= ((va > ii) != (vb > ii)) & (jj < ua + (ii - va) * (ub - ua) / (vb - va))
+    return inside
+
+
+@pytest.mark.parametrize("angle, dx, dy", [(0.0, 30.0, 20.0), (17.0, 40.0, -10.0), (-63.5, 120.0, 35.0),
+                                           (90.0, 50.0, 120.0)])
+def test_footprint_mask_is_the_even_odd_rule_on_every_cell_centre(angle, dx, dy):
+    header = rotated_header(angle, dx, dy)
+    mask = footprint_mask(header, (60, 90), CANVAS)
+    assert mask.shape == CANVAS.shape
+    np.testing.assert_array_equal(mask, even_odd_cells(header, (60, 90), CANVAS))
+    assert 0 < mask.sum() < mask.size  # a rotated frame partly on the canvas: both kinds of cells
+
+
+def test_planner_memory_does_not_grow_with_the_frames():
+    """The planner keeps a few coarse grids, not one per frame: its peak allocation for 200
+    frames stays within a few grids (one grid of this canvas is 160 kB; keeping every frame's
+    cells, as int64 indices, would take 250 MB)."""
+    canvas = Grid(tan_header(10.0, 40.0, SCALE, (0.5, 0.5)), (400, 400))
+    frames = [frame(i, ((380, 380), i % 7)) for i in range(200)]
+    tracemalloc.start()
+    try:
+        lots = plan_lots(frames, canvas)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [len(lot.frames) for lot in lots] == [5] * 40
+    assert peak < 16 * 400 * 400
 
 
 def test_planted_layout_gives_exact_lots():
