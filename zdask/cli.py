@@ -230,8 +230,10 @@ def _grid_plan_text(inputs: list[str], cfg, as_json: bool) -> str:
 
 @app.command()
 def run(
-    inputs: Optional[list[Path]] = typer.Argument(None, help="FITS files or folders of frames."),
-    out: Path = typer.Option(..., "--out", help="Output folder (mosaic.fits, preview.png, report.json)."),
+    inputs: Optional[list[str]] = typer.Argument(None, help="FITS files or folders of frames (paths or fsspec "
+                                                           "URLs: s3://bucket/frames/)."),
+    out: str = typer.Option(..., "--out", help="Output folder (mosaic.fits, preview.png, report.json): a path "
+                                              "or an fsspec URL (s3://bucket/run1)."),
     config: Optional[Path] = typer.Option(None, help="TOML configuration file; options below override it."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running dask scheduler."),
     cluster: Optional[str] = typer.Option(
@@ -285,6 +287,7 @@ def run(
     """Build the mosaic: calibrate, stack master tiles, assemble, write outputs."""
     from zdask.cluster import ClientOnDemand, check_local_resources
     from zdask.graph.runner import run as run_pipeline
+    from zdask.io.urls import is_url, join, normalise
 
     try:
         cfg = load_config(
@@ -316,16 +319,19 @@ def run(
         _fail(f"--tiles {tiles}: no such folder")
     if tiles is None and not inputs:
         _fail("no input: give frames (INPUT...) or --tiles DIR")
-    sources = [str(tiles)] if tiles is not None else [str(p) for p in inputs]
+    # Paths as pathlib spells them (as before these options took URLs); URLs as given.
+    inputs = [p if is_url(p) else str(Path(p)) for p in inputs or []]
+    out = out if is_url(out) else str(Path(out))
+    sources = [str(tiles)] if tiles is not None else inputs
     with _failures_reported(debug):
         if cfg.scheduler is None and cfg.cluster.kind == "local":
             check_local_resources(cfg)  # before scanning: refuse a cluster this machine cannot hold
         # The command owns the cluster: opened for this run when the run first needs it (a run
         # refused before that starts none), closed after it.
         with ClientOnDemand(cfg, say) as client:
-            report = run_pipeline(sources, str(out), cfg, client=client, say=say, console=console)
+            report = run_pipeline(sources, out, cfg, client=client, say=say, console=console)
     stages = report["stages"]
-    say(f"mosaic {out / 'mosaic.fits'} ({report['mosaic']['shape'][1]}x{report['mosaic']['shape'][0]}, "
+    say(f"mosaic {join(normalise(out), 'mosaic.fits')} ({report['mosaic']['shape'][1]}x{report['mosaic']['shape'][0]}, "
         f"{report['mosaic']['covered_fraction']:.0%} covered) in {stages['total']:.1f} s")
 
 

@@ -91,3 +91,25 @@ def test_a_fits_file_that_is_not_a_mosaic_is_refused_naming_it(tmp_path):
     fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(path)
     with pytest.raises(ValueError, match=r"frame\.fits: not a zdask mosaic \(no COVERAGE or ALPHA extension\)"):
         open_mosaic(path)
+
+
+def test_a_mosaic_at_a_url_is_written_whole_and_opened_like_a_file(tmp_path):
+    """write_mosaic to an fsspec URL (fsspec's real in-memory file system) puts the same bytes
+    as the local file; open_mosaic of the URL reads the same arrays, a band of rows per block."""
+    import fsspec
+
+    path, image, coverage, header = _mosaic(tmp_path)
+    url = "memory://zdask-mosaic-test/run1/mosaic.fits"
+    fs = fsspec.filesystem("memory")
+    try:
+        write_mosaic(url, image, coverage, header, {"NTILES": 3, "NFRAMES": 40}, band_rows=16)
+        assert fs.cat_file("/zdask-mosaic-test/run1/mosaic.fits") == path.read_bytes()
+        assert fs.ls("/zdask-mosaic-test/run1", detail=False) == ["/zdask-mosaic-test/run1/mosaic.fits"]
+        ds = open_mosaic(url, block_bytes=4 * WIDTH * 20)
+        local = open_mosaic(path, block_bytes=4 * WIDTH * 20)
+        assert ds["image"].data.chunks == local["image"].data.chunks and ds.attrs["source"] == url
+        for name in ("image", "coverage", "alpha"):
+            np.testing.assert_array_equal(ds[name].values, local[name].values)
+        assert ds.attrs["NFRAMES"] == 40 and ds.attrs["wcs"].wcs.compare(local.attrs["wcs"].wcs)
+    finally:
+        fs.rm("/zdask-mosaic-test", recursive=True)

@@ -33,7 +33,8 @@ from zdask.graph.front import build_frame_front, gather_frames
 from zdask.graph.modes import mode_module
 from zdask.graph.modes.base import Workspace
 from zdask.graph.write import write_mosaic_outputs, write_report
-from zdask.io.folderlock import FolderInUse, FolderLock
+from zdask.io import urls
+from zdask.io.folderlock import LOCK_NAME, FolderInUse, FolderLock, ObjectLock, lock_folder
 from zdask.io.outputs import atomic_path
 from zdask.io.store import StoreUnreachable, check_store, is_url, work_store_root
 from zdask.ops.coadd import warm_up as coadd_warm_up
@@ -48,24 +49,24 @@ PERFORMANCE_REPORT = "performance-report.html"
 def check_output_location(inputs: Sequence[str], out_dir: str, what: str = "input folder",
                           kind: str = "output folder", option: str = "--out") -> None:
     """Refuse a missing input, and an output folder (or a local working store: ``kind``,
-    ``option``) inside an input folder: inputs are never written."""
-    out = os.path.realpath(out_dir)
+    ``option``) inside an input folder: inputs are never written. Each may be a path or a URL."""
     for item in inputs:
-        if not os.path.exists(item):
+        if not urls.exists(item):
             raise RunError(f"{item}: no such file or folder")
-        folder = os.path.realpath(item if os.path.isdir(item) else os.path.dirname(item) or ".")
-        if out == folder or out.startswith(folder + os.sep):
+        folder = item if urls.isdir(item) else (os.path.dirname(item) or ".")
+        if urls.inside(out_dir, folder):
             raise RunError(f"{kind} {out_dir} is inside {what} {item}; choose another {option}")
 
 
-def claim_output_folder(out_dir: str) -> FolderLock:
-    """Lock ``out_dir`` (creating it) for the whole run: a second run into it is refused."""
+def claim_output_folder(out_dir: str, say=print) -> FolderLock | ObjectLock:
+    """Lock ``out_dir`` (creating it; at a URL, its lock object) for the whole run: a second
+    run into it is refused."""
     try:
-        return FolderLock.acquire(out_dir)
+        return lock_folder(out_dir, say)
     except FolderInUse as exc:
-        holder = f" (pid {exc.pid})" if exc.pid else ""
-        raise RunError(f"output folder {out_dir} is in use by another zdask run{holder}; "
-                       f"wait for it or choose another --out") from None
+        gone = f"; if that run was killed, delete {urls.join(out_dir, LOCK_NAME)}" if urls.is_url(out_dir) else ""
+        raise RunError(f"output folder {out_dir} is in use by another zdask run{exc.holder}; "
+                       f"wait for it or choose another --out{gone}") from None
     except OSError as exc:
         raise RunError(f"output folder {out_dir}: {exc.strerror or exc}") from None
 
@@ -80,6 +81,8 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, client=None, say=pr
     the configured cluster (``config.scheduler``, or an embedded LocalCluster) for this run.
     """
     mode = mode_module(config.mode)
+    # file:// URLs are local paths from here on; other URLs are read and written through fsspec.
+    inputs, out_dir = [urls.normalise(p) for p in inputs], urls.normalise(out_dir)
     if mode.INPUT == "tiles":
         if len(inputs) != 1 or not os.path.isdir(inputs[0]):
             shown = " ".join(inputs) or "nothing"
@@ -93,9 +96,9 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, client=None, say=pr
         what = "the tiles folder" if mode.INPUT == "tiles" else "input folder"
         check_output_location(inputs, out_dir, what)
         work_root = work_store_root(out_dir, config.work)
-        if config.work is not None and not is_url(work_root):
+        if config.work is not None:
             check_output_location(inputs, work_root, what, "working store", "--work")
-        with claim_output_folder(out_dir):
+        with claim_output_folder(out_dir, say):
             work = Workspace(out_dir, say, console, config.work)
             _check_work_store(work.root)
             if mode.INPUT == "tiles":
@@ -149,14 +152,14 @@ def _run_frames(mode, inputs: Sequence[str], config: Config, client, work: Works
     gathered = gather_frames(named, config, work.say)
     gathered = dataclasses.replace(gathered, rejected=gathered.rejected + tuple(left_out))
     timings = dict(gathered.timings)
-    os.makedirs(work.out_dir, exist_ok=True)
+    urls.makedirs(work.out_dir)
     with _client(client, config, work) as client:
         front = build_frame_front(gathered, config, client, work, timings)
         canvas = frames_canvas(front, config)
         plan = mode.plan(front, canvas, config)
         result = mode.build(plan, front, canvas, config, client, work)
     report = {
-        "inputs": [os.path.abspath(p) for p in inputs],
+        "inputs": [urls.absolute(p) for p in inputs],
         "mode": config.mode,
         "config": config.to_dict(),
         "frames_rejected": [{"path": r.path, "reason": r.reason} for r in front.rejected],

@@ -22,8 +22,9 @@ from zdask.graph.harmonize import frame_backgrounds, group_sky
 from zdask.graph.modes.base import MasterTile
 from zdask.graph.taskkeys import task_key
 from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile
-from zdask.io import store
+from zdask.io import store, urls
 from zdask.io.chunkrows import read_whole
+from zdask.io.fitsheader import open_fits
 from zdask.io.outputs import write_image_fits
 from zdask.ops.bgmesh import cells_across
 
@@ -42,16 +43,12 @@ def remove_stale_tile_files(folder: str, written: set[str]) -> list[str]:
     """Delete zdask's tile files in ``folder`` that are not among ``written`` (names): the
     folder then holds exactly this run's tiles. Files zdask does not name so are left alone.
 
-    Called with the output folder's lock held, so no other run is writing there.
+    Called with the output folder's lock held, so no other run is writing there. ``folder``
+    may be a URL.
     """
-    try:
-        names = sorted(os.listdir(folder))
-    except FileNotFoundError:
-        return []
-    stale = [n for n in names if n not in written and _TILE_FILE.fullmatch(n)
-             and os.path.isfile(os.path.join(folder, n)) and not os.path.islink(os.path.join(folder, n))]
+    stale = [n for n in urls.file_names(folder) if n not in written and _TILE_FILE.fullmatch(n)]
     for name in stale:
-        os.unlink(os.path.join(folder, name))
+        urls.remove(urls.join(folder, name))
     return stale
 
 
@@ -153,7 +150,7 @@ def stack_master_tiles(plan, front, config, client, work) -> tuple[list[MasterTi
         warnings.append(text)
     # After the new files are in place: a crash before this point leaves old tiles, not none.
     written = {os.path.basename(t.file) for t in ordered if t.grid is not None}
-    stale = remove_stale_tile_files(os.path.join(work.out_dir, TILES_FOLDER), written)
+    stale = remove_stale_tile_files(urls.join(work.out_dir, TILES_FOLDER), written)
     if stale:
         work.say(f"removed {len(stale)} tile file(s) of an earlier run: {', '.join(stale)}")
     computed = sum(1 for t in ordered if t.grid is not None and not t.reused)
@@ -245,18 +242,17 @@ class TileFile:
 
 
 def _tile_file(work, tile: MasterTile) -> TileFile:
-    return TileFile(os.path.join(work.out_dir, tile.file), tile.zarr, tile.grid.wcs_header, tile.fingerprint,
+    return TileFile(urls.join(work.out_dir, tile.file), tile.zarr, tile.grid.wcs_header, tile.fingerprint,
                     tile.id, tile.mode, tile.n_frames)
 
 
 def write_tile_fits(root: str, tile: TileFile) -> None:
     """The tile as FITS (image + WCS + COVERAGE + ALPHA), unless an up-to-date file is there."""
-    from astropy.io import fits
-
-    if os.path.exists(tile.path):
+    if urls.exists(tile.path):
         try:
-            if fits.getheader(tile.path).get("ZDASKFP") == tile.fingerprint:
-                return
+            with open_fits(tile.path) as hdul:
+                if hdul[0].header.get("ZDASKFP") == tile.fingerprint:
+                    return
         except OSError:
             pass  # unreadable leftovers are simply replaced
     group = store.open_group(root, tile.zarr)

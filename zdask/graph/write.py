@@ -8,17 +8,16 @@ from the bands of the mosaic as they are written: the report reads no pixel agai
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
-from astropy.io import fits
 from astropy.wcs import WCS
 from dask.utils import parse_bytes
 
 from zdask.graph.geometry import footprint_outline
 from zdask.graph.modes.base import ModeResult, Workspace
-from zdask.io import store
+from zdask.io import store, urls
+from zdask.io.fitsheader import open_fits
 from zdask.io.outputs import PreviewSampler, rows_per_band, write_json, write_mosaic, write_text
 from zdask.io.reporthtml import TileOutline, render_report_html
 
@@ -55,21 +54,21 @@ def write_mosaic_outputs(result: ModeResult, config, work: Workspace) -> Written
         preview.add(y0, image_band)
         coverage_preview.add(y0, coverage_band)
 
-    write_mosaic(os.path.join(work.out_dir, "mosaic.fits"), image, coverage, result.canvas_header,
+    write_mosaic(urls.join(work.out_dir, "mosaic.fits"), image, coverage, result.canvas_header,
                  {"NTILES": result.n_tiles, "NFRAMES": result.frames_used},
                  band_rows=band_rows, each_band=each_band)
-    pixels = preview.save(os.path.join(work.out_dir, "preview.png"))
+    pixels = preview.save(urls.join(work.out_dir, "preview.png"))
     return WrittenMosaic(covered / max(1, coverage.shape[0] * coverage.shape[1]), pixels,
                          coverage_preview.pixels[::-1], preview.step, dict(result.canvas_header))
 
 
 def write_report(report: dict, work: Workspace, written: WrittenMosaic | None = None) -> None:
     """report.json, then report.html (with the pictures of ``written`` when given)."""
-    write_json(os.path.join(work.out_dir, "report.json"), report)
+    write_json(urls.join(work.out_dir, "report.json"), report)
     outlines = tile_outlines(report.get("tiles", []), work.out_dir, written) if written else ()
     page = render_report_html(report, written.preview if written else None,
                               written.coverage if written else None, outlines)
-    write_text(os.path.join(work.out_dir, "report.html"), page)
+    write_text(urls.join(work.out_dir, "report.html"), page)
 
 
 def tile_outlines(tiles: list[dict], out_dir: str, written: WrittenMosaic) -> list[TileOutline]:
@@ -79,10 +78,11 @@ def tile_outlines(tiles: list[dict], out_dir: str, written: WrittenMosaic) -> li
     rows = written.preview.shape[0]
     outlines = []
     for tile in tiles:
-        path = os.path.join(out_dir, tile.get("file") or "")
-        if not tile.get("file") or not os.path.isfile(path):
+        path = urls.join(out_dir, tile.get("file") or "")
+        if not tile.get("file") or not urls.isfile(path):
             continue
-        header = fits.getheader(path)
+        with open_fits(path) as hdul:
+            header = hdul[0].header
         wcs = WCS(header).celestial
         ra, dec = footprint_outline(wcs, (header["NAXIS2"], header["NAXIS1"]))
         x, y = canvas.all_world2pix(ra, dec, 0)

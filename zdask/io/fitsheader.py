@@ -2,11 +2,13 @@
 
 Everything here works on an :class:`astropy.io.fits.Header` (or any mapping
 with the same keys) and never touches pixel data, except :func:`fits_stream`, which
-says what to hand ``fits.open`` for a plain or a gzip-compressed FITS file.
+says what to hand ``fits.open`` for a plain or a gzip-compressed FITS file, and
+:func:`open_fits`, which opens it (a local file memory-mapped, one at a URL through fsspec).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import io
@@ -15,7 +17,7 @@ import math
 import re
 import zlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import date
 
 import numpy as np
@@ -23,12 +25,19 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
+from zdask.io import urls
+
 MOUNT_EQ, MOUNT_ALTAZ, MOUNT_UNKNOWN = "EQ", "ALT_AZ", "UNKNOWN"
 
 REASON_NO_WCS = "no celestial WCS"
 REASON_BAD_WCS = "invalid celestial WCS"
 
 BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+
+#: Bytes fetched per request when only headers are read from a URL: a header is 2880-byte
+#: blocks, and a Seestar frame's primary header fits in two; the backend's default (S3: 5 MiB)
+#: would fetch the whole frame to read its header.
+HEADER_FETCH_BYTES = 16 * 2880
 
 #: plausible pixel-scale range (arcsec/px) for a celestial WCS; 10 deg/px max
 MIN_SCALE_ARCSEC = 1e-3
@@ -54,7 +63,7 @@ class HeaderError(ValueError):
         self.detail = detail
 
 
-def fits_stream(path: str) -> tuple[str | io.BytesIO, int] | None:
+def fits_stream(path: str, whole: bool = False) -> tuple[str | io.BytesIO, int] | None:
     """What to give ``fits.open`` for ``path``, and the length of its FITS byte stream.
 
     A plain FITS file (tile-compressed ``.fz`` ones included): ``(path, file size)``. A
@@ -64,10 +73,17 @@ def fits_stream(path: str) -> tuple[str | io.BytesIO, int] | None:
     data needs; astropy itself would inflate the file to find its HDUs anyway. None when
     the file (or the gzip content) does not start with ``SIMPLE  =``. Raises OSError, with a
     message saying what is wrong for truncated or corrupt gzip data.
+
+    ``path`` may be an fsspec URL: a plain FITS file is then given as its URL (headers are read
+    through fsspec, :func:`open_fits`), or with ``whole`` as its bytes, fetched at once (to
+    read its pixels: one request instead of one per buffered block).
     """
-    with open(path, "rb") as fh:
+    with urls.open_input(path, HEADER_FETCH_BYTES) as fh:
         head = fh.read(len(FITS_SIGNATURE))
         if head == FITS_SIGNATURE:
+            if whole and urls.is_url(path):
+                raw = urls.read_bytes(path)
+                return io.BytesIO(raw), len(raw)
             return path, fh.seek(0, io.SEEK_END)
         if not head.startswith(GZIP_SIGNATURE):
             return None
@@ -80,6 +96,17 @@ def fits_stream(path: str) -> tuple[str | io.BytesIO, int] | None:
     except (gzip.BadGzipFile, zlib.error) as exc:
         raise OSError(f"corrupt gzip data: {exc}") from None
     return (io.BytesIO(raw), len(raw)) if raw.startswith(FITS_SIGNATURE) else None
+
+
+@contextlib.contextmanager
+def open_fits(source: str | io.BytesIO) -> Iterator[fits.HDUList]:
+    """``fits.open`` of what :func:`fits_stream` gave (or of a path or URL), headers read as HDUs
+    are asked for: a local file memory-mapped, one at a URL through an fsspec file that fetches
+    :data:`HEADER_FETCH_BYTES` at a time (closed with the HDU list), bytes in memory as they are."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, str) and urls.is_url(source):
+            source = stack.enter_context(urls.open_input(source, HEADER_FETCH_BYTES))
+        yield stack.enter_context(fits.open(source, memmap=isinstance(source, str), lazy_load_hdus=True))
 
 
 # --------------------------------------------------------------------- pixels

@@ -7,14 +7,25 @@ open file: the kernel releases it when the holder's process ends in any way, SIG
 loss included, so a killed run never leaves the folder locked. The file itself stays (it holds
 the holder's pid, for the message); deleting it on release would let a process that opened the
 old file lock a name no one else sees.
+
+An output folder at an fsspec URL (``s3://bucket/run1``) has no ``flock``: :class:`ObjectLock`
+is the object ``URL/.zdask.lock`` created exclusively (S3 conditional writes, ``If-None-Match:
+*``; ``open(path, "xb")`` in fsspec), removed on release. A run killed without releasing it
+leaves it there: a run on the same host whose recorded process is gone takes it over; from
+another host, the message names the object to delete.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
+import socket
+from typing import Callable
 
-__all__ = ["LOCK_NAME", "FolderInUse", "FolderLock"]
+from zdask.io import urls
+
+__all__ = ["LOCK_NAME", "FolderInUse", "FolderLock", "ObjectLock", "lock_folder"]
 
 LOCK_NAME = ".zdask.lock"
 
@@ -22,14 +33,21 @@ LOCK_NAME = ".zdask.lock"
 class FolderInUse(Exception):
     """Another process holds the folder's lock; ``pid`` is its process id when it said so."""
 
-    def __init__(self, folder: str, pid: int | None) -> None:
-        super().__init__(folder, pid)
+    def __init__(self, folder: str, pid: int | None, host: str | None = None) -> None:
+        super().__init__(folder, pid, host)
         self.folder = folder
         self.pid = pid
+        self.host = host  # (an ObjectLock's holder: it may run on another machine)
+
+    @property
+    def holder(self) -> str:
+        """" (pid N[ on HOST])", or "" when the holder did not say."""
+        if not self.pid:
+            return ""
+        return f" (pid {self.pid}{f' on {self.host}' if self.host else ''})"
 
     def __str__(self) -> str:
-        holder = f" (pid {self.pid})" if self.pid else ""
-        return f"folder {self.folder} is locked by another process{holder}"
+        return f"folder {self.folder} is locked by another process{self.holder}"
 
 
 class FolderLock:
@@ -85,6 +103,94 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def lock_folder(folder: str, say: Callable[[str], None] = print) -> "FolderLock | ObjectLock":
+    """The lock of an output folder: :class:`FolderLock` for a local one (``file://`` URLs
+    included), :class:`ObjectLock` for one at any other URL."""
+    folder = urls.normalise(folder)
+    return ObjectLock.acquire(folder, say) if urls.is_url(folder) else FolderLock.acquire(folder)
+
+
+class ObjectLock:
+    """The lock of an output folder at a URL: the object ``FOLDER/.zdask.lock``, holding
+    ``HOST PID TOKEN`` of its holder, created exclusively and removed by :meth:`release`."""
+
+    def __init__(self, folder: str, fs, path: str, token: str) -> None:
+        self.folder, self._fs, self._path, self._token = folder, fs, path, token
+        self.held = True
+
+    @classmethod
+    def acquire(cls, folder: str, say: Callable[[str], None] = print) -> "ObjectLock":
+        """Create the lock object, or raise :class:`FolderInUse` naming its holder.
+
+        A lock left by a process of this host that no longer runs (a killed run) is taken over.
+        Where the backend cannot create an object exclusively, the lock is best effort (said in
+        one line): the token is written, read back, and the run goes on if it is its own; two
+        runs starting in the same instant can then both believe they hold it.
+        """
+        fs, path = urls.filesystem(urls.join(folder, LOCK_NAME))
+        token = f"{socket.gethostname()} {os.getpid()} {secrets.token_hex(8)}"
+        for attempt in (1, 2):
+            try:
+                with fs.open(path, "xb") as fh:
+                    fh.write(token.encode())
+                return cls(folder, fs, path, token)
+            except FileExistsError:
+                host, pid = _holder(fs, path)
+                if attempt == 1 and host == socket.gethostname() and pid and not _alive(pid):
+                    # Its holder is gone: take the lock over (two runs doing so in the same
+                    # instant could both succeed; a killed run's lock is rare, that rarer).
+                    fs.rm_file(path)
+                    continue
+                raise FolderInUse(folder, pid, host) from None
+            except (ValueError, NotImplementedError, TypeError):
+                break  # the backend does not know mode "x"
+        say(f"warning: {urls.join(folder, LOCK_NAME)}: this storage cannot create an object "
+            f"exclusively; the output folder's lock is best effort")
+        if not fs.exists(path):
+            with fs.open(path, "wb") as fh:
+                fh.write(token.encode())
+            if fs.cat_file(path).decode("utf-8", "replace") == token:
+                return cls(folder, fs, path, token)
+        host, pid = _holder(fs, path)
+        raise FolderInUse(folder, pid, host)
+
+    def release(self) -> None:
+        """Remove the lock object if it is still this holder's (idempotent)."""
+        if not self.held:
+            return
+        self.held = False
+        try:
+            if self._fs.cat_file(self._path).decode("utf-8", "replace") == self._token:
+                self._fs.rm_file(self._path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "ObjectLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(fs, path: str) -> tuple[str | None, int | None]:
+    """``(host, pid)`` an ObjectLock's object names, (None, None) if unreadable."""
+    try:
+        host, pid, _ = fs.cat_file(path).decode("utf-8", "replace").split()
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None, None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_pid(fd: int) -> int | None:

@@ -11,6 +11,10 @@ duplicate.
 
 No file is opened here (only ``stat``/``listdir``): a FIFO is never read, and a header is
 read only by :mod:`zdask.io.scan`.
+
+An input may be an fsspec URL (``s3://bucket/frames/``): a folder URL (a prefix objects lie
+under) is listed one level deep with the same rules on names; an object store has no links,
+FIFOs or devices, and the same URL twice is tried once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
+
+from zdask.io import urls
 
 __all__ = [
     "FITS_EXTENSIONS", "FRAME_SUFFIXES", "REASON_NOT_FITS", "REASON_UNREADABLE", "REASON_DUPLICATE",
@@ -86,7 +92,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[str], list[
     def add(path: str) -> None:
         if not first_time(path):
             return
-        real = os.path.normcase(os.path.realpath(path))
+        real = path if urls.is_url(path) else os.path.normcase(os.path.realpath(path))
         if real in seen_files:
             skipped.append((path, f"{REASON_DUPLICATE}: same file as {seen_files[real]}"))
         else:
@@ -98,6 +104,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[str], list[
             skipped.append((path, reason))
 
     for item in inputs:
+        if urls.is_url(os.fspath(item)):
+            _expand_url(urls.normalise(os.fspath(item)), add, skip)
+            continue
         path = os.path.abspath(os.fspath(item))
         if not os.path.isdir(path):
             problem = _not_a_regular_file(path)
@@ -122,3 +131,30 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[str], list[
             else:
                 add(full)
     return files, skipped
+
+
+def _expand_url(url: str, add, skip) -> None:
+    """:func:`expand_inputs` for one URL: a file is tried, a folder's entries by the folder rules."""
+    try:
+        if not urls.isdir(url):
+            if urls.isfile(url):
+                add(url)
+            else:
+                skip(url, f"{REASON_UNREADABLE}: no such file")
+            return
+        found = urls.entries(url)
+    except OSError as exc:
+        skip(url, f"{REASON_UNREADABLE}: cannot list folder: {exc.strerror or exc}")
+        return
+    for name, kind in found:
+        full = urls.join(url, name)
+        if name.startswith("."):
+            skip(full, _HIDDEN)
+        elif kind == "directory":
+            skip(full, _DIRECTORY)
+        elif kind != "file":
+            skip(full, f"{REASON_UNREADABLE}: not a regular file")
+        elif not is_frame_name(name):
+            skip(full, _NOT_A_FITS_NAME)
+        else:
+            add(full)

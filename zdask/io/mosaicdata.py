@@ -2,7 +2,9 @@
 
 Nothing is read when the dataset is opened but the headers: each dask block opens the file
 (memory-mapped) and copies its own rows, so the dataset works on any worker that sees the file
-and its graph stays small when it is sent to a cluster (no pixels in it).
+and its graph stays small when it is sent to a cluster (no pixels in it). A mosaic at an fsspec
+URL (``s3://bucket/run1/mosaic.fits``) is read the same way through fsspec: headers in small
+requests, each block its own rows (:attr:`_FitsRows.URL_FETCH_BYTES` at a time).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import dask.array as da
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
+
+from zdask.io import urls
+from zdask.io.fitsheader import open_fits
 
 __all__ = ["open_mosaic", "celestial_coordinates"]
 
@@ -33,7 +38,14 @@ class _FitsRows:
         self.path, self.hdu, self.shape, self.dtype = path, hdu, shape, np.dtype(dtype)
         self.ndim = len(shape)
 
+    #: Bytes per request when a block's rows are read from a URL.
+    URL_FETCH_BYTES = 8 << 20
+
     def __getitem__(self, index) -> np.ndarray:
+        if urls.is_url(self.path):  # only the rows asked for: an HDU's section, not its data
+            with urls.open_input(self.path, self.URL_FETCH_BYTES) as fh, \
+                    fits.open(fh, memmap=False, lazy_load_hdus=True) as hdul:
+                return np.array(hdul[self.hdu].section[index], dtype=self.dtype)
         with fits.open(self.path, memmap=True, lazy_load_hdus=True) as hdul:
             return np.array(hdul[self.hdu].data[index], dtype=self.dtype)
 
@@ -49,7 +61,7 @@ def open_mosaic(path: str | os.PathLike, celestial: bool = False, block_bytes: i
 
     Attributes: ``wcs`` (:class:`astropy.wcs.WCS`, the celestial WCS of ``y``/``x``),
     ``wcs_header`` (its cards as a dict, for writing the dataset elsewhere), ``NTILES`` and
-    ``NFRAMES`` where the file has them, and ``source`` (the path).
+    ``NFRAMES`` where the file has them, and ``source`` (the path). ``path`` may be an fsspec URL.
 
     ``celestial=True`` adds the coordinates ``ra`` and ``dec`` (degrees) on (``y``, ``x``), lazy
     like the data (:func:`celestial_coordinates`). They are off by default: xarray computes a
@@ -57,8 +69,8 @@ def open_mosaic(path: str | os.PathLike, celestial: bool = False, block_bytes: i
     """
     import xarray as xr
 
-    path = os.fspath(path)
-    with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+    path = urls.normalise(os.fspath(path))
+    with open_fits(path) as hdul:
         names = [hdu.name for hdu in hdul]
         missing = [name for name in ("COVERAGE", "ALPHA") if name not in names]
         if missing:
@@ -117,5 +129,5 @@ def _token(path: str) -> str:
     """Names the file's blocks in dask: the same file (path, size, time) gives the same keys."""
     from dask.base import tokenize
 
-    stat = os.stat(path)
-    return tokenize(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    stat = urls.stat(path)
+    return tokenize(urls.absolute(path), stat.st_size, stat.st_mtime_ns)

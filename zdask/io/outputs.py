@@ -4,7 +4,9 @@ The mosaic and its preview are streamed from the canvas (a Zarr array) band by b
 of any size is written in the memory of a few bands.
 
 Every file is written under a temporary name in its final folder and renamed into place, so a
-crash never leaves a half-written file where a good one was.
+crash never leaves a half-written file where a good one was. An output folder at an fsspec URL
+(``s3://bucket/run1``) gets the same guarantee: the file is written in a local temporary folder,
+put beside its name under a temporary one, and moved onto it (:func:`zdask.io.urls.upload`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 from astropy.io import fits
 
+from zdask.io import urls
 from zdask.io.errors import writing
 from zdask.ops.stretch import apply_asinh, asinh_levels
 
@@ -45,7 +48,13 @@ def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
     The file is created like any other the user's programs create: its mode follows the umask.
+    A ``path`` at a URL: the temporary is a local file, uploaded to ``path`` when the block
+    succeeds (:func:`zdask.io.urls.staged_upload`).
     """
+    if urls.is_url(path):
+        with urls.staged_upload(path) as tmp:
+            yield tmp
+        return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = _create_temporary(folder, os.path.basename(path))

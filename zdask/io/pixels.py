@@ -37,7 +37,7 @@ def read_frame(frame: Frame) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
-            stream = fits_stream(path)
+            stream = fits_stream(path, whole=True)  # (a URL's bytes in one request)
             if stream is None:
                 raise FrameReadError(path, "no longer a FITS file (file changed?)")
             with fits.open(stream[0], memmap=False, lazy_load_hdus=True) as hdul:

@@ -41,12 +41,14 @@ from zdask.io.fitsheader import (
     celestial_wcs,
     fits_stream,
     image_axes,
+    open_fits,
     parse_exptime,
     parse_mount_mode,
     parse_time_mjd,
     stored_dtype,
     wcs_from_header,
 )
+from zdask.io import urls
 from zdask.io.listing import (
     FITS_EXTENSIONS,
     FRAME_SUFFIXES,
@@ -287,9 +289,9 @@ def _scan_one(path: str) -> tuple[Frame | RejectedFile, Frame | None]:
 
 
 def _scan_file(path: str) -> Frame | RejectedFile | _NoWCS:
-    path = os.path.abspath(os.fspath(path))
+    path = urls.absolute(os.fspath(path))
     try:
-        st = os.stat(path)
+        st = urls.stat(path)
         stream = fits_stream(path)
         if stream is None:
             return RejectedFile(path, f"{REASON_NOT_FITS}: does not start with 'SIMPLE  =' (nor does its gzip content)")
@@ -301,7 +303,7 @@ def _scan_file(path: str) -> Frame | RejectedFile | _NoWCS:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
-            with fits.open(source, memmap=isinstance(source, str), lazy_load_hdus=True) as hdul:
+            with open_fits(source) as hdul:
                 index = 0
                 while True:
                     try:
