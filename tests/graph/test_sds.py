@@ -14,6 +14,7 @@ import zarr
 from zdask.config import Config
 from zdask.graph.geometry import Grid, tan_header
 from zdask.graph.sds_plan import Lot
+from zdask.graph.sds import BlockGrid, megatile_regions
 from zdask.graph.sds_run import SdsError, SdsSettings, run_sds
 from zdask.graph.tiles import TileSource, release_block_buffers, stack_spec, stack_tile_block
 from zdask.io import store
@@ -328,3 +329,24 @@ def test_the_renormalisation_equals_the_dense_reference_on_the_cut_coverage(surv
         np.testing.assert_array_equal(coverage, cut[y0:y1, x0:x1])
         # (the gain does change the mosaic: coverage steps inside what the cut keeps)
         assert np.abs(gain[y0:y1, x0:x1][kept] - 1).max() > 0.05
+
+
+def test_megatile_regions_cover_the_touched_blocks_once_within_the_budget():
+    blocks = BlockGrid((1000, 1000), 100)   # 10 × 10 blocks of 100 px
+    touched = [(i, j) for i in range(2, 7) for j in range(1, 9)] + [(9, 9)]
+    per_block = 5 * 3 * 4 * 100 ** 2          # 5 frames, 3 channels, float32
+    # A budget of 12 blocks: rows of 9 blocks (the box's width), one row per task; rows 7 and 8
+    # hold no touched block and get no task.
+    regions = megatile_regions(touched, blocks, 5, 3, 12 * per_block)
+    assert regions == [((i, i + 1), (1, 10)) for i in (2, 3, 4, 5, 6, 9)]
+    # Budget of 3 blocks: 3 blocks wide, 1 tall; budget under one block: one block per task.
+    assert megatile_regions(touched, blocks, 5, 3, 3 * per_block)[0] == ((2, 3), (1, 4))
+    assert megatile_regions(touched, blocks, 5, 3, per_block - 1)[0] == ((2, 3), (1, 2))
+    for budget in (per_block - 1, 3 * per_block, 12 * per_block, 17 * per_block, 10 ** 12):
+        regions = megatile_regions(touched, blocks, 5, 3, budget)
+        held = [(i, j) for (i0, i1), (j0, j1) in regions for i in range(i0, i1) for j in range(j0, j1)]
+        assert len(held) == len(set(held)) and set(touched) <= set(held)  # every touched block, once
+        for (i0, i1), (j0, j1) in regions:
+            assert (i1 - i0) * (j1 - j0) * per_block <= max(budget, per_block)
+            assert any(i0 <= i < i1 and j0 <= j < j1 for i, j in touched)  # none without work
+    assert megatile_regions([], blocks, 5, 3, 10 ** 9) == []

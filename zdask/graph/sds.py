@@ -19,8 +19,9 @@ Working store (under ``root``)::
 Memory, per worker thread, whatever the number of frames or lots (:func:`block_side` sizes the
 blocks so that both stacks fit ``budget``):
 
-- a mega-tile block task: the warped block of its lot, ``N_lot × s² × C × 4`` bytes <= budget
-  (one reused buffer per thread, as for master tiles), plus the frame windows of one warp;
+- a mega-tile task: the warped rectangle of whole blocks of its lot, ``N_lot × area × C × 4``
+  bytes <= budget (:func:`megatile_regions`; one reused buffer per thread, as for master
+  tiles), plus the frame rows of one warp;
 - a global-stack block task: the lots touching it, ``L × s² × (C + 1) × 4`` bytes <= budget,
   plus the outputs (``s² × C × 16``);
 - a gain task: two binned mega-tiles, at most ``2 × (H/f) × (W/f) × (C + 1) × 4`` bytes
@@ -56,7 +57,7 @@ from zdask.ops.lotgain import LotGain, match_gain, overlap_mask
 from zdask.ops.pixelweights import stack_pixel_weighted
 from zdask.ops.warp import bin_image
 
-__all__ = ["BlockGrid", "MegaTile", "block_side", "lot_blocks", "megatile_tasks", "summarise_megatile",
+__all__ = ["BlockGrid", "MegaTile", "block_side", "lot_blocks", "megatile_regions", "megatile_tasks", "summarise_megatile",
            "lot_gain", "global_stack_tasks", "crop_box", "polished_arrays"]
 
 
@@ -120,15 +121,22 @@ class MegaTile:
 
 def create_megatile_store(root: str, name: str, blocks: BlockGrid, channels: int, factor: int) -> None:
     """The lot's (empty) arrays; each block task writes its own chunks."""
-    group = store.open_store(root)
-    h, w = blocks.shape
-    s, sb = blocks.side, blocks.side // factor
-    store.create_array(group, f"{name}/image", (h, w, channels), "float32", (s, s, channels))
-    store.create_array(group, f"{name}/coverage", (h, w), "float32", (s, s), fill_value=0.0)
+    group, (h, w), sb = _create_canvas_arrays(root, name, blocks, channels, factor)
     store.create_array(group, f"{name}/binned_image", (h // factor, w // factor, channels), "float32",
                        (sb, sb, channels))
     store.create_array(group, f"{name}/binned_coverage", (h // factor, w // factor), "float32", (sb, sb),
                        fill_value=0.0)
+
+
+def _create_canvas_arrays(root: str, name: str, blocks: BlockGrid, channels: int, factor: int):
+    """``name``'s image (H, W, C) and coverage (H, W) on the canvas, one chunk per block; returns
+    the store's group, (H, W) and the binned blocks' side."""
+    group = store.open_store(root)
+    h, w = blocks.shape
+    s = blocks.side
+    store.create_array(group, f"{name}/image", (h, w, channels), "float32", (s, s, channels))
+    store.create_array(group, f"{name}/coverage", (h, w), "float32", (s, s), fill_value=0.0)
+    return group, (h, w), s // factor
 
 
 def megatile_block(spec: TileStack, rows: tuple[int, int], cols: tuple[int, int], root: str, name: str,
@@ -159,13 +167,40 @@ def _write(root: str, path: str, where: tuple, data: np.ndarray) -> None:
     store.open_array_at(root, path, "r+")[where] = data
 
 
+def megatile_regions(touched: Sequence[tuple[int, int]], blocks: BlockGrid, n_frames: int, channels: int,
+                     budget) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The rectangles of whole blocks that one lot's block tasks compute: the touched blocks'
+    bounding box cut into rectangles of as many blocks as a warped stack of ``n_frames`` frames
+    fits ``budget`` (as wide as the box where it can: a frame is read in whole rows), keeping
+    those that hold a touched block. Each is ((row block start, end), (column block start, end)),
+    ends exclusive. Pure.
+
+    A global-stack block must be small (it holds every lot), a lot's block need not: one task
+    per few blocks saves re-reading each frame's rows once per block."""
+    if not touched:
+        return []
+    i0, i1 = min(i for i, _ in touched), max(i for i, _ in touched) + 1
+    j0, j1 = min(j for _, j in touched), max(j for _, j in touched) + 1
+    area = max(1, budget_bytes(budget) // max(1, n_frames * channels * 4 * blocks.side ** 2))
+    wide = min(j1 - j0, area)
+    tall = max(1, min(i1 - i0, area // wide))
+    inside = set(touched)
+    return [((i, min(i + tall, i1)), (j, min(j + wide, j1)))
+            for i in range(i0, i1, tall) for j in range(j0, j1, wide)
+            if any((a, b) in inside for a in range(i, min(i + tall, i1)) for b in range(j, min(j + wide, j1)))]
+
+
 def megatile_tasks(spec: TileStack, root: str, name: str, blocks: BlockGrid, touched: Sequence[tuple[int, int]],
-                   factor: int) -> list:
-    """Delayed block tasks of one lot's mega-tile (the lot's description one shared key)."""
+                   factor: int, budget) -> list:
+    """Delayed tasks of one lot's mega-tile, one per :func:`megatile_regions` rectangle (the
+    lot's description one shared key). A rectangle's blocks that no frame touches are written
+    as the arrays' fill (NaN image, zero coverage), which they hold anyway."""
     shared = dask.delayed(spec, pure=True)
-    return [dask.delayed(megatile_block, pure=True)(shared, blocks.rows(i), blocks.cols(j), root, name, factor,
-                                                    dask_key_name=f"sds-megatile-{name}-{i}-{j}")
-            for i, j in touched]
+    regions = megatile_regions(touched, blocks, len(spec.sources), spec.channels, budget)
+    return [dask.delayed(megatile_block, pure=True)(shared, (blocks.rows(i0)[0], blocks.rows(i1 - 1)[1]),
+                                                    (blocks.cols(j0)[0], blocks.cols(j1 - 1)[1]), root, name,
+                                                    factor, dask_key_name=f"sds-megatile-{name}-{i0}-{j0}")
+            for (i0, i1), (j0, j1) in regions]
 
 
 def summarise_megatile(name: str, touched: Sequence[tuple[int, int]], results: Sequence[dict]) -> MegaTile:
@@ -196,11 +231,8 @@ def lot_gain(root: str, reference: MegaTile, lot: MegaTile, method: str, min_fra
 # --- the global stack ------------------------------------------------------------------------------
 
 def create_stack_store(root: str, name: str, blocks: BlockGrid, channels: int, factor: int) -> None:
-    group = store.open_store(root)
-    h, w = blocks.shape
-    s, sb = blocks.side, blocks.side // factor
-    store.create_array(group, f"{name}/image", (h, w, channels), "float32", (s, s, channels))
-    store.create_array(group, f"{name}/coverage", (h, w), "float32", (s, s), fill_value=0.0)
+    """The global stack's (empty) arrays; each block task writes its own chunks."""
+    group, (h, w), sb = _create_canvas_arrays(root, name, blocks, channels, factor)
     store.create_array(group, f"{name}/peak_coverage", (-(-h // factor), -(-w // factor)), "float32", (sb, sb),
                        fill_value=0.0)
 

@@ -199,7 +199,8 @@ def run_sds(
                           settings.normalization, settings.weights)
         store.begin_entry(root, name)
         sds.create_megatile_store(root, name, blocks, channels, factor)
-        pending.append((k, name, fp, touched, sds.megatile_tasks(spec, root, name, blocks, touched, factor)))
+        pending.append((k, name, fp, touched, sds.megatile_tasks(spec, root, name, blocks, touched, factor,
+                                                                         settings.budget)))
     futures = [client.compute(tasks) for *_, tasks in pending] if client is not None else None
     for n, (k, name, fp, touched, tasks) in enumerate(pending):  # (logged in lot order as they finish)
         results = client.gather(futures[n]) if client is not None else _compute(tasks, None)
