@@ -254,13 +254,13 @@ def global_block(members: tuple[tuple[str, tuple, tuple, str | None], ...], rows
     for k, (tile, _, _, alpha) in enumerate(members):
         stack[k] = store.open_array_at(root, f"{tile}/image")[where]
         weights[k] = store.open_array_at(root, f"{tile}/coverage")[where]
+        np.nan_to_num(weights[k], copy=False, nan=0.0)  # (a lot at a time: its masks are small)
         if alpha is not None:
             cut = store.open_array_at(root, alpha)[where]
             weights[k] *= cut
             # A corner the mask cuts takes no part in the rejection either (as it is absent
             # from a cleaned master tile): weight 0 alone would still count in the median.
             stack[k][~(cut > 0)] = np.nan
-    np.nan_to_num(weights, copy=False, nan=0.0)
     result = stack_pixel_weighted(stack, weights, method, scale=np.array([m[1] for m in members]),
                                   offset=np.array([m[2] for m in members]), **params)
     coverage = weights.sum(axis=0, dtype=np.float32)

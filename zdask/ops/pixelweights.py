@@ -39,7 +39,7 @@ def stack_pixel_weighted(stack: np.ndarray, weights: np.ndarray, method: str = "
         The method's own (``kappa``, ``iterations``, ``winsor``).
 
     Memory: the stack (unless it is already contiguous float32, a copy), a few boolean maps of
-    the weights' size while they are validated, the outputs, and ``N`` × a tile of float64.
+    one frame's weights while they are validated, the outputs, and ``N`` × a tile of float64.
 
     Returns
     -------
@@ -56,9 +56,11 @@ def stack_pixel_weighted(stack: np.ndarray, weights: np.ndarray, method: str = "
     wts = np.asarray(weights)
     if wts.shape != (n, h, w):
         raise ValueError(f"weights must have shape {(n, h, w)}; got {wts.shape}")
-    # (validated as given, converted a tile at a time: no float64 copy of the whole block)
-    if not np.all(np.isnan(wts) | (np.isfinite(wts) & (wts >= 0))):
-        raise ValueError("weights must be finite and >= 0")
+    # (validated as given, a frame at a time, and converted a tile at a time: neither boolean
+    # maps nor a float64 copy of the whole block)
+    for frame_weights in wts:
+        if not np.all(np.isnan(frame_weights) | (np.isfinite(frame_weights) & (frame_weights >= 0))):
+            raise ValueError("weights must be finite and >= 0")
     sc = per_frame(scale, n, c, "scale", np.float32, default=1.0)
     of = per_frame(offset, n, c, "offset", np.float32, default=0.0)
     flat = np.ascontiguousarray(x).reshape(n, h * w * c)
