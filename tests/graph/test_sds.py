@@ -334,7 +334,7 @@ def test_the_renormalisation_equals_the_dense_reference_on_the_cut_coverage(surv
 def test_megatile_regions_cover_the_touched_blocks_once_within_the_budget():
     blocks = BlockGrid((1000, 1000), 100)   # 10 × 10 blocks of 100 px
     touched = [(i, j) for i in range(2, 7) for j in range(1, 9)] + [(9, 9)]
-    per_block = 5 * 3 * 4 * 100 ** 2          # 5 frames, 3 channels, float32
+    per_block = (5 * 3 * 4 + 3 * 16 + 4) * 100 ** 2  # 5 frames, 3 channels: stack and outputs
     # A budget of 12 blocks: rows of 9 blocks (the box's width), one row per task; rows 7 and 8
     # hold no touched block and get no task.
     regions = megatile_regions(touched, blocks, 5, 3, 12 * per_block)

@@ -19,9 +19,9 @@ Working store (under ``root``)::
 Memory, per worker thread, whatever the number of frames or lots (:func:`block_side` sizes the
 blocks so that both stacks fit ``budget``):
 
-- a mega-tile task: the warped rectangle of whole blocks of its lot, ``N_lot × area × C × 4``
-  bytes <= budget (:func:`megatile_regions`; one reused buffer per thread, as for master
-  tiles), plus the frame rows of one warp;
+- a mega-tile task: the warped rectangle of whole blocks of its lot and its outputs,
+  ``((N_lot + 4) × C × 4 + 4) × area`` bytes <= budget (:func:`megatile_regions`; the warped
+  stack in one reused buffer per thread, as for master tiles), plus the frame rows of one warp;
 - a global-stack block task: the lots touching it, ``L × s² × (C + 1) × 4`` bytes <= budget,
   plus the outputs (``s² × C × 16``);
 - a gain task: two binned mega-tiles, at most ``2 × (H/f) × (W/f) × (C + 1) × 4`` bytes
@@ -167,11 +167,19 @@ def _write(root: str, path: str, where: tuple, data: np.ndarray) -> None:
     store.open_array_at(root, path, "r+")[where] = data
 
 
+def megatile_pixel_bytes(n_frames: int, channels: int) -> int:
+    """Bytes a mega-tile task holds per canvas pixel: the warped stack (float32 per frame and
+    channel), the stacking's outputs (image float32, kept and rejected counts int32: 16 bytes
+    per channel) and the coverage (float32). With a few frames a lot, the outputs weigh as much
+    as the stack."""
+    return n_frames * channels * 4 + channels * 16 + 4
+
+
 def megatile_regions(touched: Sequence[tuple[int, int]], blocks: BlockGrid, n_frames: int, channels: int,
                      budget) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """The rectangles of whole blocks that one lot's block tasks compute: the touched blocks'
-    bounding box cut into rectangles of as many blocks as a warped stack of ``n_frames`` frames
-    fits ``budget`` (as wide as the box where it can: a frame is read in whole rows), keeping
+    bounding box cut into rectangles of as many blocks as a task of ``n_frames`` frames fits in
+    ``budget`` (:func:`megatile_pixel_bytes`; as wide as the box where it can: a frame is read in whole rows), keeping
     those that hold a touched block. Each is ((row block start, end), (column block start, end)),
     ends exclusive. Pure.
 
@@ -181,7 +189,7 @@ def megatile_regions(touched: Sequence[tuple[int, int]], blocks: BlockGrid, n_fr
         return []
     i0, i1 = min(i for i, _ in touched), max(i for i, _ in touched) + 1
     j0, j1 = min(j for _, j in touched), max(j for _, j in touched) + 1
-    area = max(1, budget_bytes(budget) // max(1, n_frames * channels * 4 * blocks.side ** 2))
+    area = max(1, budget_bytes(budget) // (megatile_pixel_bytes(n_frames, channels) * blocks.side ** 2))
     wide = min(j1 - j0, area)
     tall = max(1, min(i1 - i0, area // wide))
     inside = set(touched)

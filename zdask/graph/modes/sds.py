@@ -19,9 +19,10 @@ cover the field, as in a survey of panels), the run says why in one line and in 
 Memory: every task is bounded by the stacking budget whatever the number of frames or lots:
 a global-stack block holds the lots touching it (``L × s² × (C + 1) × 4`` bytes, its side
 sized by :func:`zdask.graph.sds.block_side` to fit ``budget``), a mega-tile task its lot's
-warped frames on a rectangle of whole blocks (``N_lot × area × C × 4``, the area chosen by
-:func:`zdask.graph.sds.megatile_regions` to fit ``budget``); the lot planner holds a few coarse
-grids whatever the number of frames (:mod:`zdask.graph.sds_plan`); a lot's sky fit is bounded by
+warped frames and outputs on a rectangle of whole blocks (``((N_lot + 4) × C × 4 + 4)`` bytes a
+pixel, the rectangle chosen by :func:`zdask.graph.sds.megatile_regions` to fit ``budget``); the
+lot planner holds a few coarse grids whatever the number of frames (:mod:`zdask.graph.sds_plan`);
+a lot's sky fit is bounded by
 :func:`zdask.graph.sds_sky.sky_bin` to about one budget; the gain match holds two binned
 mega-tiles (0.25 MB per canvas megapixel at ``match_bin`` 8). So the process tree peaks near
 ``threads × (2 × budget + 2 × one frame) + 64 MiB`` above the cluster's start, the master-tile
