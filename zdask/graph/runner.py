@@ -34,13 +34,13 @@ from zdask.graph.modes import mode_module
 from zdask.graph.modes.base import Workspace
 from zdask.graph.write import write_mosaic_outputs, write_report
 from zdask.io import urls
-from zdask.io.folderlock import LOCK_NAME, FolderInUse, FolderLock, ObjectLock, lock_folder
+from zdask.io.folderlock import LOCK_NAME, FolderInUse, FolderLock, ObjectLock, lock_folder, lock_store
 from zdask.io.outputs import atomic_path
 from zdask.io.store import StoreUnreachable, check_store, is_url, work_store_root
 from zdask.ops.coadd import warm_up as coadd_warm_up
 from zdask.ops.stacking import warm_up
 
-__all__ = ["RunError", "run", "check_output_location", "claim_output_folder"]
+__all__ = ["RunError", "run", "check_output_location", "claim_output_folder", "claim_work_store"]
 
 #: dask's performance report of a run (``Config.performance_report``), in the output folder.
 PERFORMANCE_REPORT = "performance-report.html"
@@ -71,6 +71,24 @@ def claim_output_folder(out_dir: str, say=print) -> FolderLock | ObjectLock:
         raise RunError(f"output folder {out_dir}: {exc.strerror or exc}") from None
 
 
+def claim_work_store(work_root: str, out_dir: str, say=print):
+    """Lock a working store outside ``out_dir`` (``--work``) for the whole run, as the output
+    folder is: two runs into different output folders sharing one store would interleave their
+    writes. A store inside the output folder is covered by the folder's lock (a null context).
+    A store at a URL is opened first, so that a missing bucket is said as such."""
+    if urls.inside(work_root, out_dir):
+        return contextlib.nullcontext()
+    _check_work_store(work_root)
+    try:
+        return lock_store(work_root, say)
+    except FolderInUse as exc:
+        gone = f"; if that run was killed, delete {urls.join(work_root, LOCK_NAME)}" if urls.is_url(work_root) else ""
+        raise RunError(f"working store {work_root} is in use by another zdask run{exc.holder}; "
+                       f"wait for it or choose another --work{gone}") from None
+    except OSError as exc:
+        raise RunError(f"working store {work_root}: {exc.strerror or exc}") from None
+
+
 def run(inputs: Sequence[str], out_dir: str, config: Config, client=None, say=print, console=None) -> dict:
     """Build the mosaic of ``inputs`` into ``out_dir`` in ``config.mode``; returns the report
     (also report.json).
@@ -98,7 +116,8 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, client=None, say=pr
         work_root = work_store_root(out_dir, config.work)
         if config.work is not None:
             check_output_location(inputs, work_root, what, "working store", "--work")
-        with claim_output_folder(out_dir, say):
+        # The store first: a run refused for it has written nothing, not even its --out.
+        with claim_work_store(work_root, out_dir, say), claim_output_folder(out_dir, say):
             work = Workspace(out_dir, say, console, config.work)
             _check_work_store(work.root)
             if mode.INPUT == "tiles":

@@ -13,6 +13,10 @@ is the object ``URL/.zdask.lock`` created exclusively (S3 conditional writes, ``
 *``; ``open(path, "xb")`` in fsspec), removed on release. A run killed without releasing it
 leaves it there: a run on the same host whose recorded process is gone takes it over; from
 another host, the message names the object to delete.
+
+A working store outside its run's output folder (``--work``) is locked too, by :func:`lock_store`:
+two runs into different output folders sharing one store would interleave their writes as two
+runs into one folder would.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Callable
 
 from zdask.io import urls
 
-__all__ = ["LOCK_NAME", "FolderInUse", "FolderLock", "ObjectLock", "lock_folder"]
+__all__ = ["LOCK_NAME", "FolderInUse", "FolderLock", "ObjectLock", "lock_folder", "lock_store"]
 
 LOCK_NAME = ".zdask.lock"
 
@@ -62,15 +66,15 @@ class FolderLock:
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, folder: str) -> "FolderLock":
-        """Create ``folder`` if needed and lock it without waiting.
+    def acquire(cls, folder: str, name: str = LOCK_NAME) -> "FolderLock":
+        """Create ``folder`` if needed and lock it without waiting (its lock file: ``name``).
 
         Raises :class:`FolderInUse` when another holder has it, ``OSError`` when the folder or
         its lock file cannot be created or opened.
         """
         os.makedirs(folder, exist_ok=True)
         # 0o666 and the umask, like any other file the user's programs create there.
-        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -110,6 +114,20 @@ def lock_folder(folder: str, say: Callable[[str], None] = print) -> "FolderLock 
     included), :class:`ObjectLock` for one at any other URL."""
     folder = urls.normalise(folder)
     return ObjectLock.acquire(folder, say) if urls.is_url(folder) else FolderLock.acquire(folder)
+
+
+def lock_store(root: str, say: Callable[[str], None] = print) -> "FolderLock | ObjectLock":
+    """The lock of a working Zarr store ``root``. A local store's is the file
+    ``.NAME.zdask.lock`` beside it, in its parent folder, taken through the store's real path so
+    that every spelling of it (a symbolic link, ``file://``) meets the same file: inside, the file
+    would stay in the store for good and zarr would warn of a node it does not know whenever it
+    lists the root group. At a URL, the object ``ROOT/.zdask.lock``, removed when the run ends
+    (the lock of an output folder at a URL, :class:`ObjectLock`)."""
+    root = urls.normalise(root)
+    if urls.is_url(root):
+        return ObjectLock.acquire(root, say)
+    real = os.path.realpath(root)
+    return FolderLock.acquire(os.path.dirname(real), f".{os.path.basename(real)}{LOCK_NAME}")
 
 
 class ObjectLock:
