@@ -38,9 +38,10 @@ def _env() -> dict:
 
 
 def _listing(folder) -> dict:
-    """Every file under ``folder``: relative path → (size, mtime), the lock file's content aside."""
+    """Every file under ``folder``: relative path → (size, mtime), the lock files (the folder's, the
+    store's) aside: their content is the holder."""
     return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(LOCK_NAME)}
 
 
 def _tile_names(folder) -> list[str]:

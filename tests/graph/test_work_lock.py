@@ -79,3 +79,30 @@ def test_a_run_on_a_held_store_at_a_url_is_refused_naming_the_lock_object(small_
     finally:
         if fs.exists("/zdask-work-lock-test"):
             fs.rm("/zdask-work-lock-test", recursive=True)
+
+
+def test_a_runs_default_store_is_held_while_it_runs(small_survey, tmp_path):
+    """Another run's ``--work OUT/work.zarr`` meets the lock that run holds on its default store:
+    probed from the run's own log lines, while it runs; free again when it ends."""
+    from zdask.config import Config
+    from zdask.graph.runner import run
+    from zdask.io.folderlock import FolderInUse
+
+    survey, _ = small_survey
+    out = tmp_path / "out"
+    store = str(out / "work.zarr")
+    probes = []
+
+    def say(line: str) -> None:
+        if not probes:  # the first line the run says, once its folders are claimed
+            try:
+                with lock_store(store):
+                    probes.append("free")
+            except FolderInUse:
+                probes.append("held")
+
+    config = Config().replace(workers=1, threads_per_worker=2)
+    run([str(survey / "frames")], str(out), config, say=say)
+    assert probes == ["held"]
+    with lock_store(store) as lock:
+        assert lock.held

@@ -71,13 +71,11 @@ def claim_output_folder(out_dir: str, say=print) -> FolderLock | ObjectLock:
         raise RunError(f"output folder {out_dir}: {exc.strerror or exc}") from None
 
 
-def claim_work_store(work_root: str, out_dir: str, say=print):
-    """Lock a working store outside ``out_dir`` (``--work``) for the whole run, as the output
-    folder is: two runs into different output folders sharing one store would interleave their
-    writes. A store inside the output folder is covered by the folder's lock (a null context).
-    A store at a URL is opened first, so that a missing bucket is said as such."""
-    if urls.inside(work_root, out_dir):
-        return contextlib.nullcontext()
+def claim_work_store(work_root: str, say=print):
+    """Lock the working store for the whole run, as the output folder is: two runs sharing one
+    store (``--work``, or one run's ``--work`` naming another's default ``OUT/work.zarr``) would
+    interleave their writes. A store at a URL is opened first, so that a missing bucket is said
+    as such."""
     _check_work_store(work_root)
     try:
         return lock_store(work_root, say)
@@ -116,8 +114,12 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, client=None, say=pr
         work_root = work_store_root(out_dir, config.work)
         if config.work is not None:
             check_output_location(inputs, work_root, what, "working store", "--work")
-        # The store first: a run refused for it has written nothing, not even its --out.
-        with claim_work_store(work_root, out_dir, say), claim_output_folder(out_dir, say):
+        # A store elsewhere is claimed first: a run refused for it has written nothing, not even
+        # its --out; a store inside --out after the folder, which that claim creates.
+        inside = urls.inside(work_root, out_dir)
+        with contextlib.nullcontext() if inside else claim_work_store(work_root, say), \
+                claim_output_folder(out_dir, say), \
+                claim_work_store(work_root, say) if inside else contextlib.nullcontext():
             work = Workspace(out_dir, say, console, config.work)
             _check_work_store(work.root)
             if mode.INPUT == "tiles":
