@@ -61,30 +61,28 @@ def check_output_location(inputs: Sequence[str], out_dir: str, what: str = "inpu
 def claim_output_folder(out_dir: str, say=print) -> FolderLock | ObjectLock:
     """Lock ``out_dir`` (creating it; at a URL, its lock object) for the whole run: a second
     run into it is refused."""
-    try:
-        return lock_folder(out_dir, say)
-    except FolderInUse as exc:
-        gone = f"; if that run was killed, delete {urls.join(out_dir, LOCK_NAME)}" if urls.is_url(out_dir) else ""
-        raise RunError(f"output folder {out_dir} is in use by another zdask run{exc.holder}; "
-                       f"wait for it or choose another --out{gone}") from None
-    except OSError as exc:
-        raise RunError(f"output folder {out_dir}: {exc.strerror or exc}") from None
+    return _claim(lock_folder, out_dir, "output folder", "--out", say)
 
 
-def claim_work_store(work_root: str, say=print):
+def claim_work_store(work_root: str, say=print) -> FolderLock | ObjectLock:
     """Lock the working store for the whole run, as the output folder is: two runs sharing one
     store (``--work``, or one run's ``--work`` naming another's default ``OUT/work.zarr``) would
     interleave their writes. A store at a URL is opened first, so that a missing bucket is said
     as such."""
     _check_work_store(work_root)
+    return _claim(lock_store, work_root, "working store", "--work", say)
+
+
+def _claim(lock, location: str, what: str, option: str, say) -> FolderLock | ObjectLock:
+    """``lock(location, say)``, its refusal or failure as a one-line RunError naming ``what``."""
     try:
-        return lock_store(work_root, say)
+        return lock(location, say)
     except FolderInUse as exc:
-        gone = f"; if that run was killed, delete {urls.join(work_root, LOCK_NAME)}" if urls.is_url(work_root) else ""
-        raise RunError(f"working store {work_root} is in use by another zdask run{exc.holder}; "
-                       f"wait for it or choose another --work{gone}") from None
+        gone = f"; if that run was killed, delete {urls.join(location, LOCK_NAME)}" if urls.is_url(location) else ""
+        raise RunError(f"{what} {location} is in use by another zdask run{exc.holder}; "
+                       f"wait for it or choose another {option}{gone}") from None
     except OSError as exc:
-        raise RunError(f"working store {work_root}: {exc.strerror or exc}") from None
+        raise RunError(f"{what} {location}: {exc.strerror or exc}") from None
 
 
 def run(inputs: Sequence[str], out_dir: str, config: Config, client=None, say=print, console=None) -> dict:
