@@ -350,3 +350,6 @@ def test_megatile_regions_cover_the_touched_blocks_once_within_the_budget():
             assert (i1 - i0) * (j1 - j0) * per_block <= max(budget, per_block)
             assert any(i0 <= i < i1 and j0 <= j < j1 for i, j in touched)  # none without work
     assert megatile_regions([], blocks, 5, 3, 10 ** 9) == []
+    # The canvas's last column of blocks is 50 px: its pixels, not a whole block, are counted.
+    edge = BlockGrid((1000, 1050), 100)
+    assert megatile_regions([(0, j) for j in range(11)], edge, 5, 3, 105 * per_block // 10) == [((0, 1), (0, 11))]

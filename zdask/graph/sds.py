@@ -85,13 +85,19 @@ class BlockGrid:
         return {(i, j) for i in range(y0 // s, -(-y1 // s)) for j in range(x0 // s, -(-x1 // s))}
 
 
+#: The blocks' side at most (px): a mega-tile task is a rectangle of whole blocks, so small
+#: blocks let it come close to the budget on any canvas (with 728 px blocks, a 1089 px wide
+#: canvas left its tasks at 70 % of it), while a block's chunk stays above half a megabyte.
+MAX_SIDE = 384
+
+
 def block_side(budget, max_frames: int, n_lots: int, channels: int, factor: int, cap: int = 1024) -> int:
-    """The blocks' side: the largest multiple of ``factor`` (at most ``cap``, at least ``factor``)
-    whose mega-tile block (``max_frames`` frames) and global-stack block (``n_lots`` lots, with
-    their coverages) both fit ``budget`` bytes. Pure."""
-    per_pixel = max(max_frames * channels * 4, n_lots * (channels + 1) * 4 + channels * 16)
+    """The blocks' side: the largest multiple of ``factor`` (at most ``cap`` and
+    :data:`MAX_SIDE`, at least ``factor``) whose mega-tile block (``max_frames`` frames) and
+    global-stack block (``n_lots`` lots, with their coverages) both fit ``budget`` bytes. Pure."""
+    per_pixel = max(megatile_pixel_bytes(max_frames, channels), n_lots * (channels + 1) * 4 + channels * 16)
     side = int(math.isqrt(max(1, budget_bytes(budget) // max(1, per_pixel))))
-    return max(factor, min(cap // factor * factor, side // factor * factor))
+    return max(factor, min(min(cap, MAX_SIDE) // factor * factor, side // factor * factor))
 
 
 def lot_blocks(sources: Sequence[TileSource], canvas: Grid, blocks: BlockGrid) -> tuple[tuple[int, int], ...]:
@@ -189,9 +195,22 @@ def megatile_regions(touched: Sequence[tuple[int, int]], blocks: BlockGrid, n_fr
         return []
     i0, i1 = min(i for i, _ in touched), max(i for i, _ in touched) + 1
     j0, j1 = min(j for _, j in touched), max(j for _, j in touched) + 1
-    area = max(1, budget_bytes(budget) // (megatile_pixel_bytes(n_frames, channels) * blocks.side ** 2))
-    wide = min(j1 - j0, area)
-    tall = max(1, min(i1 - i0, area // wide))
+    limit = budget_bytes(budget) // megatile_pixel_bytes(n_frames, channels)  # pixels a task may hold
+
+    # Pixels counted exactly (the canvas's last blocks are partial), on the first rectangle: the
+    # others are the same or cut shorter by the canvas's edge.
+    def height(t: int) -> int:
+        return blocks.rows(i0 + t - 1)[1] - blocks.rows(i0)[0]
+
+    def width(k: int) -> int:
+        return blocks.cols(j0 + k - 1)[1] - blocks.cols(j0)[0]
+
+    wide = j1 - j0
+    while wide > 1 and height(1) * width(wide) > limit:
+        wide -= 1
+    tall = 1
+    while tall < i1 - i0 and height(tall + 1) * width(wide) <= limit:
+        tall += 1
     inside = set(touched)
     return [((i, min(i + tall, i1)), (j, min(j + wide, j1)))
             for i in range(i0, i1, tall) for j in range(j0, j1, wide)
