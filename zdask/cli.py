@@ -127,9 +127,17 @@ def simulate(
 
 # --- scan and plan -----------------------------------------------------------------------------------
 
+def _locations(given: list[str]) -> list[str]:
+    """Inputs and output folders as given on the command line: paths as pathlib spells them (as
+    when these arguments were paths), fsspec URLs (``s3://bucket/frames``) as they are."""
+    from zdask.io.urls import is_url
+
+    return [p if is_url(p) else str(Path(p)) for p in given]
+
+
 @app.command()
 def scan(
-    inputs: list[Path] = typer.Argument(..., help="FITS files or folders."),
+    inputs: list[str] = typer.Argument(..., help="FITS files or folders (paths or fsspec URLs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the frame table as JSON."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
@@ -137,7 +145,7 @@ def scan(
     from zdask.io.scan import scan as scan_inputs
 
     with _failures_reported(debug):
-        table = scan_inputs([str(p) for p in inputs])
+        table = scan_inputs(_locations(inputs))
     if as_json:
         print(json.dumps(table.to_json(), indent=2))
     else:
@@ -153,7 +161,7 @@ def scan(
 
 @app.command()
 def plan(
-    inputs: list[Path] = typer.Argument(..., help="FITS files or folders."),
+    inputs: list[str] = typer.Argument(..., help="FITS files or folders (paths or fsspec URLs)."),
     config: Optional[Path] = typer.Option(None, help="TOML configuration file."),
     max_group_size: Optional[int] = typer.Option(None, help="Largest master-tile group (frames)."),
     link_fov_fraction: Optional[float] = typer.Option(None, help="Linking distance / short FOV side."),
@@ -176,12 +184,12 @@ def plan(
         _fail(str(exc))
     if cfg.mode == "grid":
         with _failures_reported(debug):
-            print(_grid_plan_text([str(p) for p in inputs], cfg, as_json))
+            print(_grid_plan_text(_locations(inputs), cfg, as_json))
         return
     if cfg.mode not in ("classic", "sds"):
         _fail(f"--mode {cfg.mode}: zdask plan shows the classic mode's groups, the sds mode's lots or the grid's cells")
     with _failures_reported(debug):
-        table = scan_inputs([str(p) for p in inputs])
+        table = scan_inputs(_locations(inputs))
     for bad in table.rejected:
         console.print(f"rejected {bad.path}: {bad.reason}", highlight=False, soft_wrap=True)
     if not table.frames:
@@ -287,7 +295,7 @@ def run(
     """Build the mosaic: calibrate, stack master tiles, assemble, write outputs."""
     from zdask.cluster import ClientOnDemand, check_local_resources
     from zdask.graph.runner import run as run_pipeline
-    from zdask.io.urls import is_url, join, normalise
+    from zdask.io.urls import join, normalise
 
     try:
         cfg = load_config(
@@ -320,8 +328,8 @@ def run(
     if tiles is None and not inputs:
         _fail("no input: give frames (INPUT...) or --tiles DIR")
     # Paths as pathlib spells them (as before these options took URLs); URLs as given.
-    inputs = [p if is_url(p) else str(Path(p)) for p in inputs or []]
-    out = out if is_url(out) else str(Path(out))
+    inputs = _locations(inputs or [])
+    (out,) = _locations([out])
     sources = [str(tiles)] if tiles is not None else inputs
     with _failures_reported(debug):
         if cfg.scheduler is None and cfg.cluster.kind == "local":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -209,3 +210,21 @@ def test_a_frame_at_a_url_that_cannot_be_read_is_named_by_its_url(s3_server, fra
     message = str(err.value)
     assert message.startswith(f"cannot read frame s3://{victim}: ") and "\n" not in message, message
     assert not (tmp_path / "out" / "mosaic.fits").exists()
+
+
+def test_scan_and_plan_read_frames_at_an_s3_url_as_from_a_folder(small_survey, s3_server, frames_url):
+    frames = small_survey[0] / "frames"
+    local = CliRunner().invoke(app, ["scan", str(frames), "--json"])
+    remote = CliRunner().invoke(app, ["scan", frames_url, "--json"])
+    assert local.exit_code == remote.exit_code == 0, remote.output
+    local_frames, remote_frames = json.loads(local.output)["frames"], json.loads(remote.output)["frames"]
+    assert [os.path.basename(f["path"]) for f in remote_frames] == [os.path.basename(f["path"]) for f in local_frames]
+    assert all(f["path"].startswith(f"{frames_url}/") for f in remote_frames)
+    for lf, rf in zip(local_frames, remote_frames):  # the headers read through fsspec: the same frames
+        assert {k: v for k, v in rf.items() if k not in ("path", "mtime_ns")} == \
+            {k: v for k, v in lf.items() if k not in ("path", "mtime_ns")}
+    plans = [CliRunner().invoke(app, ["plan", where, "--json"]) for where in (str(frames), frames_url)]
+    assert plans[0].exit_code == plans[1].exit_code == 0, plans[1].output
+    groups = [[{**g, "paths": [os.path.basename(p) for p in g["paths"]]} for g in json.loads(plan.output)["groups"]]
+              for plan in plans]
+    assert groups[1] == groups[0] and len(groups[0]) == 4
