@@ -185,9 +185,9 @@ def megatile_regions(touched: Sequence[tuple[int, int]], blocks: BlockGrid, n_fr
                      budget) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """The rectangles of whole blocks that one lot's block tasks compute: the touched blocks'
     bounding box cut into rectangles of as many blocks as a task of ``n_frames`` frames fits in
-    ``budget`` (:func:`megatile_pixel_bytes`; as wide as the box where it can: a frame is read in whole rows), keeping
-    those that hold a touched block. Each is ((row block start, end), (column block start, end)),
-    ends exclusive. Pure.
+    ``budget`` (:func:`megatile_pixel_bytes`; as wide as the box where it can: a frame is read
+    in whole rows), keeping those that hold a touched block. Each is ((row block start, end),
+    (column block start, end)), ends exclusive. Pure.
 
     A global-stack block must be small (it holds every lot), a lot's block need not: one task
     per few blocks saves re-reading each frame's rows once per block."""
