@@ -8,7 +8,7 @@ import math
 import types
 import typing
 from dataclasses import field
-from typing import Any
+from typing import Any, Callable
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the allowed values."""
@@ -62,3 +62,20 @@ def _type_words(expected: Any) -> str:
     if origin is tuple and len(set(args)) == 1:
         return f"{len(args)} {_TYPE_WORDS[args[0]][1]}"
     return _TYPE_WORDS.get(expected, (getattr(expected, "__name__", str(expected)),))[0]
+
+
+def checked_types(obj: Any, section: str = "") -> Callable[[str, str], ConfigError]:
+    """Check every field of the dataclass ``obj`` against its annotation (ConfigError naming the
+    first that is of another type) and return the one-line error maker of its range rules:
+    ``bad(name, allowed)`` for the field ``section.name`` (``section``: "sds", ""...)."""
+    prefix = f"{section}." if section else ""
+
+    def bad(name: str, allowed: str) -> ConfigError:
+        return ConfigError(f"config field '{prefix}{name}' = {getattr(obj, name)!r}: {allowed}")
+
+    # Types first, from the annotations, so that no field escapes and the range rules
+    # compare numbers with numbers.
+    for f, expected in typing.get_type_hints(type(obj)).items():
+        if not _has_type(getattr(obj, f), expected):
+            raise bad(f, f"must be {_type_words(expected)}")
+    return bad

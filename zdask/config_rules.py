@@ -3,9 +3,7 @@ annotations), and the allowed values of its choice fields."""
 
 from __future__ import annotations
 
-import typing
-
-from zdask.config_base import ConfigError, _has_type, _type_words
+from zdask.config_base import ConfigError, checked_types
 
 REJECT_METHODS = ("kappa_sigma", "winsorized", "linear_fit_clip", "median", "mean", "sum")
 NORMALIZATIONS = ("none", "additive", "multiplicative", "linear_fit")
@@ -18,14 +16,7 @@ def check_fields(config) -> None:
 
     from zdask.graph.modes import MODES
 
-    def bad(name: str, allowed: str) -> ConfigError:
-        return ConfigError(f"config field '{name}' = {getattr(config, name)!r}: {allowed}")
-
-    # Types first, from the annotations, so that no field escapes and the range rules
-    # below compare numbers with numbers.
-    for f, expected in typing.get_type_hints(type(config)).items():
-        if not _has_type(getattr(config, f), expected):
-            raise bad(f, f"must be {_type_words(expected)}")
+    bad = checked_types(config)
 
     if config.mode not in MODES:
         raise bad("mode", "allowed values are " + ", ".join(MODES))

@@ -5,10 +5,10 @@
 from __future__ import annotations
 
 import re
-import typing
 from dataclasses import dataclass
 
-from zdask.config_base import ConfigError, _doc, _has_type, _type_words
+from zdask.config_base import _doc, checked_types
+
 
 @dataclass(frozen=True)
 class SdsConfig:
@@ -42,12 +42,7 @@ class SdsConfig:
     )
 
     def validate(self) -> "SdsConfig":
-        def bad(name: str, allowed: str) -> ConfigError:
-            return ConfigError(f"config field 'sds.{name}' = {getattr(self, name)!r}: {allowed}")
-
-        for f, expected in typing.get_type_hints(SdsConfig).items():
-            if not _has_type(getattr(self, f), expected):
-                raise bad(f, f"must be {_type_words(expected)}")
+        bad = checked_types(self, "sds")
         if self.min_lot_size < 1:
             raise bad("min_lot_size", "must be an integer >= 1")
         if not 0 < self.lot_coverage <= 1:
@@ -92,12 +87,7 @@ class GridConfig:
     )
 
     def validate(self) -> "GridConfig":
-        def bad(name: str, allowed: str) -> ConfigError:
-            return ConfigError(f"config field 'grid.{name}' = {getattr(self, name)!r}: {allowed}")
-
-        for f, expected in typing.get_type_hints(GridConfig).items():
-            if not _has_type(getattr(self, f), expected):
-                raise bad(f, f"must be {_type_words(expected)}")
+        bad = checked_types(self, "grid")
         if not self.cell_fov_factor > 0:
             raise bad("cell_fov_factor", "must be a number > 0")
         if not 0.05 <= self.cell_overlap <= 0.9:
@@ -223,12 +213,7 @@ class ClusterConfig:
     def validate(self) -> "ClusterConfig":
         from dask.utils import parse_bytes
 
-        def bad(name: str, allowed: str) -> ConfigError:
-            return ConfigError(f"config field 'cluster.{name}' = {getattr(self, name)!r}: {allowed}")
-
-        for f, expected in typing.get_type_hints(ClusterConfig).items():
-            if not _has_type(getattr(self, f), expected):
-                raise bad(f, f"must be {_type_words(expected)}")
+        bad = checked_types(self, "cluster")
         if self.kind not in CLUSTER_KINDS:
             raise bad("kind", "allowed values are " + ", ".join(CLUSTER_KINDS))
         if not self.no_workers_timeout > 0:
