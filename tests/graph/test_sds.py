@@ -16,7 +16,7 @@ from zdask.graph.geometry import Grid, tan_header
 from zdask.graph.sds_plan import Lot
 from zdask.graph.sds import BlockGrid, megatile_regions
 from zdask.graph.sds_run import SdsError, SdsSettings, run_sds
-from zdask.graph.tiles import TileSource, release_block_buffers, stack_spec, stack_tile_block
+from zdask.graph.tiles import TileSource, release_worker_memory, stack_spec, stack_tile_block
 from zdask.io import store
 from zdask.io.scan import MOUNT_EQ
 from zdask.ops.crop import autocrop_box
@@ -129,7 +129,7 @@ def test_sparse_chain_equals_dense_references_for_several_budgets(survey):
             assert np.isnan(stored[dense_cov == 0]).all()
             tiles.append(stored)
             covs.append(stored_cov)
-        release_block_buffers()
+        release_worker_memory()
         # The global stack: every lot at every pixel (NaN where a lot has no sample) in one call.
         gains = np.array([e["gain"] for e in report["lots"]])
         offsets = np.array([e["offset"] for e in report["lots"]])

@@ -1,5 +1,10 @@
 """Master tiles on a planted layout: exact coverage, finishing (alpha, health, weights)."""
 
+import os
+import platform
+import subprocess
+import sys
+
 import dask
 import numpy as np
 import pytest
@@ -112,7 +117,7 @@ def test_block_warp_is_each_frames_whole_map_remap_minus_its_sky(tmp_path):
     what warping each frame with its whole pixel map, source window and remap gives, bit for
     bit: rotated frames with sky surfaces, frames cut by the block and a frame that misses it."""
     from zdask.io.fitsheader import wcs_from_header
-    from zdask.graph.tiles import block_buffer, release_block_buffers, warp_block
+    from zdask.graph.tiles import block_buffer, release_worker_memory, warp_block
     from zdask.ops.background import Surface
     from zdask.ops.warp import pixel_map, remap, source_window, wcs_pixel_transform
 
@@ -156,4 +161,36 @@ def test_block_warp_is_each_frames_whole_map_remap_minus_its_sky(tmp_path):
                 expected.shape[:2], offset=(rows[0], cols[0]))
             assert np.array_equal(got[k], expected, equal_nan=True), (rows, cols, k)
         assert np.isfinite(got[:4]).any()
-    assert release_block_buffers() == 1 and release_block_buffers() == 0
+    assert release_worker_memory() == 1 and release_worker_memory() == 0
+
+
+_TRIM_PROBE = """
+import numpy as np
+from zdask.graph.tiles import trim_heap
+
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+arrays, pins = [], []
+for _ in range(64):              # 4 MB arrays, each followed by a small live block that pins
+    arrays.append(np.ones(1 << 20, np.float32))   # the heap above it: free() cannot shrink it
+    pins.append(np.ones(64, np.float32))
+del arrays
+before = resident()
+trim_heap()
+print(before - resident())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc_trim is glibc's; resident size read from /proc")
+def test_trim_heap_gives_freed_heap_pages_back():
+    """Freed frame-sized arrays left between live blocks stay resident until trim_heap: with glibc
+    told to serve them from its heap and never to trim by itself (as it does on its own once its
+    mmap threshold has risen), 64 freed 4 MB arrays come back to the system, 256 MB. In a child
+    process: those malloc settings must not reach this one."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(1 << 40),
+               MALLOC_ARENA_MAX="1")
+    freed = int(subprocess.run([sys.executable, "-c", _TRIM_PROBE], env=env, capture_output=True, text=True,
+                               check=True).stdout)
+    assert freed > 200 << 20, freed

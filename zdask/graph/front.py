@@ -29,6 +29,7 @@ from zdask.graph.errors import RunError
 from zdask.graph.field import OFF_FIELD_REASON, field_canvas_problem, split_main_field
 from zdask.graph.plan import Plan, TileGroup, plan_master_tiles
 from zdask.graph.taskkeys import task_key
+from zdask.graph.tiles import release_worker_memory
 from zdask.io import store
 from zdask.io.platesolve import available_solver, plate_solve
 from zdask.io.scan import Frame, FrameTable, RejectedFile, scan, with_wcs
@@ -206,6 +207,10 @@ def build_frame_front(gathered: GatheredFrames, config: Config, client, work,
                                                   config, client, work)
         excluded.update(failed)
     timings["align"] = time.perf_counter() - t
+    # (the heap pages thousands of frame-sized arrays left behind, back to the system before the
+    # stacking stages: see trim_heap)
+    client.run(release_worker_memory)
+    release_worker_memory()
     return FrameFront(
         gathered.frames, gathered.groups, MappingProxyType(calibrated), MappingProxyType(stats),
         MappingProxyType(aligned), MappingProxyType(excluded), channels,

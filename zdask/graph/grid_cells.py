@@ -31,7 +31,7 @@ from zdask.cluster import wait_with_progress
 from zdask.graph.geometry import Grid
 from zdask.graph.grid_sky import frame_sky_on_canvas, surface_on_cell
 from zdask.graph.harmonize import frame_backgrounds
-from zdask.graph.tiles import TileSource, master_tile, release_block_buffers
+from zdask.graph.tiles import TileSource, master_tile, release_worker_memory
 from zdask.io import store
 from zdask.io.chunkrows import read_rows
 from zdask.ops.cellscale import cell_health
@@ -159,7 +159,7 @@ def stack_cells(jobs: list[CellJob], channels: int, canvas: Grid, config, client
                                             config.rgb_gain_range)
         futures.append(client.compute(summary))
     summaries = wait_with_progress(futures, "grid cells", work.console)
-    client.run(release_block_buffers)
+    client.run(release_worker_memory)
     for job, summary in zip(pending, summaries):
         summary = {**summary, "sky_curvature": curvature}
         store.mark_complete(work.root, job.name, job.fp, summary=summary)

@@ -19,7 +19,7 @@ from zdask.graph import sds
 from zdask.graph.geometry import Grid
 from zdask.graph.sds_plan import Lot
 from zdask.graph.sds_polish import ALTAZ_PARAMS, altaz_outcome, altaz_tasks, create_alpha_store
-from zdask.graph.tiles import TileSource, release_block_buffers, stack_spec
+from zdask.graph.tiles import TileSource, release_worker_memory, stack_spec
 from zdask.io import store
 from zdask.ops.framestats import FrameStats
 from zdask.ops.lotgain import GAIN_METHODS, reference_lot
@@ -208,8 +208,8 @@ def run_sds(
         store.mark_complete(root, name, fp, megatile=_tile_json(megatiles[k]))
         log(k)
     if client is not None:
-        client.run(release_block_buffers)
-    release_block_buffers()
+        client.run(release_worker_memory)
+    release_worker_memory()
 
     # 1b. The alt-az alpha of each mega-tile that gets the cleanup (None: the lot's coverage as is).
     alphas, altaz = _altaz_alphas(lots, megatiles, set(altaz_lots), root, blocks, settings.altaz, client, say)

@@ -21,7 +21,7 @@ from zdask.graph.geometry import Grid
 from zdask.graph.harmonize import frame_backgrounds, group_sky
 from zdask.graph.modes.base import MasterTile
 from zdask.graph.taskkeys import task_key
-from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_block_buffers, store_tile
+from zdask.graph.tiles import TileSource, finish_tile, master_tile, release_worker_memory, store_tile
 from zdask.io import store, urls
 from zdask.io.chunkrows import read_whole
 from zdask.io.fitsheader import open_fits
@@ -132,7 +132,7 @@ def stack_master_tiles(plan, front, config, client, work) -> tuple[list[MasterTi
     # the other groups are still fitted (no idle thread at the end of the fits).
     _fit_sky(config, work, client, pending, submit_tile, warnings)
     done = wait_with_progress(futures, "master tiles", work.console)
-    client.run(release_block_buffers)
+    client.run(release_worker_memory)
     for item, summary in zip(pending, done):
         tiles[item.job.id] = _with_summary(tiles[item.job.id], summary, reused=False)
         store.mark_complete(work.root, tiles[item.job.id].zarr, item.fp, summary=summary)

@@ -10,6 +10,9 @@ tile's plain description (:class:`TileStack`), never on per-frame results.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -152,7 +155,7 @@ def stack_tile_block(spec: TileStack, rows: tuple[int, int], cols: tuple[int, in
 # One warped-block buffer per worker thread, reused by its block tasks: a fresh block of up to the
 # budget (256 MiB) cost up to 0.5 s of page faults to touch, per block, when the page cache had
 # to give the memory back first; a reused one is written at memory speed. The tile stage
-# releases them when it ends (release_block_buffers), so they are held only while tiles stack.
+# releases them when it ends (release_worker_memory), so they are held only while tiles stack.
 _BLOCK_BUFFERS: dict[int, np.ndarray] = {}
 _BLOCK_BUFFERS_LOCK = threading.Lock()
 
@@ -168,13 +171,37 @@ def block_buffer(shape: tuple[int, ...]) -> np.ndarray:
     return buffer[:size].reshape(shape)
 
 
-def release_block_buffers() -> int:
-    """Free every thread's block buffer (run on each worker when the tile stage ends); returns
-    how many were freed."""
+def release_worker_memory() -> int:
+    """Free every thread's block buffer and give the heap's free pages back to the system (run
+    on each worker when a stage ends); returns how many buffers were freed."""
     with _BLOCK_BUFFERS_LOCK:
         count = len(_BLOCK_BUFFERS)
         _BLOCK_BUFFERS.clear()
+    trim_heap()
     return count
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim(0)``; nothing where
+    the C library lacks it).
+
+    Why: calibration and warping allocate and free frame-sized arrays (8-25 MB) thousands of
+    times; once glibc's mmap threshold has risen past that size it serves them from its arenas,
+    and the freed pages left between live blocks stay resident. Untrimmed, a process had 100 MB
+    more resident after calibrating 720 frames than after 144 (enough to break SDS's "same peak
+    whatever the frames"); trimmed at the stage's end, both had 0.47 GB. It takes milliseconds."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def method_parameters(config: Config) -> dict:
