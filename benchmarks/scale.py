@@ -285,7 +285,7 @@ def table(results: dict, args) -> list[str]:
     peaks = [z[s]["peak_rss"] for s in sides]
     memory_ok = all(p <= MEMORY_TARGET for p in peaks) and (
         not two or max(peaks) <= (1 + SAME_MEMORY) * min(peaks))
-    rows.append(f"target memory: peak <= 2 GB each" + (" and within 10 % of each other" if two else "")
+    rows.append("target memory: peak <= 2 GB each" + (" and within 10 % of each other" if two else "")
                 + f": {verdict(memory_ok)}")
     if two:
         wall_ratio = z["large"]["wall"] / z["small"]["wall"]
