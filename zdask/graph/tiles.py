@@ -11,7 +11,6 @@ tile's plain description (:class:`TileStack`), never on per-frame results.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import threading
@@ -184,8 +183,8 @@ def release_worker_memory() -> int:
 @functools.cache
 def _malloc_trim():
     """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    try:  # (the symbols the process already has: no library search, no ldconfig subprocess)
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
 
