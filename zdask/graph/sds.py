@@ -279,11 +279,12 @@ def global_block(members: tuple[tuple[str, tuple, tuple, str | None], ...], rows
     stack = np.empty((len(members), r1 - r0, c1 - c0, channels), dtype=np.float32)
     weights = np.empty((len(members), r1 - r0, c1 - c0), dtype=np.float32)
     for k, (tile, _, _, alpha) in enumerate(members):
-        stack[k] = store.open_array_at(root, f"{tile}/image")[where]
-        weights[k] = store.open_array_at(root, f"{tile}/coverage")[where]
+        # (opened once per worker, not once per block: every block reads every lot)
+        stack[k] = store.open_array(root, f"{tile}/image")[where]
+        weights[k] = store.open_array(root, f"{tile}/coverage")[where]
         np.nan_to_num(weights[k], copy=False, nan=0.0)  # (a lot at a time: its masks are small)
         if alpha is not None:
-            cut = store.open_array_at(root, alpha)[where]
+            cut = store.open_array(root, alpha)[where]
             weights[k] *= cut
             # A corner the mask cuts takes no part in the rejection either (as it is absent
             # from a cleaned master tile): weight 0 alone would still count in the median.
