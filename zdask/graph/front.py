@@ -208,9 +208,8 @@ def build_frame_front(gathered: GatheredFrames, config: Config, client, work,
         excluded.update(failed)
     timings["align"] = time.perf_counter() - t
     # (the heap pages thousands of frame-sized arrays left behind, back to the system before the
-    # stacking stages: see trim_heap)
+    # stacking stages: see trim_heap; an in-process worker runs it in this process)
     client.run(release_worker_memory)
-    release_worker_memory()
     return FrameFront(
         gathered.frames, gathered.groups, MappingProxyType(calibrated), MappingProxyType(stats),
         MappingProxyType(aligned), MappingProxyType(excluded), channels,

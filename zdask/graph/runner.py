@@ -115,9 +115,12 @@ def run(inputs: Sequence[str], out_dir: str, config: Config, client=None, say=pr
         # A store elsewhere is claimed first: a run refused for it has written nothing, not even
         # its --out; a store inside --out after the folder, which that claim creates.
         inside = urls.inside(work_root, out_dir)
-        with contextlib.nullcontext() if inside else claim_work_store(work_root, say), \
-                claim_output_folder(out_dir, say), \
-                claim_work_store(work_root, say) if inside else contextlib.nullcontext():
+        with contextlib.ExitStack() as claims:
+            if not inside:
+                claims.enter_context(claim_work_store(work_root, say))
+            claims.enter_context(claim_output_folder(out_dir, say))
+            if inside:
+                claims.enter_context(claim_work_store(work_root, say))
             work = Workspace(out_dir, say, console, config.work)
             _check_work_store(work.root)
             if mode.INPUT == "tiles":
