@@ -155,3 +155,24 @@ def test_fitting_against_the_other_frames_keeps_the_galaxy_halo():
     assert residual < 0.01 * planted
     assert kept_self < 0.92  # a measurable part of the halo is gone
     assert (1 - kept_self) > abs(1 - kept) + 0.05
+
+
+def test_fit_surface_with_a_basis_fits_only_the_surfaces_it_spans():
+    # a plane plus a multiple of one quadratic shape, and a quadratic outside that family
+    h, w = 60, 80
+    extent = (0.0, h - 1.0, 0.0, w - 1.0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    terms = poly_terms(xx.ravel(), yy.ravel(), 2, extent)
+    shape = np.array([0.0, 0.0, 0.0, 0.36, 0.96, 0.64])          # (0.6 u + 0.8 v)²
+    basis = np.zeros((6, 4))
+    basis[:3, :3], basis[:, 3] = np.eye(3), shape
+    planted = basis @ np.array([3.0, 1.0, -2.0, 5.0])
+    image = (terms @ planted).reshape(h, w, 1)
+    fit = fit_surface(image, order=2, extent=extent, step=1, basis=basis)
+    np.testing.assert_allclose(fit.coeffs[0], planted, atol=1e-9)
+    # a curvature across the shape's axis is not in the family: none of it is taken for it
+    across = np.array([0.0, 0.0, 0.0, 0.64, -0.96, 0.36])        # (0.8 u - 0.6 v)²
+    image = (terms @ (planted + 4.0 * across)).reshape(h, w, 1)
+    fit = fit_surface(image, order=2, extent=extent, step=1, basis=basis, iterations=1)
+    assert np.abs(fit.coeffs[0, 3:] - planted[3:]).max() < np.abs(4.0 * across[3:]).max()
+    assert fit.coeffs.shape == (1, n_terms(2))

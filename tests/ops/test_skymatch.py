@@ -167,3 +167,53 @@ def test_widened_sources_keep_a_halo_s_wings_out_of_the_sky_fit():
     curvature = lambda c: float(np.abs(c[0, 3:]).max())  # the sky has none
     assert curvature(plain) > 0.7           # 0.78 of a halo 3.0 high
     assert curvature(widened) < 0.6 * curvature(plain)   # 0.42
+
+
+def _axis_shape(angle_deg: float) -> np.ndarray:
+    """(6,): (cos a·u + sin a·v)² on EXTENT's normalised coordinates."""
+    a, b = np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))
+    return np.array([0.0, 0.0, 0.0, a * a, 2 * a * b, b * b])
+
+
+def test_each_image_s_multiple_of_its_own_shape_is_matched_with_its_plane():
+    # Each cut-out carries its own plane and its own multiple of its own quadratic shape (the
+    # shapes turn from image to image, as a glow does between alt-az panels).
+    rng = np.random.default_rng(4)
+    galaxy, common = _scene()
+    items, planted = _cutouts(rng, galaxy, common)
+    shapes = [_axis_shape(a) for a in (10.0, 25.0, -5.0, 40.0)]
+    multiples = np.array([30.0, -10.0, 20.0, 5.0])
+    curved = []
+    for it, e, k in zip(items, shapes, multiples):
+        surface = Surface(k * e[None, :], 2, EXTENT, np.zeros(1)).evaluate(it.image.shape[:2], offset=it.origin)
+        curved.append(CutOut(it.image + surface, it.weight, it.origin))
+    coeffs = match_surfaces(curved, (H, W), order=1, extent=EXTENT, shapes=shapes)
+    found = np.array([c[0, 3:] @ e[3:] / (e[3:] @ e[3:]) for c, e in zip(coeffs, shapes)])
+    # the shapes differ, so the data show every multiple, their sum too
+    np.testing.assert_allclose(found, multiples, atol=1.0)   # of a spread of 40
+    for c, e, k in zip(coeffs, shapes, found):   # what is returned is the plane plus the multiple
+        np.testing.assert_allclose(c[0, 3:], k * e[3:], atol=1e-9)
+    # without the shapes the same images leave a seam the shapes take out
+    flat = match_surfaces(curved, (H, W), order=1, extent=EXTENT)
+    def worst_step(cs, order):
+        out = [CutOut(it.image - Surface(c, order, EXTENT, np.zeros(1)).evaluate(it.image.shape[:2], offset=it.origin),
+                      it.weight, it.origin) for it, c in zip(curved, cs)]
+        total, wsum = accumulate(out, [o.image for o in out], (H, W), 1)
+        sq, _ = accumulate(out, [o.image ** 2 for o in out], (H, W), 1)
+        spread = np.sqrt(np.maximum(sq[..., 0] / np.maximum(wsum, 1) - (total[..., 0] / np.maximum(wsum, 1)) ** 2, 0))
+        return float(spread[wsum > 1].max())
+    assert worst_step(coeffs, 2) < 2.0 < worst_step(flat, 1)
+
+
+def test_with_one_shape_for_all_the_multiples_sum_to_zero():
+    # the same shape in every image: a multiple they all share is not seen, and is held at zero
+    rng = np.random.default_rng(5)
+    items, _ = _cutouts(rng, *_scene())
+    shape = _axis_shape(20.0)
+    multiples = np.array([30.0, -10.0, 20.0, 5.0])
+    curved = [CutOut(it.image + Surface(k * shape[None, :], 2, EXTENT, np.zeros(1)).evaluate(
+        it.image.shape[:2], offset=it.origin), it.weight, it.origin) for it, k in zip(items, multiples)]
+    coeffs = match_surfaces(curved, (H, W), order=1, extent=EXTENT, shapes=[shape] * 4)
+    found = np.array([c[0, 3:] @ shape[3:] / (shape[3:] @ shape[3:]) for c in coeffs])
+    np.testing.assert_allclose(found, multiples - multiples.mean(), atol=1.0)   # of a spread of 40
+    assert abs(found.sum()) < 1e-3

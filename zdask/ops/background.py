@@ -172,6 +172,7 @@ def fit_surface(
     extent: Extent | None = None,
     step: int = 4,
     offset: tuple[int, int] = (0, 0),
+    basis: np.ndarray | None = None,
 ) -> Surface:
     """Robust least-squares fit of a low-order surface to ``difference`` (frame − reference).
 
@@ -200,6 +201,9 @@ def fit_surface(
         Sampling stride in pixels, >= 1.
     offset : tuple of int
         ``(y0, x0)`` position of the block's pixel (0, 0) in the extent's frame.
+    basis : numpy.ndarray, optional
+        ``(n_terms(order), m)``: the surfaces fitted are ``basis @ beta`` for ``m`` free
+        numbers ``beta`` (e.g. a plane and one given quadratic shape); default every term free.
 
     Returns
     -------
@@ -226,8 +230,10 @@ def fit_surface(
         use &= ~m[::step, ::step]
     yy, xx = np.meshgrid(rows + y0, cols + x0, indexing="ij")
     design = poly_terms(xx, yy, order, ext)
+    if basis is not None:
+        design = design @ basis
     nt = design.shape[1]
-    coeffs = np.zeros((c, nt))
+    coeffs = np.zeros((c, n_terms(order)))
     n_used = np.zeros(c, dtype=np.int64)
     for k in range(c):
         z = sub[:, :, k].ravel()
@@ -253,7 +259,7 @@ def fit_surface(
                 break
             keep = new
         if np.isfinite(beta).all():
-            coeffs[k] = beta
+            coeffs[k] = beta if basis is None else basis @ beta
             n_used[k] = int(keep.sum())
     return Surface(coeffs, order, ext, n_used)
 

@@ -56,7 +56,7 @@ def accumulate(items: list[CutOut], values: list[np.ndarray], shape: tuple[int, 
 def match_surfaces(
     items: list[CutOut], grid_shape: tuple[int, int], *, order: int, extent, passes: int = 4,
     exclude: np.ndarray | None = None, min_overlap: int = 20, step: int = 1,
-    max_samples: int = 20000,
+    max_samples: int = 20000, shapes: list[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Per-image surface coefficients ``(C, n_terms)`` (subtract them to match the images).
 
@@ -69,36 +69,80 @@ def match_surfaces(
     leave out) masks known sources up front. ``extent`` = (y_min, y_max, x_min, x_max) of the
     grid in the coordinates the surfaces are evaluated in; pairs sharing fewer than
     ``min_overlap`` pixels are ignored, larger ones subsampled (``step``, ``max_samples``).
+
+    ``shapes`` (one quadratic per image, 6 coefficients in :func:`poly_terms` order, or None)
+    gives every image one more unknown: the multiple of its own shape it carries. Differences
+    show the multiples' differences; their sum only as far as the shapes differ, and not at
+    all when they are alike: a faint pull (a millionth of the data's weight) holds the sum at
+    zero then. The result is of order ``max(order, 2)``: the surface plus the multiple of the
+    image's shape.
     """
     channels = items[0].image.shape[-1] if items else 0
     nt = n_terms(order)
+    out_order = order if shapes is None else max(order, 2)
+    n_out = n_terms(out_order)
+    m = nt + (shapes is not None)  # unknowns per image
     pairs = []
     for i in range(len(items)):
         for j in range(i + 1, len(items)):
-            found = _pair_samples(items[i], items[j], exclude, step, max_samples, order, extent)
+            found = _pair_samples(items[i], items[j], exclude, step, max_samples, out_order, extent)
             if found is not None and len(found[1]) >= min_overlap:
-                pairs.append((i, j, *found))
-    coeffs = np.zeros((len(items) * nt, channels))
-    if not pairs:
-        return [coeffs[k * nt:(k + 1) * nt].T.copy() for k in range(len(items))]
-    keeps = [np.ones(len(d), dtype=bool) for _, _, _, d in pairs]
+                terms, diff = found
+                a = b = terms[:, :nt]
+                if shapes is not None:  # each image's own shape, sampled on the shared pixels
+                    a = np.column_stack([a, terms @ _padded(shapes[i], n_out)])
+                    b = np.column_stack([b, terms @ _padded(shapes[j], n_out)])
+                pairs.append((i, j, a, b, diff))
+    coeffs = np.zeros((len(items) * m, channels))
+    if pairs:
+        coeffs = _solve_pairs(pairs, len(items), m, channels, passes, min_overlap, shapes is not None)
+    out = []
+    for k in range(len(items)):
+        c = np.zeros((channels, n_out))
+        c[:, :nt] = coeffs[k * m:k * m + nt].T
+        if shapes is not None:
+            c += coeffs[k * m + nt][:, None] * _padded(shapes[k], n_out)[None, :]
+        out.append(c)
+    return out
+
+
+# Weight of the pull on the shape multiples' sum, relative to the data's mean weight on one:
+# enough to fix it where the pairs do not see it at all, too little to move what they see.
+SUM_PULL = 1e-6
+
+
+def _padded(shape: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n)
+    out[:len(shape)] = shape
+    return out
+
+
+def _solve_pairs(pairs, n_items: int, m: int, channels: int, passes: int, min_overlap: int,
+                 sum_free: bool) -> np.ndarray:
+    """The least-squares solution of ``a·c_i − b·c_j ≈ d`` over every pair (i, j, a, b, d),
+    with ``passes`` rounds of 3σ clipping; with ``sum_free``, the sum of the last unknowns of
+    the images, which the pairs may not see, is pulled faintly towards zero."""
+    keeps = [np.ones(len(d), dtype=bool) for *_, d in pairs]
+    coeffs = np.zeros((n_items * m, channels))
     for _ in range(max(1, passes)):
-        normal = np.zeros((len(items) * nt, len(items) * nt))
-        rhs = np.zeros((len(items) * nt, channels))
-        for (i, j, terms, diff), keep in zip(pairs, keeps):
-            t, d = terms[keep], diff[keep]
-            gram, proj = t.T @ t, t.T @ d
-            a, b = slice(i * nt, (i + 1) * nt), slice(j * nt, (j + 1) * nt)
-            normal[a, a] += gram
-            normal[b, b] += gram
-            normal[a, b] -= gram
-            normal[b, a] -= gram
-            rhs[a] += proj
-            rhs[b] -= proj
+        normal = np.zeros((n_items * m, n_items * m))
+        rhs = np.zeros((n_items * m, channels))
+        for (i, j, a, b, d), keep in zip(pairs, keeps):
+            ak, bk, dk = a[keep], b[keep], d[keep]
+            si, sj = slice(i * m, (i + 1) * m), slice(j * m, (j + 1) * m)
+            normal[si, si] += ak.T @ ak
+            normal[sj, sj] += bk.T @ bk
+            normal[si, sj] -= ak.T @ bk
+            normal[sj, si] -= bk.T @ ak
+            rhs[si] += ak.T @ dk
+            rhs[sj] -= bk.T @ dk
+        if sum_free:
+            last = np.arange(m - 1, n_items * m, m)
+            normal[np.ix_(last, last)] += SUM_PULL * max(float(np.mean(normal[last, last])), 1e-12)
         coeffs = np.linalg.lstsq(normal, rhs, rcond=None)[0]
         changed = False
-        for n, (i, j, terms, diff) in enumerate(pairs):
-            residual = diff - terms @ (coeffs[i * nt:(i + 1) * nt] - coeffs[j * nt:(j + 1) * nt])
+        for n, (i, j, a, b, d) in enumerate(pairs):
+            residual = d - (a @ coeffs[i * m:(i + 1) * m] - b @ coeffs[j * m:(j + 1) * m])
             centre = np.median(residual[keeps[n]], axis=0)
             sigma = mad_sigma(residual[keeps[n]], centre, axis=0)
             keep = np.all(np.abs(residual - centre) <= 3.0 * np.maximum(sigma, 1e-12), axis=1)
@@ -106,7 +150,7 @@ def match_surfaces(
                 keeps[n], changed = keep, True
         if not changed:
             break
-    return [coeffs[k * nt:(k + 1) * nt].T.copy() for k in range(len(items))]
+    return coeffs
 
 
 @dataclass(frozen=True)
@@ -336,7 +380,7 @@ def _pair_samples(a: CutOut, b: CutOut, exclude, step, max_samples, order, exten
 
 def fit_common_sky(
     image: np.ndarray, weight: np.ndarray, *, order: int, extent, passes: int = 6,
-    source_sigma: float = 2.0, source_grow: int = 0,
+    source_sigma: float = 2.0, source_grow: int = 0, basis: np.ndarray | None = None,
 ) -> np.ndarray:
     """Coefficients ``(C, n_terms)`` of the sky surface an assembled mosaic still holds.
 
@@ -347,6 +391,7 @@ def fit_common_sky(
     positive; the sky is what lies under them), so extended emission grows out of the fit
     pass after pass instead of being fitted away. ``source_grow`` widens each pass's new
     sources by that many pixels: a galaxy's halo and a star's wings go on below the clip.
+    ``basis`` restricts the surfaces fitted (:func:`zdask.ops.background.fit_surface`).
     """
     img = image if image.ndim == 3 else image[..., None]
     valid = (weight > 0) & np.isfinite(img).all(axis=-1)
@@ -357,12 +402,13 @@ def fit_common_sky(
     for _ in range(passes):
         # Every other pixel each way: a quarter of a million samples of a binned mosaic still
         # fix a low-order surface, and each pass took 0.5 s on all of them.
-        fit = fit_surface(np.where(excluded[..., None], np.nan, img), order=order, extent=extent, step=2)
+        fit = fit_surface(np.where(excluded[..., None], np.nan, img), order=order, extent=extent, step=2,
+                          basis=basis)
         coeffs = fit.coeffs
         model = Surface(coeffs, order, fit.extent, fit.n_used).evaluate(img.shape[:2]).sum(axis=-1)
         residual = total - model
         kept = residual[~excluded]
-        if kept.size < 10 * n_terms(order):
+        if kept.size < 10 * (n_terms(order) if basis is None else basis.shape[1]):
             break
         kept = kept[::max(1, kept.size // (1 << 18))]  # centre and σ from a strided sample
         centre = np.median(kept)
