@@ -204,11 +204,16 @@ class Config:
     sky_surface_order: int = _doc(
         "Order of the sky surfaces matched between overlapping frames (inside a tile) and "
         "tiles (in the mosaic): -1 off, 0 offset, 1 plane, 2 quadratic. Each is fitted against "
-        "the others covering the same sky, so emission fixed on the sky is kept. With 1 or 2, "
-        "the curvature every tile's own sky shows (the median over tiles, sources masked: a "
-        "horizon glow curves every frame alike) is taken out of every tile before the tiles "
-        "are matched, instead of becoming a bowl as wide as the mosaic; the plane all tiles "
-        "share is fitted on the mosaic with sources masked. Not used when background_mesh > 0.",
+        "the others covering the same sky, so emission fixed on the sky is kept. With 1 "
+        "(default), each tile also carries the curvature of its horizon glow along its own "
+        "gradient: the overlaps fix how the tiles' glows differ (each is the mean of its "
+        "frames'), the tiles' own skies (sources masked, median over tiles) its level; what all "
+        "tiles share and the overlaps cannot see is fitted on the mosaic with sources masked as "
+        "if the sky were flat: a plane, and the curvature along the mosaic's glow gradient (an "
+        "object larger than the mosaic loses its curvature along that one direction). With 2, "
+        "the median of the tiles' own curvatures is taken out of every tile and three free "
+        "curvature terms per tile are matched. The report says what the data fixed and what "
+        "was assumed. Not used when background_mesh > 0.",
         default=1,
         stages=("tiles", "mosaic"),
 

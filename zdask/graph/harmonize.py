@@ -24,7 +24,10 @@ from zdask.ops.bgmesh import MeshBackground, mesh_background
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
 from zdask.ops.seams import seam_metric
 from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces, match_to_consensus
-from zdask.ops.skyshape import common_curvature, pad_order, tile_curvature
+from zdask.ops.skyshape import (
+    GlowCurvature, axis_multiple, common_curvature, glow_axis_shape, glow_curvature, pad_order, plane_and_shape,
+    tile_curvature,
+)
 from zdask.ops.warp import (
     bin_image, binned_extent, binned_transform, pixel_map, remap, wcs_pixel_transform,
 )
@@ -218,28 +221,45 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
         gains, offsets = solved.gains, solved.offsets
     corrected = [CutOut(it.image * gains[k] + offsets[k], it.weight, it.origin) for k, it in enumerate(items)]
     surfaces = [None] * n
-    common = None
+    report = _common_report(None)
     if order >= 0 and n > 1:
         extent_b = _binned_grid_extent(shape_b)
         # The matching fixes what differs between tiles; the surface they all share is free.
         # It is NOT fitted on the assembled mosaic as if the sky were flat (that takes out
-        # emission larger than the mosaic). Its curvature is the one every tile's own sky
-        # shows (the median over tiles, zdask.ops.skyshape), taken out BEFORE the matching so
-        # that the matching does not chain it into a bowl; its plane is fitted below on the
-        # mosaic with sources masked, and reported as assumed.
-        if order >= 1:
-            common = common_curvature([tile_curvature(it.image, it.weight, it.origin, extent_b)
-                                       for it in corrected])
-        matched_on = corrected if common is None else [_minus_surface(it, common.coeffs, extent_b)
-                                                       for it in corrected]
+        # emission larger than the mosaic). Its curvature is the one the tiles' own skies show
+        # (the median over tiles, zdask.ops.skyshape), taken out BEFORE the matching so that
+        # the matching does not chain it into a bowl; its plane is fitted below on the mosaic
+        # with sources masked, and reported as assumed.
+        shapes = glow = common = None
+        curvatures = [tile_curvature(it.image, it.weight, it.origin, extent_b) for it in corrected] \
+            if order >= 1 else []
+        taken = None  # per tile, the curvature taken out before the matching
+        if order == 1:  # planes, after each tile's glow curvature along its own gradient
+            shapes = [glow_axis_shape(it.image, it.weight, it.origin, extent_b) for it in corrected]
+            glow = _glow_curvature(corrected, curvatures, shapes, shape_b, extent_b)
+            taken = [m[:, None] * e[None, :] for m, e in zip(glow.multiples, shapes)]
+        elif order == 2:  # free quadratics, after the one curvature all tiles share
+            common = common_curvature(curvatures)
+            taken = [common.coeffs] * n
+        matched_on = corrected if taken is None else [_minus_surface(it, t, extent_b)
+                                                      for it, t in zip(corrected, taken)]
         coeffs = match_surfaces(matched_on, shape_b, order=order, extent=extent_b)
         out_order = order
-        if common is not None:
-            coeffs, out_order = [pad_order(c, order, 2) + common.coeffs for c in coeffs], 2
+        if order >= 1:
+            coeffs, out_order = [pad_order(c, order, 2) + t for c, t in zip(coeffs, taken)], 2
+            # What the tiles share and the overlaps cannot see is fitted on the assembled
+            # mosaic, sources masked, as if the sky were flat: its plane, and (with glow shapes)
+            # its glow curvature along the mosaic's own gradient, which the tiles' own skies
+            # fix only to a fraction of what a mosaic-wide bowl shows (each tile's curvature
+            # times (mosaic / tile)²), and which no object larger than the mosaic hides in one
+            # direction only.
             flat = [_minus_surface(it, c, extent_b) for it, c in zip(corrected, coeffs)]
-            plane = pad_order(fit_common_sky(*_assemble(flat, shape_b), order=1, extent=extent_b), 1, 2)
-            common = dataclasses.replace(common, coeffs=common.coeffs + plane)
+            axis = None if shapes is None else glow_axis_shape(*_assemble(corrected, shape_b), (0, 0), extent_b)
+            plane = fit_common_sky(*_assemble(flat, shape_b), order=2 if axis is not None else 1, extent=extent_b,
+                                   basis=None if axis is None else plane_and_shape(axis))
+            plane = pad_order(plane, 2 if axis is not None else 1, 2)
             coeffs = [c + plane for c in coeffs]
+            report = _common_report(plane, common, glow, axis)
         surfaces = [(np.asarray(c).tolist(), out_order, list(binned_extent(shape_b, factor))) for c in coeffs]
         corrected = [_minus_surface(it, np.asarray(c), extent_b, out_order) for it, c in zip(corrected, coeffs)]
     after = seam_metric(overlap_medians(corrected, shape_b))
@@ -247,7 +267,21 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
             "seam_before": np.asarray(before).tolist(), "seam_after": np.asarray(after).tolist(),
             "pair_seam_before": pair_seam_metric(items).tolist(),
             "pair_seam_after": pair_seam_metric(corrected).tolist(), "pairs": len(pairs),
-            "common_surface": _common_report(common)}
+            "common_surface": report}
+
+
+def _glow_curvature(tiles: list[CutOut], curvatures: list[np.ndarray], shapes: list[np.ndarray],
+                    shape_b: tuple[int, int], extent_b) -> GlowCurvature:
+    """Each tile's glow curvature along its own gradient (zdask.ops.skyshape.glow_curvature):
+    the differences the overlaps fix, matched with each tile's multiple of its shape free after
+    the median of the tiles' own is taken out of all (so that the matching solves small
+    differences: a level common to all tiles is not seen through the overlaps, and is held at
+    zero there), confirmed by and levelled on the tiles' own curvatures."""
+    own = np.array([axis_multiple(c, e) for c, e in zip(curvatures, shapes)])
+    base = np.median(own, axis=0)
+    flat = [_minus_surface(it, base[:, None] * e[None, :], extent_b) for it, e in zip(tiles, shapes)]
+    found = match_surfaces(flat, shape_b, order=1, extent=extent_b, shapes=shapes)
+    return glow_curvature(own, base + np.array([axis_multiple(c, e) for c, e in zip(found, shapes)]))
 
 
 def _minus_surface(item: CutOut, coeffs: np.ndarray, extent, order: int = 2) -> CutOut:
@@ -256,15 +290,29 @@ def _minus_surface(item: CutOut, coeffs: np.ndarray, extent, order: int = 2) -> 
     return CutOut(item.image - surface.evaluate(item.image.shape[:2], offset=item.origin), item.weight, item.origin)
 
 
-def _common_report(common) -> dict:
+def _common_report(plane: np.ndarray | None, common=None, glow=None, axis=None) -> dict:
     """How much of the surface all tiles share the data fixed, and how much was assumed."""
-    if common is None:
+    if plane is None:
         return {"determined": [], "undetermined": ["all (no tile surfaces)"], "quadratic": []}
-    return {"determined": list(common.determined),
-            "undetermined": list(common.undetermined),
-            "assumed_flat": ["1", "u", "v"], "surface": common.coeffs.tolist(),
-            "quadratic_from": "median of the tiles' own sky curvatures (sources masked)",
-            "curvature_spread": None if common.spread is None else np.asarray(common.spread).tolist()}
+    out = {"assumed_flat": ["1", "u", "v"], "plane": np.asarray(plane).tolist()}
+    if common is not None:  # sky_surface_order 2
+        return {**out, "determined": list(common.determined), "undetermined": list(common.undetermined),
+                "surface": (common.coeffs + plane).tolist(),
+                "quadratic_from": "median of the tiles' own sky curvatures (sources masked)",
+                "curvature_spread": None if common.spread is None else np.asarray(common.spread).tolist()}
+    level = ["glow curvature level"] if glow.determined else []
+    return {**out, "assumed_flat": ["1", "u", "v", "glow curvature along the mosaic's gradient"],
+            "determined": level + ["glow curvature per tile"],
+            "undetermined": [] if glow.determined else ["glow curvature level"],
+            "mosaic_glow_curvature": None if axis is None else axis_multiple(plane, axis).tolist(),
+            "glow_curvature_level": glow.level.tolist(),
+            "glow_curvature_level_from": "median over tiles of each tile's own sky curvature along its "
+                                         "own gradient (sources masked), less what the overlaps fixed",
+            "glow_curvature_spread": None if glow.spread is None else glow.spread.tolist(),
+            "glow_curvature_confirmed": None if glow.confirmed is None else glow.confirmed.tolist(),
+            "glow_curvature_per_tile": glow.multiples.tolist(),
+            "glow_curvature_per_tile_from": "the overlaps fix the differences between tiles, the level "
+                                            "adds to every tile"}
 
 
 def _assemble(items: list[CutOut], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
