@@ -272,3 +272,17 @@ def test_spec_normalises_and_validates():
         SurveySpec(altaz_panels=(4,))
     with pytest.raises(ValueError):
         SurveySpec(bayer="RGBX")
+
+
+def test_the_glow_s_curvature_scatters_from_frame_to_frame():
+    from zdask.sim.layout import plan_frames
+
+    base = dict(panels=(2, 2), frames_per_panel=5, frame_size=(96, 128), gradient_quad_frac=0.1)
+    scattered = plan_frames(SurveySpec(**base, gradient_quad_scatter=0.05), np.random.default_rng(0))
+    quads = np.array([p.gradient_quad for p in scattered])
+    assert ((quads >= 0.05) & (quads <= 0.15)).all() and quads.std() > 0.01
+    # without scatter every frame has the survey's, and nothing else of the plan moves
+    alike = plan_frames(SurveySpec(**base), np.random.default_rng(0))
+    assert all(p.gradient_quad == 0.1 for p in alike)
+    with pytest.raises(ValueError):
+        SurveySpec(gradient_quad_scatter=-0.1)

@@ -67,6 +67,9 @@ class FramePlan:
     gradient_angle_deg: float
     """Direction (pixel frame, from +x towards +y) in which the sky brightens,
     i.e. towards the horizon."""
+    gradient_quad: float = 0.0
+    """Quadratic part of the gradient in green, as a fraction of the sky level
+    (``SurveySpec.gradient_quad_frac`` with this frame's scatter)."""
 
 
 def fits_float(value: float) -> float:
@@ -208,6 +211,9 @@ def plan_frames(spec: SurveySpec, rng: np.random.Generator) -> list[FramePlan]:
             else:
                 hra, hdec = ra, dec
             date = t0 + timedelta(seconds=t_start)
+            # Drawn only when asked for, so that surveys without scatter stay as they were.
+            quad = spec.gradient_quad_frac + (rng.uniform(-spec.gradient_quad_scatter, spec.gradient_quad_scatter)
+                                              if spec.gradient_quad_scatter > 0 else 0.0)
             plans.append(FramePlan(
                 index=p * nf + k, panel=p, frame_in_panel=k,
                 mode="ALT_AZ" if altaz else "EQ",
@@ -221,6 +227,6 @@ def plan_frames(spec: SurveySpec, rng: np.random.Generator) -> list[FramePlan]:
                 sky_level_adu=tuple(float(sky_g * v) for v in spec.sky_color),
                 gradient_frac=tuple(float(spec.gradient_frac * grad_p * v)
                                     for v in spec.gradient_color),
-                gradient_angle_deg=grad_angle,
+                gradient_angle_deg=grad_angle, gradient_quad=float(quad),
             ))
     return plans

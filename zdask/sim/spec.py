@@ -134,6 +134,12 @@ class SurveySpec:
     direction (-1 .. 1 at the farthest corners), tied to the frame like the linear part (so
     tiles at different places of a mosaic each carry it around their own centre)."""
 
+    gradient_quad_scatter: float = 0.0
+    """Frame-to-frame spread of that quadratic part: each frame's is drawn uniformly from
+    ``gradient_quad_frac ± gradient_quad_scatter`` (0 = every frame alike). The glow's shape
+    changes from exposure to exposure, so each tile's stack carries the mean of its own frames'
+    curvatures, and the tiles of a mosaic differ."""
+
     nebula_adu_per_s: float = 0.0
     """Mean surface brightness in green of an emission nebula that fills the whole survey
     (ADU per pixel per second; 0 = none): a positive random field with a power-law spectrum,
@@ -210,6 +216,8 @@ class SurveySpec:
             raise ValueError("mag_bright must be brighter (smaller) than mag_limit")
         if self.exptime_s <= 0 or self.gain_e_per_adu <= 0:
             raise ValueError("exptime_s and gain_e_per_adu must be positive")
+        if self.gradient_quad_scatter < 0:
+            raise ValueError("gradient_quad_scatter must be >= 0")
 
     # ------------------------------------------------------- derived values
     @property

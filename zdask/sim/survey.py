@@ -128,7 +128,7 @@ def _render_one(spec, plan, cfa, truth_wcs, extended, stars, origin, hot_xy, hot
                           (fx[keep], fy[keep]), stars.flux[sel[keep]], plan.psf_fwhm_px,
                           plan.transparency, plan.sky_level_adu, plan.gradient_frac,
                           plan.gradient_angle_deg, trail,
-                          tuple(spec.gradient_quad_frac * v for v in spec.gradient_color))
+                          tuple(plan.gradient_quad * v for v in spec.gradient_color))
     rng = np.random.default_rng([spec.seed, _SEED_NOISE, plan.index])
     data = digitise(rng, signal, spec.gain_e_per_adu, spec.read_noise_e, spec.pedestal_adu,
                     hot_xy, hot_adu)
@@ -261,7 +261,7 @@ def _manifest(spec, plans, names, cards, trails, hot_xy, hot_adu, twcs, tshape, 
             "wcs_header": None if hdr_cards == true_cards else hdr_cards,
             "transparency": p.transparency, "psf_fwhm_px": p.psf_fwhm_px,
             "sky": {"level_adu": list(p.sky_level_adu), "gradient_frac": list(p.gradient_frac),
-                    "gradient_angle_deg": p.gradient_angle_deg,
+                    "gradient_angle_deg": p.gradient_angle_deg, "gradient_quad": p.gradient_quad,
                     "ref_px": [(w - 1) / 2.0, (h - 1) / 2.0], "norm_px": 0.5 * float(np.hypot(w, h))},
             "jitter_px": list(p.jitter_px), "rotation_deg": p.rotation_deg,
             "parallactic_angle_deg": p.parallactic_deg,
@@ -277,7 +277,7 @@ def _manifest(spec, plans, names, cards, trails, hot_xy, hot_adu, twcs, tshape, 
         "channels": "RGB",
         "units": "ADU per pixel per frame of EXPTIME",
         "sky_model": "sky_c(x,y) = level_adu[c] * (1 + gradient_frac[c] * ((x-ref_x)*cos(a) + "
-                     "(y-ref_y)*sin(a)) / norm_px + gradient_quad_frac * g[c] * (s*s - 1/3)), "
+                     "(y-ref_y)*sin(a)) / norm_px + gradient_quad * g[c] * (s*s - 1/3)), "
                      "s = ((x-ref_x)*cos(a) + (y-ref_y)*sin(a)) / norm_px, g = gradient_color, "
                      "a = gradient_angle_deg, 0-based frame pixels",
         "truth": {"file": "truth.fits", "shape": [3, tshape[0], tshape[1]], "wcs": wcs_cards(twcs),
