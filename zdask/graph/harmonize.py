@@ -225,11 +225,10 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
     if order >= 0 and n > 1:
         extent_b = _binned_grid_extent(shape_b)
         # The matching fixes what differs between tiles; the surface they all share is free.
-        # It is NOT fitted on the assembled mosaic as if the sky were flat (that takes out
-        # emission larger than the mosaic). Its curvature is the one the tiles' own skies show
-        # (the median over tiles, zdask.ops.skyshape), taken out BEFORE the matching so that
-        # the matching does not chain it into a bowl; its plane is fitted below on the mosaic
-        # with sources masked, and reported as assumed.
+        # Their curvature is taken out BEFORE the matching, so that the matching does not
+        # chain it into a bowl as wide as the mosaic (zdask.ops.skyshape): with planes, each
+        # tile's glow curvature along its own gradient; with quadratics, the median of the
+        # tiles' own curvatures. What is left to all tiles is fitted below on the mosaic.
         shapes = glow = common = None
         curvatures = [tile_curvature(it.image, it.weight, it.origin, extent_b) for it in corrected] \
             if order >= 1 else []
@@ -248,11 +247,11 @@ def plan_tile_photometry(items: list[CutOut], shape_b: tuple[int, int], factor: 
         if order >= 1:
             coeffs, out_order = [pad_order(c, order, 2) + t for c, t in zip(coeffs, taken)], 2
             # What the tiles share and the overlaps cannot see is fitted on the assembled
-            # mosaic, sources masked, as if the sky were flat: its plane, and (with glow shapes)
-            # its glow curvature along the mosaic's own gradient, which the tiles' own skies
-            # fix only to a fraction of what a mosaic-wide bowl shows (each tile's curvature
-            # times (mosaic / tile)²), and which no object larger than the mosaic hides in one
-            # direction only.
+            # mosaic, sources masked, as if the sky were flat, and reported as assumed: its
+            # plane, and with glow shapes its glow curvature along the mosaic's gradient. The
+            # tiles' own skies fix that curvature's level only to what one tile shows: an
+            # error e in it is e·(mosaic / tile)² across the mosaic, a bowl. Only emission
+            # larger than the mosaic loses its curvature along that one direction with it.
             flat = [_minus_surface(it, c, extent_b) for it, c in zip(corrected, coeffs)]
             axis = None if shapes is None else glow_axis_shape(*_assemble(corrected, shape_b), (0, 0), extent_b)
             plane = fit_common_sky(*_assemble(flat, shape_b), order=2 if axis is not None else 1, extent=extent_b,
@@ -274,9 +273,9 @@ def _glow_curvature(tiles: list[CutOut], curvatures: list[np.ndarray], shapes: l
                     shape_b: tuple[int, int], extent_b) -> GlowCurvature:
     """Each tile's glow curvature along its own gradient (zdask.ops.skyshape.glow_curvature):
     the differences the overlaps fix, matched with each tile's multiple of its shape free after
-    the median of the tiles' own is taken out of all (so that the matching solves small
-    differences: a level common to all tiles is not seen through the overlaps, and is held at
-    zero there), confirmed by and levelled on the tiles' own curvatures."""
+    the median of the tiles' own is taken out of all (the matching then solves small
+    differences; a level common to all tiles, which the overlaps barely see, stays near that
+    median), confirmed by and levelled on the tiles' own curvatures."""
     own = np.array([axis_multiple(c, e) for c, e in zip(curvatures, shapes)])
     base = np.median(own, axis=0)
     flat = [_minus_surface(it, base[:, None] * e[None, :], extent_b) for it, e in zip(tiles, shapes)]

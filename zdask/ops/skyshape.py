@@ -17,6 +17,13 @@ MEDIAN over tiles of those (:func:`common_curvature`): a tile that a bright gala
 curvature of its own and does not move the median. Taking the median rather than each tile's own
 curvature keeps the smooth part of an object at tile scale too, and needs no alt-az frames.
 
+The median leaves each tile the difference between its own glow curvature and the median, and
+those differ: a tile's glow is the mean of its frames', whose curvature changes from exposure
+to exposure. With plane matching (sky_surface_order 1) each tile's curvature is therefore
+modelled along its own gradient (:func:`glow_axis_shape`, where a horizon glow curves), its
+differences fixed through the overlaps and checked against the tiles' own, its level on their
+median (:func:`glow_curvature`).
+
 Pure NumPy; surfaces are coefficient arrays in :func:`zdask.ops.background.poly_terms` order
 (``1, u, v, u², u·v, v²``) on coordinates normalised to [-1, 1] over one extent; the quadratic
 coefficients of a surface do not change when the surface is moved, so tiles at different places
