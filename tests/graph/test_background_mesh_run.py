@@ -1,10 +1,13 @@
-"""End to end: `--background-mesh` gives the flattest sky on a survey whose frames carry strong
-curved gradients, and the report says which sky model ran.
+"""End to end: `--background-mesh` flattens a survey whose frames carry strong curved gradients
+as well as the default matched surfaces do, without touching the stars, and the report says
+which sky model ran.
 
 No extended object here, so that the local background costs nothing and the large-scale residual
 against the truth measures only the sky model. Measured on this survey (64 px cells of the
-residual, in pixel-noise units): 0.76 with a 64 px mesh; 1.21 with the default matched surfaces
-(16.5 before their common curvature came from the tiles' own skies).
+residual, in pixel-noise units): 0.76 with a 64 px mesh; 0.56 with the default matched surfaces
+(1.21 with one curvature for all tiles, 16.5 before that curvature came from the tiles' own
+skies). Where the mesh is for is emission the data cannot tell from a gradient, which it takes
+out with the gradient; there is none here.
 """
 
 import json
@@ -20,6 +23,7 @@ STEEP_SKY = SurveySpec(panels=(2, 2), frames_per_panel=8, frame_size=(270, 480),
                        gradient_frac=0.6, gradient_quad_frac=0.2, galaxy_disk_adu_per_s=0.0)
 CLUSTER = ["--workers", "1", "--threads-per-worker", "2"]
 MAX_LARGE_SCALE_WITH_MESH = 2.0
+MAX_LARGE_SCALE_MATCHED = 1.0   # 0.56 now; 1.21 with one glow curvature for all tiles
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +47,11 @@ def both_runs(steep_survey):
     return results
 
 
-def test_the_mesh_flattens_what_the_matched_surfaces_leave(both_runs):
+def test_the_mesh_and_the_matched_surfaces_both_flatten_a_steep_curved_sky(both_runs):
     default, _ = both_runs["default"]
     mesh, _ = both_runs["mesh"]
     assert mesh["large_scale_rms_over_noise"] < MAX_LARGE_SCALE_WITH_MESH, mesh
-    assert mesh["large_scale_rms_over_noise"] < 0.8 * default["large_scale_rms_over_noise"], (mesh, default)
+    assert default["large_scale_rms_over_noise"] < MAX_LARGE_SCALE_MATCHED, default
     # flat, not emptied: stars and small-scale structure are as in the default run
     assert mesh["small_scale_rms_over_noise"] < 1.1 * default["small_scale_rms_over_noise"], (mesh, default)
     assert mesh["covered_fraction"] > 0.99 * default["covered_fraction"]
