@@ -34,14 +34,19 @@ MAX_SEAMS = 1.5              # seams by panel region / noise: 1.3 matched, 1.9 w
 MAX_SCATTER_LARGE_SCALE = 3.0  # large-scale / noise: 2.4 matched, 3.6 with one curvature
 
 
-@pytest.fixture(scope="module")
-def curved_run(tmp_path_factory):
-    survey = tmp_path_factory.mktemp("curved")
-    simulate_survey(survey, CURVED_SKY)
+def _simulated_run(tmp_path_factory, name: str, spec: SurveySpec):
+    """(survey folder, output folder) of `zdask run` on a survey simulated with ``spec``."""
+    survey = tmp_path_factory.mktemp(name)
+    simulate_survey(survey, spec)
     out = survey / "out"
     result = CliRunner().invoke(app, ["run", str(survey / "frames"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return survey, out
+
+
+@pytest.fixture(scope="module")
+def curved_run(tmp_path_factory):
+    return _simulated_run(tmp_path_factory, "curved", CURVED_SKY)
 
 
 def test_curved_gradient_leaves_no_bowl_and_keeps_the_nebula(curved_run):
@@ -53,12 +58,7 @@ def test_curved_gradient_leaves_no_bowl_and_keeps_the_nebula(curved_run):
 
 @pytest.fixture(scope="module")
 def scattered_run(tmp_path_factory):
-    survey = tmp_path_factory.mktemp("scattered")
-    simulate_survey(survey, GLOW_SCATTER)
-    out = survey / "out"
-    result = CliRunner().invoke(app, ["run", str(survey / "frames"), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return survey, out
+    return _simulated_run(tmp_path_factory, "scattered", GLOW_SCATTER)
 
 
 def test_glow_curvature_changing_from_frame_to_frame_leaves_no_seams(scattered_run):
