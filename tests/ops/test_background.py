@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from zdask.ops.background import fit_surface, n_terms, poly_terms, star_mask
+from zdask.ops.background import Surface, fit_surface, n_terms, pad_order, poly_terms, star_mask
 
 
 def test_poly_terms_columns_and_normalisation():
@@ -176,3 +176,12 @@ def test_fit_surface_with_a_basis_fits_only_the_surfaces_it_spans():
     fit = fit_surface(image, order=2, extent=extent, step=1, basis=basis, iterations=1)
     assert np.abs(fit.coeffs[0, 3:] - planted[3:]).max() < np.abs(4.0 * across[3:]).max()
     assert fit.coeffs.shape == (1, n_terms(2))
+
+
+def test_pad_order_keeps_the_surface():
+    plane = np.array([[1.0, 2.0, -3.0]])
+    padded = pad_order(plane, 1, 2)
+    extent = (0.0, 299.0, 0.0, 299.0)
+    a = Surface(plane, 1, extent, np.zeros(1)).evaluate((20, 30), offset=(5, 7))
+    b = Surface(padded, 2, extent, np.zeros(1)).evaluate((20, 30), offset=(5, 7))
+    assert np.allclose(a, b)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from zdask.ops.background import Surface
-from zdask.ops.background import poly_terms
+from zdask.ops.background import pad_order, poly_terms
 from zdask.ops.skyshape import (
-    MIN_TILES, axis_multiple, common_curvature, glow_axis_shape, glow_curvature, pad_order, plane_and_shape,
+    MIN_TILES, axis_multiple, common_curvature, glow_axis_shape, glow_curvature, plane_and_shape,
     tile_curvature,
 )
 
@@ -58,14 +58,6 @@ def test_too_few_tiles_leave_the_curvature_alone():
     curvatures = [GLOW.copy() for _ in range(MIN_TILES - 1)]
     common = common_curvature(curvatures)
     assert np.allclose(common.coeffs, 0.0) and common.determined == ()
-
-
-def test_pad_order_keeps_the_surface():
-    plane = np.array([[1.0, 2.0, -3.0]])
-    padded = pad_order(plane, 1, 2)
-    a = Surface(plane, 1, EXTENT, np.zeros(1)).evaluate((20, 30), offset=(5, 7))
-    b = Surface(padded, 2, EXTENT, np.zeros(1)).evaluate((20, 30), offset=(5, 7))
-    assert np.allclose(a, b)
 
 
 def test_the_glow_axis_shape_is_the_square_of_the_distance_along_the_tile_s_gradient():

@@ -37,7 +37,7 @@ from zdask.ops.colour import TileHealth
 from zdask.ops.crop import autocrop_box
 from zdask.ops.seams import seam_metric
 from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky
-from zdask.ops.skyshape import pad_order
+from zdask.ops.background import pad_order
 from zdask.ops.warp import binned_extent
 
 #: console lines of pair masks at most (every pair is in report.json)

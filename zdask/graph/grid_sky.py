@@ -34,7 +34,8 @@ from zdask.io.chunkrows import read_rows
 from zdask.io.fitsheader import wcs_from_header
 from zdask.ops.background import star_mask
 from zdask.ops.skymatch import CutOut, match_to_consensus
-from zdask.ops.skyshape import QUADRATIC_TERMS, common_curvature, pad_order, tile_curvature
+from zdask.ops.background import pad_order
+from zdask.ops.skyshape import QUADRATIC_TERMS, common_curvature, tile_curvature
 from zdask.ops.warp import (
     bin_image, binned_extent, binned_transform, pixel_map, remap, source_window, wcs_pixel_transform,
 )

@@ -19,14 +19,13 @@ from zdask.graph.plan import spread_evenly
 from zdask.io import store
 from zdask.io.chunkrows import read_rows, read_whole
 from zdask.io.fitsheader import wcs_from_header
-from zdask.ops.background import Surface, star_mask
+from zdask.ops.background import Surface, pad_order, star_mask
 from zdask.ops.bgmesh import MeshBackground, mesh_background
 from zdask.ops.photometry import fit_source_gain, solve_tile_photometry
 from zdask.ops.seams import seam_metric
 from zdask.ops.skymatch import CutOut, accumulate, fit_common_sky, match_surfaces, match_to_consensus
 from zdask.ops.skyshape import (
-    GlowCurvature, axis_multiple, common_curvature, glow_axis_shape, glow_curvature, pad_order, plane_and_shape,
-    tile_curvature,
+    GlowCurvature, axis_multiple, common_curvature, glow_axis_shape, glow_curvature, plane_and_shape, tile_curvature,
 )
 from zdask.ops.warp import (
     bin_image, binned_extent, binned_transform, pixel_map, remap, wcs_pixel_transform,

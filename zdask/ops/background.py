@@ -58,6 +58,15 @@ def _normalise(v: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     return 2.0 * (np.asarray(v, dtype=np.float64) - vmin) / span - 1.0
 
 
+def pad_order(coeffs: np.ndarray, order: int, to_order: int) -> np.ndarray:
+    """Coefficients ``(C, n_terms(order))`` as ``(C, n_terms(to_order))`` (the same surface):
+    the terms are ordered by total degree, so the lower orders are a prefix."""
+    coeffs = np.atleast_2d(np.asarray(coeffs, dtype=np.float64))
+    out = np.zeros((coeffs.shape[0], n_terms(to_order)))
+    out[:, :n_terms(order)] = coeffs
+    return out
+
+
 def poly_terms(x: np.ndarray, y: np.ndarray, order: int, extent: Extent) -> np.ndarray:
     """Design matrix ``(n, n_terms)`` of 2-D monomials ``u^i v^j`` with ``i + j <= order``.
 

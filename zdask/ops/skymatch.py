@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from zdask.ops.background import Surface, fit_surface, n_terms, poly_terms
+from zdask.ops.background import Surface, fit_surface, n_terms, pad_order, poly_terms
 from zdask.ops.robust import mad_sigma
 from zdask.ops.unionfind import UnionFind
 
@@ -90,8 +90,8 @@ def match_surfaces(
                 terms, diff = found
                 a = b = terms[:, :nt]
                 if shapes is not None:  # each image's own shape, sampled on the shared pixels
-                    a = np.column_stack([a, terms @ _padded(shapes[i], n_out)])
-                    b = np.column_stack([b, terms @ _padded(shapes[j], n_out)])
+                    a = np.column_stack([a, terms @ pad_order(shapes[i], 2, out_order)[0]])
+                    b = np.column_stack([b, terms @ pad_order(shapes[j], 2, out_order)[0]])
                 pairs.append((i, j, a, b, diff))
     coeffs = np.zeros((len(items) * m, channels))
     if pairs:
@@ -101,7 +101,7 @@ def match_surfaces(
         c = np.zeros((channels, n_out))
         c[:, :nt] = coeffs[k * m:k * m + nt].T
         if shapes is not None:
-            c += coeffs[k * m + nt][:, None] * _padded(shapes[k], n_out)[None, :]
+            c += coeffs[k * m + nt][:, None] * pad_order(shapes[k], 2, out_order)
         out.append(c)
     return out
 
@@ -109,12 +109,6 @@ def match_surfaces(
 # Weight of the pull on the shape multiples' sum, relative to the data's mean weight on one:
 # enough to fix it where the pairs do not see it at all, too little to move what they see.
 SUM_PULL = 1e-6
-
-
-def _padded(shape: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros(n)
-    out[:len(shape)] = shape
-    return out
 
 
 def _solve_pairs(pairs, n_items: int, m: int, channels: int, passes: int, min_overlap: int,

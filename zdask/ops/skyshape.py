@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zdask.ops.background import n_terms
 from zdask.ops.robust import robust_sigma
 from zdask.ops.skymatch import fit_common_sky
 
@@ -63,15 +62,6 @@ class CommonSurface:
     determined: tuple[str, ...]    # terms the data fixed
     undetermined: tuple[str, ...]  # terms left alone (P = 0 there)
     spread: np.ndarray | None = None  # (C, 3) robust spread of the tiles' own curvatures, or None
-
-
-def pad_order(coeffs: np.ndarray, order: int, to_order: int) -> np.ndarray:
-    """Coefficients ``(C, n_terms(order))`` as ``(C, n_terms(to_order))`` (the same surface):
-    the terms are ordered by total degree, so the lower orders are a prefix."""
-    coeffs = np.atleast_2d(np.asarray(coeffs, dtype=np.float64))
-    out = np.zeros((coeffs.shape[0], n_terms(to_order)))
-    out[:, :n_terms(order)] = coeffs
-    return out
 
 
 def tile_curvature(image: np.ndarray, weight: np.ndarray, origin: tuple[int, int], extent) -> np.ndarray:
